@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""
+A stand-in BigFix (BES) agent for iemkey's tests and demo.
+
+It lays out, under a temp root, what a Linux BESClient install looks like (see
+../shared/docs/bigfix-facts.md) and ships a control script taking
+``start``/``stop``/``restart``/``status`` like ``/etc/init.d/besclient``:
+
+    <root>/var/opt/BESClient/besclient.config     settings (StoragePath, ComputerID)
+    <root>/var/opt/BESClient/KeyStorage/          the private key and certificate
+    <root>/var/opt/BESClient/__BESData/...        everything else the agent keeps
+    <root>/etc/opt/BESClient/actionsite.afxm      the masthead
+    <root>/etc/init.d/besclient                   the control script
+    <root>/standin/                               the stand-in's own pid file and knobs
+
+It behaves like the real agent where iemkey cares: ``start`` launches a daemon
+that, only when KeyStorage is missing, writes new keys and a new ComputerID into
+besclient.config (after ``regen_delay`` seconds, so "regenerates late" can be
+tested). It can be told to fail or hang on any verb (``behave``).
+
+Used as a library (``StandInAgent``) by the tests and as a program by the
+control script.
+"""
+
+import argparse
+import json
+import os
+import random
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GLOBAL_OPTIONS = "[Software\\BigFix\\EnterpriseClient\\GlobalOptions]"
+KEY_FILES = ("ClientKey.pvk", "ClientCert.crt")
+
+CONFIG_TEMPLATE = """\
+[Software\\BigFix\\EnterpriseClient]
+EnterpriseClientFolder         = {client_folder}
+
+[Software\\BigFix\\EnterpriseClient\\GlobalOptions]
+StoragePath                    = {storage}
+LibPath                        = {client_folder}/BESLib
+ComputerID                     = {computer_id}
+
+[Software\\BigFix\\EnterpriseClient\\Settings\\Client\\__RelayServer1]
+value                          = http://relay.example:52311/bfmirror/downloads
+effective date                 = Thu,%2001%20Jan%202015%2000:00:00%20+0000
+
+[Software\\BigFix\\EnterpriseClient\\Settings\\Client\\_BESClient_Resource_StartupNormalSpeed]
+value                          = 1
+effective date                 = Thu,%2001%20Jan%202015%2000:00:00%20+0000
+"""
+
+# Files the real agent keeps beside KeyStorage; rotation must leave them alone.
+OTHER_FILES = {
+    "__BESData/__Global/Logs/20261120.log": "At 08:00:00 +0000 - Starting client version 11.0.6\n",
+    "__BESData/actionsite/actionsite.afxm": "masthead copy\n",
+    "__BESData/__Global/__Cache/Downloads/sha1.bin": "cached download\n",
+    "__BESData/__Global/ComputerInfo.json": '{"os": "Linux"}\n',
+}
+
+
+def new_computer_id():
+    return random.SystemRandom().randint(1_000_000, 2_000_000_000)
+
+
+class StandInAgent:
+    """The stand-in agent rooted at ``root`` (a temp directory)."""
+
+    def __init__(self, root):
+        self.root = Path(root).resolve()
+        self.storage = self.root / "var/opt/BESClient"
+        self.config_file = self.storage / "besclient.config"
+        self.keystorage = self.storage / "KeyStorage"
+        self.init_script = self.root / "etc/init.d/besclient"
+        self.client_binary = self.root / "opt/BESClient/bin/BESClient"
+        self.state_dir = self.root / "standin"
+        self.pidfile = self.state_dir / "besclient.pid"
+        self.behaviour_file = self.state_dir / "behaviour.json"
+        self.log_file = self.state_dir / "agent.log"
+
+    # -- installation -------------------------------------------------------
+    def install(self, computer_id=None, key_age=0):
+        """Lay out an installed, stopped agent with keys ``key_age`` seconds old."""
+        for folder in (self.storage, self.init_script.parent, self.state_dir,
+                       self.client_binary.parent, self.root / "etc/opt/BESClient"):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(CONFIG_TEMPLATE.format(
+            client_folder=self.root / "opt/BESClient",
+            storage=self.storage,
+            computer_id=computer_id or new_computer_id(),
+        ))
+        self.config_file.chmod(0o600)
+        for name, text in OTHER_FILES.items():
+            path = self.storage / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        (self.root / "etc/opt/BESClient/actionsite.afxm").write_text("masthead\n")
+        self.write_keys()
+        if key_age:
+            self.age_keys(key_age)
+        python = shlex.quote(sys.executable)
+        program = shlex.quote(str(Path(__file__).resolve()))
+        self.init_script.write_text(
+            "#!/bin/sh\n"
+            "# BESClient control script (stand-in)\n"
+            f"exec {python} {program} --root {shlex.quote(str(self.root))} \"$@\"\n"
+        )
+        self.init_script.chmod(0o755)
+        self.client_binary.write_text(
+            "#!/bin/sh\n"
+            "# BESClient (stand-in): records its arguments' count, never their values\n"
+            f"echo \"$# arguments\" >> {shlex.quote(str(self.state_dir / 'register.log'))}\n"
+        )
+        self.client_binary.chmod(0o755)
+        self.behave()
+        return self
+
+    def write_keys(self):
+        self.keystorage.mkdir(mode=0o700, exist_ok=True)
+        for name in KEY_FILES:
+            (self.keystorage / name).write_text(secrets.token_hex(64) + "\n")
+
+    def age_keys(self, seconds):
+        """Make the current key files look ``seconds`` old."""
+        then = time.time() - seconds
+        for path in self.keystorage.iterdir():
+            os.utime(path, (then, then), follow_symlinks=False)
+
+    def behave(self, **knobs):
+        """Set how the next control calls behave.
+
+        fail_start/fail_stop: how many calls fail (exit 1) before they work again.
+        hang: a verb ("start", "stop", "status") that hangs instead of returning.
+        regen_delay: seconds the daemon waits before writing new keys.
+        """
+        self.behaviour_file.write_text(json.dumps(knobs))
+
+    # -- reading ------------------------------------------------------------
+    @property
+    def computer_id(self):
+        for line in self.config_file.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "ComputerID":
+                return value.strip()
+        return None
+
+    def key_files(self):
+        if not self.keystorage.is_dir():
+            return {}
+        return {p.name: p.read_bytes() for p in self.keystorage.iterdir()}
+
+    def running(self):
+        return _daemon_pid(self) is not None
+
+    def snapshot(self, exclude=("KeyStorage",)):
+        """Every file under the storage path (but ``exclude``) with its bytes and mode."""
+        found = {}
+        for dirpath, dirnames, filenames in os.walk(self.storage):
+            rel_dir = Path(dirpath).relative_to(self.storage)
+            if rel_dir.parts and rel_dir.parts[0] in exclude:
+                continue
+            dirnames[:] = [d for d in dirnames if str(rel_dir / d) not in exclude]
+            for name in filenames:
+                rel = rel_dir / name
+                if str(rel) in exclude:
+                    continue
+                path = Path(dirpath) / name
+                found[str(rel)] = (path.read_bytes(), os.lstat(path).st_mode)
+        return found
+
+    def wait_for_keys(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.key_files()) == len(KEY_FILES):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def kill(self):
+        """Stop the daemon, whatever the knobs say (test teardown)."""
+        pid = _daemon_pid(self)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            _wait_gone(pid)
+        self.pidfile.unlink(missing_ok=True)
+
+
+# -- the agent itself (run by the control script) ------------------------------
+def _knobs(agent):
+    try:
+        return json.loads(agent.behaviour_file.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _spend_knob(agent, name):
+    """Count down a fail_* knob; True while it says fail."""
+    knobs = _knobs(agent)
+    left = int(knobs.get(name) or 0)
+    if left <= 0:
+        return False
+    knobs[name] = left - 1
+    agent.behaviour_file.write_text(json.dumps(knobs))
+    return True
+
+
+def _daemon_pid(agent):
+    try:
+        pid = int(agent.pidfile.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    try:
+        # a zombie or a recycled pid is not our agent
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid
+    return pid if b"daemon" in cmdline and str(agent.root).encode() in cmdline else None
+
+
+def _wait_gone(pid, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _log(agent, message):
+    with open(agent.log_file, "a", encoding="utf-8") as log:
+        log.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+
+
+def _set_computer_id(agent, computer_id):
+    """Rewrite the ComputerID line in place, the way the agent owns its config."""
+    lines = agent.config_file.read_text().splitlines(keepends=True)
+    section = None
+    for index, line in enumerate(lines):
+        if line.startswith("["):
+            section = line.strip()
+        elif section == GLOBAL_OPTIONS and line.split("=")[0].strip() == "ComputerID":
+            lines[index] = f"ComputerID                     = {computer_id}\n"
+    agent.config_file.write_text("".join(lines))
+
+
+def run_daemon(agent):
+    running = True
+
+    def stop(_signum, _frame):
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    agent.pidfile.write_text(str(os.getpid()))
+    if not agent.keystorage.exists():
+        delay = float(_knobs(agent).get("regen_delay") or 0)
+        deadline = time.monotonic() + delay
+        while running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if running:
+            agent.write_keys()
+            computer_id = new_computer_id()
+            _set_computer_id(agent, computer_id)
+            _log(agent, f"registered with new computer id {computer_id}")
+    while running:
+        time.sleep(0.2)
+    _log(agent, "stopped")
+
+
+def control(agent, verb):
+    knobs = _knobs(agent)
+    if knobs.get("hang") == verb:
+        _log(agent, f"{verb}: hanging")
+        while True:
+            time.sleep(1)
+    if verb in ("start", "stop") and _spend_knob(agent, f"fail_{verb}"):
+        print(f"BESClient {verb} failed: simulated failure", file=sys.stderr)
+        return 1
+    pid = _daemon_pid(agent)
+    if verb == "status":
+        print("BESClient is running" if pid else "BESClient is stopped")
+        return 0 if pid else 3
+    if verb in ("stop", "restart") and pid:
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid):
+            print("BESClient did not stop", file=sys.stderr)
+            return 1
+        agent.pidfile.unlink(missing_ok=True)
+        _log(agent, "stop")
+    if verb in ("start", "restart") and not _daemon_pid(agent):
+        agent.pidfile.unlink(missing_ok=True)
+        subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--root", str(agent.root), "daemon"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        )
+        deadline = time.monotonic() + 10
+        while not _daemon_pid(agent):
+            if time.monotonic() > deadline:
+                print("BESClient did not start", file=sys.stderr)
+                return 1
+            time.sleep(0.02)
+        _log(agent, "start")
+    print(f"BESClient {verb}: ok")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("verb", choices=("start", "stop", "restart", "status", "daemon", "install"))
+    args = parser.parse_args(argv)
+    agent = StandInAgent(args.root)
+    if args.verb == "install":
+        agent.install()
+        return 0
+    if args.verb == "daemon":
+        run_daemon(agent)
+        return 0
+    return control(agent, args.verb)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
