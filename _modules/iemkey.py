@@ -500,7 +500,7 @@ def _control(verb, control, ignore_retcode=False):
         "stdout": result.get("stdout", ""),
         "stderr": result.get("stderr", ""),
     }
-    if time.monotonic() - started >= timeout and str(ret["stdout"]).startswith("Timed out"):
+    if time.monotonic() - started >= timeout and "Timed out after" in str(ret["stdout"]):
         ret["retcode"] = 1
         ret["stderr"] = f"timed out after {timeout:g} s (iemkey:command_timeout)"
     return ret

@@ -10,7 +10,7 @@ import textwrap
 from unittest.mock import MagicMock, patch
 
 import pytest
-from conftest import load_source
+from helpers import load_source
 from salt.exceptions import CommandExecutionError
 
 iemkey = load_source("_modules", "iemkey_module_unit")

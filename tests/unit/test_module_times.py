@@ -3,7 +3,7 @@
 import datetime
 
 import pytest
-from conftest import load_source
+from helpers import load_source
 from salt.exceptions import SaltInvocationError
 
 iemkey = load_source("_modules", "iemkey_module_times")

@@ -1,0 +1,120 @@
+"""iemkey.rotate, status and restart through the real loader against the stand-in agent."""
+
+import datetime
+import os
+
+import pytest
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+
+def test_status_of_an_installed_stopped_agent(modules, agent):
+    status = modules.iemkey.status()
+    assert status["installed"] is True
+    assert status["keystorage"] == str(agent.keystorage)
+    assert status["computer_id"] == agent.computer_id
+    assert status["agent_running"] is False
+    assert status["last_rotated"] is None
+    assert status["key_files"] == 2
+    age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(status["key_created"])
+    assert datetime.timedelta(days=29) < age < datetime.timedelta(days=31)
+
+
+def test_rotate_makes_a_new_key_and_computer_id_and_touches_nothing_else(modules, agent):
+    old_id, old_keys = agent.computer_id, agent.key_files()
+    before = agent.snapshot(exclude=("KeyStorage", "besclient.config"))
+    config_before = agent.config_file.read_text().splitlines()
+    ret = modules.iemkey.rotate(wait=20)
+    assert ret["rotated"] is True
+    assert ret["old_computer_id"] == old_id
+    assert sorted(ret["removed"]) == sorted(old_keys)
+    assert ret["new_computer_id"] == agent.computer_id != old_id
+    assert agent.running()
+    new_keys = agent.key_files()
+    assert set(new_keys) == set(old_keys) and all(new_keys[k] != old_keys[k] for k in new_keys)
+    assert agent.snapshot(exclude=("KeyStorage", "besclient.config")) == before
+    # the agent itself rewrote only its ComputerID line
+    changed = [(a, b) for a, b in zip(config_before, agent.config_file.read_text().splitlines()) if a != b]
+    assert [line.split("=")[0].strip() for line, _ in changed] == ["ComputerID"]
+    status = modules.iemkey.status()
+    assert status["last_rotated"] == ret["rotated_at"]
+    assert status["key_created"] >= ret["rotated_at"]
+
+
+def test_rotate_deletes_only_keystorage_byte_for_byte(modules, agent):
+    agent.behave(regen_delay=3600)  # the agent stays keyless: nothing but iemkey changes the tree
+    before = agent.snapshot()
+    ret = modules.iemkey.rotate()
+    assert ret["rotated"] is True and not agent.keystorage.exists()
+    assert agent.snapshot() == before
+
+
+def test_test_mode_changes_nothing(modules, agent):
+    before = agent.snapshot(exclude=())
+    ret = modules.iemkey.rotate(test=True)
+    assert ret["rotated"] is None
+    assert ret["would_remove"] == ["ClientCert.crt", "ClientKey.pvk"]
+    assert ret["would_run"][1] == f"delete {agent.keystorage}"
+    assert agent.snapshot(exclude=()) == before
+    assert not agent.running()
+
+
+def test_a_failed_stop_touches_nothing(modules, agent):
+    agent.behave(fail_stop=1)
+    before = agent.snapshot(exclude=())
+    with pytest.raises(CommandExecutionError, match="stopping the BigFix agent failed: .* simulated failure"):
+        modules.iemkey.rotate()
+    assert agent.snapshot(exclude=()) == before
+
+
+def test_a_failed_start_says_the_keys_are_gone_and_the_next_run_finishes(modules, agent):
+    old_id = agent.computer_id
+    agent.behave(fail_start=1)
+    with pytest.raises(CommandExecutionError) as err:
+        modules.iemkey.rotate()
+    assert "The keys are gone and the agent is down" in str(err.value)
+    assert "simulated failure" in str(err.value)
+    assert not agent.keystorage.exists() and not agent.running()
+    assert modules.iemkey.status()["pending"] is True
+    ret = modules.iemkey.rotate(wait=20)  # finishes: starts the agent, deletes nothing new
+    assert ret["resumed"] is True
+    assert ret["old_computer_id"] == old_id
+    assert ret["new_computer_id"] not in (None, old_id)
+    assert modules.iemkey.status()["pending"] is False
+
+
+def test_a_hanging_stop_times_out_with_a_clear_error(modules, agent):
+    agent.behave(hang="stop")
+    with pytest.raises(CommandExecutionError, match=r"timed out after 5 s \(iemkey:command_timeout\)"):
+        modules.iemkey.rotate()
+    assert agent.key_files()  # it never got to the delete
+
+
+def test_restart_runs_the_control_script(modules, agent):
+    ret = modules.iemkey.restart()
+    assert ret["command"] == f"{agent.init_script} restart"
+    assert ret["retcode"] == 0 and ret["agent_running"] is True
+    assert agent.key_files()  # a restart is not a rotation
+
+
+def test_rotate_without_an_agent_says_where_it_looked(modules, agent):
+    agent.init_script.unlink()
+    with pytest.raises(CommandExecutionError, match=f"not installed here: no control script at {agent.init_script}"):
+        modules.iemkey.rotate()
+    assert modules.iemkey.status()["installed"] is False
+    assert agent.key_files()
+
+
+def test_check_decides_on_the_key_time(modules, agent):
+    old = modules.iemkey.check(since="2026-01-01T00:00:00Z")
+    recent = modules.iemkey.check(since=(datetime.datetime.now(datetime.timezone.utc)
+                                         - datetime.timedelta(days=1)).isoformat())
+    assert old["compliant"] is True and old["basis"] == "key_created"
+    assert recent["compliant"] is False
+    with pytest.raises(SaltInvocationError, match="in the future"):
+        modules.iemkey.check(since="2999-01-01T00:00:00Z")
+
+
+def test_rotate_since_skips_a_key_that_is_new_enough(modules, agent):
+    ret = modules.iemkey.rotate(since="2020-01-01T00:00:00Z")
+    assert ret["rotated"] is False and "at or after" in ret["comment"]
+    assert os.path.isdir(agent.keystorage) and not agent.running()

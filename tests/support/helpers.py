@@ -1,0 +1,14 @@
+"""Helpers the test layers share."""
+
+import importlib.util
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def load_source(kind, alias):
+    """Import ``<repo>/<kind>/iemkey.py`` under ``alias`` (the three share one file name)."""
+    spec = importlib.util.spec_from_file_location(alias, REPO / kind / "iemkey.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
