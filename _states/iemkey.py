@@ -1,0 +1,95 @@
+"""
+Keep the BigFix (IEM/BES) agent's private key newer than a point in time.
+
+After an incident, ``since`` is the time from which keys count as safe: an agent
+whose key predates it is rotated once (``iemkey.rotate``); later runs find the new
+key and change nothing. All the deciding is done by ``iemkey.check`` in the
+execution module; this state only chooses whether to call ``iemkey.rotate``.
+
+.. code-block:: yaml
+
+    bigfix-agent-key:
+      iemkey.rotated:
+        - since: "2026-11-20T08:00:00Z"
+"""
+
+import logging
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "iemkey"
+
+
+def __virtual__():
+    if "iemkey.check" in __salt__:
+        return __virtualname__
+    return (False, "iemkey state: the iemkey execution module is not loaded (run saltutil.sync_all)")
+
+
+def rotated(name, since, wait=0, **kwargs):
+    """
+    Ensure the agent's current key was made at or after ``since``, rotating it once if not.
+
+    name
+        An identifier for this state; not used.
+
+    since
+        ISO 8601 (``2026-11-20T08:00:00Z``, any offset; no zone means UTC) or epoch
+        seconds. A time in the future is an error.
+
+    wait
+        Seconds to wait after the rotation for the agent's new key and computer ID.
+
+    The time that counts is when the current key files were made; while KeyStorage
+    is absent right after a rotation by iemkey, the time of that rotation. An agent
+    that still has no key ``iemkey:stale_after`` seconds after a rotation fails the
+    state: it is down or cannot register.
+    """
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        verdict = __salt__["iemkey.check"](since)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        ret["comment"] = f"Cannot decide whether the key is rotated: {exc}"
+        return ret
+    current = verdict["status"]
+    if verdict["compliant"]:
+        ret["result"] = not verdict["stale"]
+        ret["comment"] = f"The BigFix agent key is rotated: {verdict['reason']}"
+        return ret
+    if not current["installed"]:
+        ret["comment"] = verdict["reason"]
+        return ret
+    old = {"key_created": current["key_created"], "computer_id": current["computer_id"]}
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["changes"] = {"key": {"old": old, "new": "a new key and computer ID"}}
+        ret["comment"] = f"The BigFix agent key would be rotated: {verdict['reason']}"
+        return ret
+    try:
+        rotation = __salt__["iemkey.rotate"](wait=wait, since=since)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        ret["comment"] = f"Rotating the BigFix agent key failed: {exc}"
+        return ret
+    ret["result"] = True
+    if not rotation["rotated"]:
+        # another rotation (reactor, operator) finished while this one waited for the lock
+        ret["comment"] = f"The BigFix agent key is rotated: {rotation['comment']}"
+        return ret
+    ret["changes"] = {
+        "key": {
+            "old": {**old, "computer_id": rotation["old_computer_id"]},
+            "new": {
+                "rotated_at": rotation["rotated_at"],
+                "key_created": rotation.get("key_created"),
+                "computer_id": rotation.get("new_computer_id"),
+            },
+        },
+        "removed": rotation["removed"],
+    }
+    ret["comment"] = (
+        f"Rotated the BigFix agent key ({verdict['reason']}); the old computer ID "
+        f"{rotation['old_computer_id']} is now a duplicate in the BigFix console"
+    )
+    return ret

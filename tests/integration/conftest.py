@@ -1,0 +1,129 @@
+"""
+A real salt-master and two salt-minions (pytest-salt-factories) serving this repo,
+each minion with its own stand-in agent. Started once per session (10-15 s each).
+"""
+
+import pytest
+from besagent import StandInAgent
+from helpers import REPO
+from saltfactories.utils import random_string
+
+REACTOR_SLS = "salt://iemkey/reactor/compromised.sls"
+COOLDOWN = 120
+
+
+@pytest.fixture(scope="session")
+def pillar_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pillar")
+    (root / "top.sls").write_text("base:\n  '*':\n    - iemkey\n")
+    (root / "iemkey.sls").write_text("{}\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def state_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("states")
+    (root / "top.sls").write_text("base:\n  '*':\n    - iemkey\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def salt_master(salt_factories, pillar_root, state_root):
+    factory = salt_factories.salt_master_daemon(
+        random_string("iemkey-master-"),
+        overrides={
+            "file_roots": {"base": [str(state_root), str(REPO), str(REPO / "salt")]},
+            "pillar_roots": {"base": [str(pillar_root)]},
+            "reactor": [
+                {"iemkey/compromised": [REACTOR_SLS]},
+                {"salt/netapi/hook/iemkey/compromised": [REACTOR_SLS]},
+            ],
+            "iemkey": {"reactor": {"cooldown": COOLDOWN}},
+            "log_level_logfile": "debug",
+        },
+    )
+    with factory.started(start_timeout=120):
+        yield factory
+
+
+def _minion(salt_master, tmp_path_factory, name):
+    root = tmp_path_factory.mktemp(name) / "agent"
+    factory = salt_master.salt_minion_daemon(
+        random_string(f"{name}-"),
+        overrides={
+            "iemkey": {
+                "config_file": str(root / "var/opt/BESClient/besclient.config"),
+                "init_script": str(root / "etc/init.d/besclient"),
+                "command_timeout": 10,
+            },
+            "log_level_logfile": "debug",
+        },
+    )
+    factory.agent_root = root
+    return factory
+
+
+@pytest.fixture(scope="session")
+def salt_minion(salt_master, tmp_path_factory):
+    factory = _minion(salt_master, tmp_path_factory, "alpha")
+    with factory.started(start_timeout=120):
+        ret = factory.salt_call_cli(timeout=120).run("saltutil.sync_all")
+        assert ret.returncode == 0, ret
+        yield factory
+
+
+@pytest.fixture(scope="session")
+def salt_minion_2(salt_master, salt_minion, tmp_path_factory):
+    factory = _minion(salt_master, tmp_path_factory, "beta")
+    with factory.started(start_timeout=120):
+        ret = factory.salt_call_cli(timeout=120).run("saltutil.sync_all")
+        assert ret.returncode == 0, ret
+        yield factory
+
+
+@pytest.fixture
+def agent(make_agent, salt_minion):
+    """A fresh installed, stopped agent with 30-day-old keys on the first minion."""
+    agent = make_agent(salt_minion.agent_root, key_age=30 * 86400)
+    _forget_rotations(salt_minion)
+    return agent
+
+
+@pytest.fixture
+def agent_2(make_agent, salt_minion_2):
+    agent = make_agent(salt_minion_2.agent_root, key_age=30 * 86400)
+    _forget_rotations(salt_minion_2)
+    return agent
+
+
+def _forget_rotations(minion):
+    record = minion.config["cachedir"]
+    for name in ("rotation.json",):
+        path = __import__("pathlib").Path(record) / "iemkey" / name
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def salt_cli(salt_master):
+    return salt_master.salt_cli(timeout=120)
+
+
+@pytest.fixture
+def salt_run_cli(salt_master):
+    return salt_master.salt_run_cli(timeout=120)
+
+
+@pytest.fixture
+def set_pillar(pillar_root, salt_cli, salt_minion):
+    """Write the iemkey pillar file on the master and refresh the minion's pillar."""
+
+    def write(text):
+        (pillar_root / "iemkey.sls").write_text(text)
+        ret = salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=salt_minion.id)
+        assert ret.returncode == 0, ret
+
+    yield write
+    write("{}\n")
+
+
+__all__ = ["StandInAgent"]

@@ -1,0 +1,69 @@
+"""iemkey execution module through a real master: `salt <minion> iemkey.*`."""
+
+import time
+
+
+def test_sys_doc_has_a_cli_example_for_every_public_function(salt_cli, salt_minion):
+    ret = salt_cli.run("sys.doc", "iemkey", minion_tgt=salt_minion.id)
+    assert ret.returncode == 0, ret
+    docs = ret.data
+    assert set(docs) >= {"iemkey.paths", "iemkey.status", "iemkey.rotate", "iemkey.restart", "iemkey.check"}
+    for name, doc in docs.items():
+        assert "CLI Example:" in doc and f"salt '*' {name}" in doc, name
+
+
+def test_salt_rotate_regenerates_keys_and_the_event_reaches_the_master(
+    salt_cli, salt_master, salt_minion, agent, event_listener
+):
+    old_id, old_keys = agent.computer_id, agent.key_files()
+    before = agent.snapshot(exclude=("KeyStorage", "besclient.config"))
+    start = time.time()
+    ret = salt_cli.run("iemkey.rotate", "wait=30", minion_tgt=salt_minion.id)
+    assert ret.returncode == 0, ret
+    data = ret.data
+    assert data["rotated"] is True
+    assert data["old_computer_id"] == old_id
+    assert data["new_computer_id"] == agent.computer_id != old_id
+    assert sorted(data["removed"]) == sorted(old_keys)
+    assert data["event_sent"] is True
+    new_keys = agent.key_files()
+    assert set(new_keys) == set(old_keys) and all(new_keys[n] != old_keys[n] for n in new_keys)
+    assert agent.snapshot(exclude=("KeyStorage", "besclient.config")) == before
+    matched = event_listener.wait_for_events([(salt_master.id, "iemkey/rotated")], after_time=start, timeout=30)
+    assert matched.found_all_events, matched
+    event = next(iter(matched))
+    assert event.data["id"] == salt_minion.id
+    assert event.data["data"]["old_computer_id"] == old_id
+    assert event.data["data"]["new_computer_id"] == data["new_computer_id"]
+    assert event.data["data"]["rotated_at"] == data["rotated_at"]
+
+
+def test_salt_status_and_paths(salt_cli, salt_minion, agent):
+    status = salt_cli.run("iemkey.status", minion_tgt=salt_minion.id)
+    assert status.returncode == 0, status
+    assert status.data["computer_id"] == agent.computer_id
+    assert status.data["installed"] is True and status.data["agent_running"] is False
+    paths = salt_cli.run("iemkey.paths", minion_tgt=salt_minion.id)
+    assert paths.data["keystorage"] == str(agent.keystorage)
+    assert paths.data["control"]["restart"] == f"{agent.init_script} restart"
+
+
+def test_a_failed_start_makes_salt_exit_non_zero(salt_cli, salt_minion, agent):
+    agent.behave(fail_start=5)
+    ret = salt_cli.run("iemkey.rotate", minion_tgt=salt_minion.id)
+    assert ret.returncode != 0, ret
+    assert "The keys are gone and the agent is down" in ret.stdout
+    assert "simulated failure" in ret.stdout
+    assert "Traceback" not in ret.stdout
+    agent.behave()
+    ret = salt_cli.run("iemkey.rotate", minion_tgt=salt_minion.id)
+    assert ret.returncode == 0, ret
+    assert ret.data["resumed"] is True
+
+
+def test_no_agent_makes_salt_exit_non_zero(salt_cli, salt_minion, agent):
+    agent.init_script.unlink()
+    ret = salt_cli.run("iemkey.rotate", minion_tgt=salt_minion.id)
+    assert ret.returncode != 0, ret
+    assert "not installed here" in ret.stdout
+    assert agent.key_files()
