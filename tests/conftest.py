@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "support"))
 
-from besagent import StandInAgent  # noqa: E402
+from besagent import StandInAgent
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def test_rotate_makes_a_new_key_and_computer_id_and_touches_nothing_else(modules
     assert set(new_keys) == set(old_keys) and all(new_keys[k] != old_keys[k] for k in new_keys)
     assert agent.snapshot(exclude=("KeyStorage", "besclient.config")) == before
     # the agent itself rewrote only its ComputerID line
-    changed = [(a, b) for a, b in zip(config_before, agent.config_file.read_text().splitlines()) if a != b]
+    changed = [(a, b) for a, b in zip(config_before, agent.config_file.read_text().splitlines(), strict=True) if a != b]
     assert [line.split("=")[0].strip() for line, _ in changed] == ["ComputerID"]
     status = modules.iemkey.status()
     assert status["last_rotated"] == ret["rotated_at"]
@@ -61,7 +61,7 @@ def test_test_mode_changes_nothing(modules, agent):
 def test_a_failed_stop_touches_nothing(modules, agent):
     agent.behave(fail_stop=1)
     before = agent.snapshot(exclude=())
-    with pytest.raises(CommandExecutionError, match="stopping the BigFix agent failed: .* simulated failure"):
+    with pytest.raises(CommandExecutionError, match=r"stopping the BigFix agent failed: .* simulated failure"):
         modules.iemkey.rotate()
     assert agent.snapshot(exclude=()) == before
 

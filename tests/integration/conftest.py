@@ -3,13 +3,14 @@ A real salt-master and two salt-minions (pytest-salt-factories) serving this rep
 each minion with its own stand-in agent. Started once per session (10-15 s each).
 """
 
+import pathlib
+
 import pytest
-from besagent import StandInAgent
-from helpers import REPO
+from helpers import API_USER, COOLDOWN, HOOK_SECRET, REPO
+from pytestshellutils.utils import ports
 from saltfactories.utils import random_string
 
 REACTOR_SLS = "salt://iemkey/reactor/compromised.sls"
-COOLDOWN = 120
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +39,10 @@ def salt_master(salt_factories, pillar_root, state_root):
                 {"iemkey/compromised": [REACTOR_SLS]},
                 {"salt/netapi/hook/iemkey/compromised": [REACTOR_SLS]},
             ],
-            "iemkey": {"reactor": {"cooldown": COOLDOWN}},
+            "iemkey": {"reactor": {"cooldown": COOLDOWN, "hook_secret": HOOK_SECRET}},
+            "rest_cherrypy": {"host": "127.0.0.1", "port": ports.get_unused_localhost_port(), "disable_ssl": True},
+            # "auto" accepts any password for the listed user: for tests only; use pam/ldap in production
+            "external_auth": {"auto": {API_USER: ["@runner", "@wheel", ".*"]}},
             "log_level_logfile": "debug",
         },
     )
@@ -97,10 +101,7 @@ def agent_2(make_agent, salt_minion_2):
 
 
 def _forget_rotations(minion):
-    record = minion.config["cachedir"]
-    for name in ("rotation.json",):
-        path = __import__("pathlib").Path(record) / "iemkey" / name
-        path.unlink(missing_ok=True)
+    (pathlib.Path(minion.config["cachedir"]) / "iemkey" / "rotation.json").unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -125,5 +126,3 @@ def set_pillar(pillar_root, salt_cli, salt_minion):
     yield write
     write("{}\n")
 
-
-__all__ = ["StandInAgent"]

@@ -12,3 +12,9 @@ def load_source(kind, alias):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# integration: the reactor's cooldown window (master iemkey:reactor:cooldown) and the salt-api user
+COOLDOWN = 15
+API_USER = "siem"
+HOOK_SECRET = "siem-signing-secret-3f9a"
