@@ -94,15 +94,16 @@ class Sandbox:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.salt(MINION, "test.ping", show=False).returncode == 0:
+                time.sleep(2)
                 return
             time.sleep(2)
         raise SystemExit("the demo minion did not answer within 120 s; see " + str(self.top))
 
     def sync(self):
         """Sync the modules and wait until the minion has loaded them."""
-        self.salt(MINION, "saltutil.sync_all", show=False)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
+            self.salt(MINION, "saltutil.sync_all", show=False)  # retried: the master may still be settling
             found = self.salt(MINION, "sys.list_functions", "iemkey", "--out=json", show=False)
             if "iemkey.rotate" in found.stdout:
                 return
