@@ -21,6 +21,7 @@ key pair and registers again under a new computer ID.
           register_password: sdb://vault/bigfix/register   # pillar or sdb only
 """
 
+import configparser
 import contextlib
 import datetime
 import json
@@ -171,8 +172,6 @@ def _cache_dir():
 # -- the client's own settings -----------------------------------------------------
 def _read_besclient_config(path):
     """The sections of besclient.config as dicts; None when the file is absent."""
-    import configparser
-
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as handle:
             text = handle.read()
@@ -297,16 +296,23 @@ def _resolve():
 
 
 # -- safety ---------------------------------------------------------------------------
-def _unsafe_reason(storage_path):
-    """Why deleting ``<storage_path>/KeyStorage`` is unsafe, or None."""
+def _unsafe_reason(storage_path, live=True):
+    """Why deleting ``<storage_path>/KeyStorage`` is unsafe, or None.
+
+    ``live=False`` checks only the path itself, not what is on disk.
+    """
     pathmod = _pathmod()
     if not storage_path or not str(storage_path).strip():
         return "the storage path is empty"
     if not pathmod.isabs(storage_path):
         return f"the storage path {storage_path!r} is not absolute"
+    if ".." in re.split(r"[\\/]", storage_path):
+        return f"the storage path {storage_path!r} contains '..'"
     norm = pathmod.normpath(storage_path)
     if pathmod.dirname(norm) == norm:
         return f"the storage path {storage_path!r} is the root of a file system"
+    if not live:
+        return None
     if not os.path.isdir(norm):
         return f"the storage path {norm} is not a directory"
     keystorage = pathmod.join(norm, KEYSTORAGE)
@@ -324,8 +330,8 @@ def _unsafe_reason(storage_path):
     return None
 
 
-def _checked_keystorage(resolved):
-    reason = _unsafe_reason(resolved["storage_path"])
+def _checked_keystorage(resolved, live=True):
+    reason = _unsafe_reason(resolved["storage_path"], live)
     if reason:
         raise CommandExecutionError(
             f"KeyStorage is unsafe to delete: {reason} (storage path from {resolved['storage_path_source']}); "
@@ -573,9 +579,7 @@ def paths():
     """
     resolved = _resolve()
     control = resolved["control"]
-    commands = {
-        verb: cmd if isinstance(cmd, str) else " ".join(cmd) for verb, cmd in control["commands"].items()
-    }
+    commands = {verb: _describe_cmd(control, verb) for verb in VERBS}
     return {
         "os": _platform_name(__grains__),
         "storage_path": resolved["storage_path"],
@@ -590,8 +594,8 @@ def paths():
     }
 
 
-def _status(resolved=None):
-    resolved = resolved or _resolve()
+def _status():
+    resolved = _resolve()
     installed, missing = _installed(resolved)
     keystorage = resolved["keystorage"]
     problem = _unsafe_reason(resolved["storage_path"]) if installed else missing
@@ -748,6 +752,7 @@ def rotate(wait=0, since=None, test=False, **kwargs):
         raise SaltInvocationError(f"wait must be a number of seconds, not {wait!r}") from None
     with _rotation_lock():
         resolved = _resolve()
+        _checked_keystorage(resolved, live=False)  # a refused path is refused before anything else
         _require_installed(resolved)
         keystorage = _checked_keystorage(resolved)
         if since is not None:
