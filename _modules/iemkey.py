@@ -603,6 +603,9 @@ def _status():
     record = _read_record()
     own = record if record and record.get("keystorage") == keystorage else None
     pending = bool(own and own.get("step") == "deleted" and not os.path.lexists(keystorage))
+    keyless_for = None
+    if own and own.get("rotated_at") and not files:
+        keyless_for = time.time() - _parse_time(own["rotated_at"], "rotated_at").timestamp()
     return {
         "installed": installed,
         "keystorage": keystorage,
@@ -612,6 +615,8 @@ def _status():
         "key_files": len(files),
         "last_rotated": own.get("rotated_at") if own else None,
         "pending": pending,
+        # keyless this long after a rotation: the agent is down or cannot register
+        "stale": keyless_for is not None and keyless_for > _number("stale_after"),
         "agent_running": _agent_running(resolved["control"]) if installed else None,
         "problem": problem,
     }
@@ -625,6 +630,8 @@ def status():
     ``key_created`` is the time of the oldest file in KeyStorage (a restored backup
     keeps its old times, so it counts as old). ``pending`` is True when a rotation
     deleted KeyStorage but did not finish (run ``iemkey.rotate`` to finish it).
+    ``stale`` is True when the agent has written no key ``iemkey:stale_after``
+    seconds after the last rotation: it is down or cannot register.
 
     CLI Example:
 
@@ -668,9 +675,7 @@ def check(since):
     if current["key_created"]:
         ret.update(basis="key_created", key_time=current["key_created"])
     elif current["last_rotated"]:
-        ret.update(basis="last_rotated", key_time=current["last_rotated"])
-        age = (now - _parse_time(current["last_rotated"])).total_seconds()
-        ret["stale"] = age > _number("stale_after")
+        ret.update(basis="last_rotated", key_time=current["last_rotated"], stale=current["stale"])
     else:
         return {**ret, "compliant": False, "reason": "KeyStorage holds no key and iemkey recorded no rotation"}
     ret["compliant"] = _parse_time(ret["key_time"]) >= since_dt
@@ -678,8 +683,8 @@ def check(since):
     ret["reason"] = f"{ret['basis']} {ret['key_time']} is {relation} since {ret['since']}"
     if ret["stale"]:
         ret["reason"] += (
-            f"; but the agent has written no key in {age:.0f} s since that rotation "
-            f"(iemkey:stale_after {_number('stale_after'):g} s): it is down or cannot register"
+            f"; but the agent has written no key since that rotation, more than iemkey:stale_after "
+            f"({_number('stale_after'):g} s) ago: it is down or cannot register"
         )
     return ret
 
@@ -700,6 +705,83 @@ def restart():
     if result["retcode"] != 0:
         raise CommandExecutionError(f"restarting the BigFix agent failed: {_describe(result)}")
     return {**result, "result": True, "agent_running": _agent_running(resolved["control"])}
+
+
+def _register_password():
+    """The key-exchange password from pillar or an sdb:// URI; never from the command line."""
+    # Salt 3008 masks pillar values it hands out unless asked: this one goes to the vendor tool
+    raw = __salt__["pillar.get"]("iemkey:register_password", None, unmask=True)
+    if raw in (None, ""):
+        raw = _conf("register_password")
+        if raw is not None and not str(raw).startswith("sdb://"):
+            raise CommandExecutionError(
+                "iemkey:register_password is set outside pillar (minion config or grains, which other "
+                "tools read): put it in pillar or behind an sdb:// URI"
+            )
+    if isinstance(raw, str) and raw.startswith("sdb://"):
+        raw = __salt__["sdb.get"](raw)
+        if raw in (None, "") or str(raw).startswith("sdb://"):
+            raise CommandExecutionError("iemkey:register_password: the sdb:// URI did not resolve to a password")
+    if raw in (None, ""):
+        return None
+    password = str(raw)
+    if not password.isascii() or not password.isprintable():
+        raise CommandExecutionError("iemkey:register_password must be printable ASCII (BigFix relay passwords are)")
+    return password
+
+
+def _register(relay, password):
+    """Run the manual key exchange; the result without the password anywhere in it."""
+    binary = _conf("client_binary", _platform()["client_binary"])
+    command = [binary, "-register", password, relay]
+    if _platform_name(__grains__).startswith("windows"):
+        command = ["cmd", "/c", *command]
+    shown = " ".join(command).replace(password, "********")
+    if not os.path.isfile(binary):
+        raise CommandExecutionError(f"the BESClient program {binary} does not exist (tried: {shown})")
+    result = __salt__["cmd.run_all"](
+        command, python_shell=False, timeout=_number("command_timeout"), output_loglevel="quiet",
+        ignore_retcode=True,
+    )
+    ret = {
+        "command": shown,
+        "relay": relay,
+        "retcode": result.get("retcode"),
+        "stdout": str(result.get("stdout", "")).replace(password, "********"),
+        "stderr": str(result.get("stderr", "")).replace(password, "********"),
+    }
+    ret["registered"] = ret["retcode"] == 0
+    return ret
+
+
+def register():
+    """
+    Run the manual key exchange with an authenticating relay
+    (``BESClient -register <password> <relay>``; ``cmd /c`` on Windows).
+
+    The relay is ``iemkey:relay``; the password is ``iemkey:register_password`` from
+    pillar or an ``sdb://`` URI, never from the command line. The password appears in
+    no return, log line or event; while the vendor program runs it is in that
+    program's argument list, as the vendor documents it.
+
+    ``iemkey.rotate`` runs this after starting the agent when both are configured.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' iemkey.register
+    """
+    relay = _conf("relay")
+    password = _register_password()
+    if not relay or not password:
+        missing = " and ".join(name for name, value in (("iemkey:relay", relay),
+                                                        ("iemkey:register_password", password)) if not value)
+        raise CommandExecutionError(f"the manual key exchange needs {missing}")
+    ret = _register(relay, password)
+    if not ret["registered"]:
+        raise CommandExecutionError(f"the manual key exchange with {relay} failed: {_describe(ret)}")
+    return ret
 
 
 def _wait_for_new_key(keystorage, old_computer_id, wait):
@@ -809,6 +891,19 @@ def rotate(wait=0, since=None, test=False, **kwargs):
         "removed": removed,
         "resumed": resume,
     }
+    relay, password = _conf("relay"), _register_password()
+    if relay and password:
+        # a wiped agent is a new agent: behind an authenticating relay it must exchange keys again
+        try:
+            exchange = _register(relay, password)
+            error = None if exchange["registered"] else _describe(exchange)
+        except CommandExecutionError as exc:
+            error = str(exc)
+        ret["registered"] = error is None
+        if error:
+            ret["register_error"] = error
+            log.error("iemkey: the key exchange after the rotation failed: %s", ret["register_error"])
+            __context__["retcode"] = 1  # the rotation stands, but the agent cannot register: fail the job
     if wait > 0:
         ret.update(_wait_for_new_key(keystorage, old_computer_id, wait))
     event = {key: ret[key] for key in ("old_computer_id", "rotated_at", "keystorage")}

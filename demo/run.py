@@ -78,6 +78,7 @@ class Sandbox:
             "iemkey": {
                 "config_file": str(self.agent.config_file),
                 "init_script": str(self.agent.init_script),
+                "client_binary": str(self.agent.client_binary),
             },
         }
         (self.conf / "master").write_text(yaml.safe_dump(master))

@@ -20,6 +20,7 @@ def minion_opts(salt_factories, agent_root):
             "iemkey": {
                 "config_file": str(agent_root / "var/opt/BESClient/besclient.config"),
                 "init_script": str(agent_root / "etc/init.d/besclient"),
+                "client_binary": str(agent_root / "opt/BESClient/bin/BESClient"),
                 "command_timeout": 5,
                 "lock_wait": 2,
             },

@@ -80,3 +80,63 @@ def test_a_concurrent_rotation_is_refused_after_lock_wait(modules, agent, minion
         with pytest.raises(CommandExecutionError, match="another iemkey rotation is in progress"):
             modules.iemkey.rotate()
     assert agent.key_files() and not agent.running()
+
+
+def test_an_unreadable_config_is_a_clear_error_and_changes_nothing(modules, agent, tmp_path):
+    os.rename(agent.config_file, tmp_path / "config")
+    agent.config_file.mkdir()  # reading it fails as an unreadable file does
+    before = _tree(agent.root)
+    for function in (modules.iemkey.paths, modules.iemkey.status, modules.iemkey.rotate):
+        with pytest.raises(CommandExecutionError, match="cannot read the BigFix client settings"):
+            function()
+    assert _tree(agent.root) == before and not agent.running()
+
+
+def test_a_malformed_config_is_a_clear_error_and_changes_nothing(modules, agent):
+    agent.config_file.write_text("StoragePath = /\n[unterminated\n")
+    before = _tree(agent.root)
+    with pytest.raises(CommandExecutionError, match=r"besclient\.config are malformed"):
+        modules.iemkey.rotate()
+    assert _tree(agent.root) == before and not agent.running()
+
+
+def test_a_control_script_that_is_not_executable_is_refused(modules, agent):
+    agent.init_script.chmod(0o644)
+    with pytest.raises(CommandExecutionError, match="is not executable"):
+        modules.iemkey.rotate()
+    assert agent.key_files()
+
+
+def test_permission_denied_part_way_reports_both_halves_and_restarts_the_agent(modules, agent, monkeypatch):
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if str(path).endswith("ClientKey.pvk"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(CommandExecutionError) as err:
+        modules.iemkey.rotate()
+    message = str(err.value)
+    assert "removed ['ClientCert.crt']" in message
+    assert "not removed ClientKey.pvk (Permission denied)" in message
+    assert "the agent was started again" in message
+    assert agent.running()
+    assert sorted(agent.key_files()) == ["ClientKey.pvk"]
+
+
+def test_status_shows_a_stale_agent(modules, agent, minion_opts):
+    agent.behave(regen_delay=3600)
+    modules.iemkey.rotate()
+    assert modules.iemkey.status()["stale"] is False
+    record = os.path.join(minion_opts["cachedir"], "iemkey", "rotation.json")
+    import json
+
+    data = json.load(open(record))
+    data["rotated_at"] = "2026-01-01T00:00:00+00:00"  # the rotation was long ago; still no key
+    json.dump(data, open(record, "w"))
+    assert modules.iemkey.status()["stale"] is True
+    verdict = modules.iemkey.check(since="2025-12-01T00:00:00Z")
+    assert verdict["compliant"] is True and verdict["stale"] is True
+    assert "cannot register" in verdict["reason"]

@@ -61,3 +61,18 @@ def test_restored_old_keys_do_not_count_as_rotated(states, modules, agent):
     agent.age_keys(30 * 86400)  # a backup of the old key is restored over the new one
     ret = states.iemkey.rotated(name="key", since=YESTERDAY, wait=20)
     assert ret.result is True and ret.changes, ret.comment
+
+
+def test_a_stale_agent_fails_the_state(states, modules, agent, minion_opts):
+    import json
+    import os
+
+    agent.behave(regen_delay=3600)
+    assert states.iemkey.rotated(name="key", since=YESTERDAY).result is True
+    record = os.path.join(minion_opts["cachedir"], "iemkey", "rotation.json")
+    data = json.load(open(record))
+    data["rotated_at"] = (NOW - datetime.timedelta(hours=2)).isoformat()  # > stale_after (900 s) ago
+    json.dump(data, open(record, "w"))
+    ret = states.iemkey.rotated(name="key", since=(NOW - datetime.timedelta(days=1)).isoformat())
+    assert ret.result is False and ret.changes == {}
+    assert "down or cannot register" in ret.comment

@@ -58,6 +58,7 @@ def _minion(salt_master, tmp_path_factory, name):
             "iemkey": {
                 "config_file": str(root / "var/opt/BESClient/besclient.config"),
                 "init_script": str(root / "etc/init.d/besclient"),
+                "client_binary": str(root / "opt/BESClient/bin/BESClient"),
                 "command_timeout": 10,
             },
             "log_level_logfile": "debug",

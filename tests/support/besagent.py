@@ -111,14 +111,25 @@ class StandInAgent:
             f"exec {python} {program} --root {shlex.quote(str(self.root))} \"$@\"\n"
         )
         self.init_script.chmod(0o755)
+        state = shlex.quote(str(self.state_dir))
         self.client_binary.write_text(
             "#!/bin/sh\n"
-            "# BESClient (stand-in): records its arguments' count, never their values\n"
-            f"echo \"$# arguments\" >> {shlex.quote(str(self.state_dir / 'register.log'))}\n"
+            "# BESClient (stand-in): -register <password> <relay> against the relay's password file.\n"
+            "# Like a careless vendor tool, it echoes the rejected password, so redaction is tested.\n"
+            '[ "$1" = "-register" ] || { echo "usage: BESClient -register <password> <relay>" >&2; exit 2; }\n'
+            f"echo \"$# arguments\" >> {state}/register.log\n"
+            f'if [ "$2" = "$(cat {state}/relay_password 2>/dev/null)" ]; then\n'
+            '  echo "Key exchange with $3 succeeded"; exit 0\n'
+            "fi\n"
+            'echo "Key exchange with $3 failed: password $2 rejected" >&2; exit 1\n'
         )
         self.client_binary.chmod(0o755)
         self.behave()
         return self
+
+    def relay_accepts(self, password):
+        """The authenticating relay's key-exchange password."""
+        (self.state_dir / "relay_password").write_text(password)
 
     def write_keys(self):
         self.keystorage.mkdir(mode=0o700, exist_ok=True)
@@ -136,6 +147,7 @@ class StandInAgent:
 
         fail_start/fail_stop: how many calls fail (exit 1) before they work again.
         hang: a verb ("start", "stop", "status") that hangs instead of returning.
+        kill_caller_on: a verb on which the control script kills its caller, once.
         regen_delay: seconds the daemon waits before writing new keys.
         """
         self.behaviour_file.write_text(json.dumps(knobs))
@@ -281,6 +293,12 @@ def control(agent, verb):
         _log(agent, f"{verb}: hanging")
         while True:
             time.sleep(1)
+    if knobs.get("kill_caller_on") == verb:
+        # fault injection: the caller (salt-call, a minion job) dies here, as in a crash or power cut
+        knobs["kill_caller_on"] = None
+        agent.behaviour_file.write_text(json.dumps(knobs))
+        os.kill(os.getppid(), signal.SIGKILL)
+        return 1
     if verb in ("start", "stop") and _spend_knob(agent, f"fail_{verb}"):
         print(f"BESClient {verb} failed: simulated failure", file=sys.stderr)
         return 1
