@@ -6,7 +6,7 @@ each minion with its own stand-in agent. Started once per session (10-15 s each)
 import pathlib
 
 import pytest
-from helpers import API_USER, COOLDOWN, HOOK_SECRET, REPO
+from helpers import API_PASSWORD, API_USER, COOLDOWN, HOOK_SECRET, REPO
 from pytestshellutils.utils import ports
 from saltfactories.utils import random_string
 
@@ -29,7 +29,18 @@ def state_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def salt_master(salt_factories, pillar_root, state_root):
+def bigfix_api_port():
+    return ports.get_unused_localhost_port()
+
+
+@pytest.fixture(scope="session")
+def httpserver_listen_address(bigfix_api_port):
+    """The stand-in BigFix REST server (pytest-httpserver) listens where the master's iemkey:api points."""
+    return ("127.0.0.1", bigfix_api_port)
+
+
+@pytest.fixture(scope="session")
+def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port):
     factory = salt_factories.salt_master_daemon(
         random_string("iemkey-master-"),
         overrides={
@@ -38,8 +49,13 @@ def salt_master(salt_factories, pillar_root, state_root):
             "reactor": [
                 {"iemkey/compromised": [REACTOR_SLS]},
                 {"salt/netapi/hook/iemkey/compromised": [REACTOR_SLS]},
+                {"iemkey/rotated": ["salt://iemkey/reactor/rotated.sls"]},
             ],
-            "iemkey": {"reactor": {"cooldown": COOLDOWN, "hook_secret": HOOK_SECRET}},
+            "iemkey": {
+                "reactor": {"cooldown": COOLDOWN, "hook_secret": HOOK_SECRET},
+                "api": {"url": f"http://127.0.0.1:{bigfix_api_port}", "user": "iemkey-operator",
+                        "password": API_PASSWORD, "verify": False, "timeout": 2, "retries": 3},
+            },
             "rest_cherrypy": {"host": "127.0.0.1", "port": ports.get_unused_localhost_port(), "disable_ssl": True},
             # "auto" accepts any password for the listed user: for tests only; use pam/ldap in production
             "external_auth": {"auto": {API_USER: ["@runner", "@wheel", ".*"]}},
@@ -47,6 +63,8 @@ def salt_master(salt_factories, pillar_root, state_root):
         },
     )
     with factory.started(start_timeout=120):
+        ret = factory.salt_run_cli(timeout=120).run("saltutil.sync_runners")
+        assert ret.returncode == 0, ret
         yield factory
 
 

@@ -18,3 +18,4 @@ def load_source(kind, alias):
 COOLDOWN = 15
 API_USER = "siem"
 HOOK_SECRET = "siem-signing-secret-3f9a"
+API_PASSWORD = "bigfix-api-Pw-91d2c"

@@ -1,0 +1,154 @@
+"""
+The runner through a real master: `salt-run iemkey.report` and `iemkey.remove_computer`
+against a stand-in BigFix REST server on loopback (pytest-httpserver) that checks the
+method, the path and HTTP Basic auth, and the rotate -> event -> reactor -> DELETE chain.
+"""
+
+import base64
+import datetime
+import pathlib
+import time
+
+import pytest
+from helpers import API_PASSWORD
+from werkzeug import Response
+
+BASIC = "Basic " + base64.b64encode(f"iemkey-operator:{API_PASSWORD}".encode()).decode()
+YESTERDAY = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _deletes(httpserver):
+    return [(req.method, req.path) for req, _resp in httpserver.log if req.method == "DELETE"]
+
+
+def _computer(httpserver, computer_id, status=200):
+    httpserver.expect_request(f"/api/computer/{computer_id}", method="DELETE",
+                              headers={"Authorization": BASIC}).respond_with_data("", status=status)
+
+
+# -- report -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stopped_minion(salt_master, salt_minion, tmp_path_factory):
+    """An accepted minion that is not running: unreachable."""
+    factory = salt_master.salt_minion_daemon("gamma-stopped")
+    with factory.started(start_timeout=120):
+        pass
+    return factory
+
+
+def test_report_classifies_compliant_noncompliant_and_unreachable(
+    salt_run_cli, salt_cli, salt_minion, salt_minion_2, stopped_minion, agent, agent_2
+):
+    ret = salt_cli.run("iemkey.rotate", "wait=30", minion_tgt=salt_minion_2.id)  # only beta is new
+    assert ret.returncode == 0, ret
+    targets = ",".join([salt_minion.id, salt_minion_2.id, stopped_minion.id])
+    report = salt_run_cli.run("iemkey.report", f"since={YESTERDAY}", f"tgt={targets}", "tgt_type=list",
+                              "timeout=10")
+    assert report.returncode != 0, report
+    data = report.data
+    assert data["compliant"] == [salt_minion_2.id]
+    assert data["noncompliant"] == [salt_minion.id]
+    assert data["unreachable"] == [stopped_minion.id]
+    assert data["minions"][salt_minion.id]["computer_id"] == agent.computer_id
+    assert data["minions"][salt_minion.id]["basis"] == "key_created"
+    assert "1 compliant, 1 noncompliant, 1 unreachable" in data["summary"]
+    compliant = salt_run_cli.run("iemkey.report", f"since={YESTERDAY}", f"tgt={salt_minion_2.id}")
+    assert compliant.returncode == 0, compliant
+    assert compliant.data["compliant"] == [salt_minion_2.id] and compliant.data["noncompliant"] == []
+
+
+def test_report_says_which_minions_have_no_agent(salt_run_cli, salt_minion, agent):
+    agent.init_script.unlink()
+    report = salt_run_cli.run("iemkey.report", "since=2026-01-01T00:00:00Z", f"tgt={salt_minion.id}")
+    assert report.returncode != 0
+    assert report.data["not_installed"] == [salt_minion.id]
+
+
+def test_report_with_a_malformed_since_is_an_error(salt_run_cli, salt_minion, agent):
+    report = salt_run_cli.run("iemkey.report", "since=last-week", f"tgt={salt_minion.id}")
+    assert report.returncode != 0
+    assert report.data["errors"] == [salt_minion.id]
+    assert "not an ISO 8601 time" in report.data["minions"][salt_minion.id]["error"]
+
+
+# -- remove_computer -----------------------------------------------------------------------
+def test_remove_computer_deletes_with_basic_auth(salt_run_cli, httpserver):
+    _computer(httpserver, 1234567)
+    ret = salt_run_cli.run("iemkey.remove_computer", "1234567")
+    assert ret.returncode == 0, ret
+    assert ret.data["computers"] == [{"computer_id": "1234567", "result": True, "status": 200, "detail": "deleted"}]
+    assert _deletes(httpserver) == [("DELETE", "/api/computer/1234567")]
+
+
+def test_already_gone_is_success(salt_run_cli, httpserver):
+    _computer(httpserver, 42, status=404)
+    ret = salt_run_cli.run("iemkey.remove_computer", "42")
+    assert ret.returncode == 0 and ret.data["computers"][0]["detail"] == "already gone", ret
+
+
+def test_a_5xx_is_retried_then_succeeds(salt_run_cli, httpserver):
+    httpserver.expect_oneshot_request("/api/computer/77", method="DELETE").respond_with_data("busy", status=503)
+    _computer(httpserver, 77)
+    ret = salt_run_cli.run("iemkey.remove_computer", "77")
+    assert ret.returncode == 0, ret
+    assert _deletes(httpserver) == [("DELETE", "/api/computer/77")] * 2
+
+
+def test_persistent_500_fails_after_the_retries(salt_run_cli, httpserver):
+    _computer(httpserver, 500500, status=500)
+    ret = salt_run_cli.run("iemkey.remove_computer", "500500")
+    assert ret.returncode != 0
+    assert "HTTP 500" in ret.data["error"]
+    assert _deletes(httpserver) == [("DELETE", "/api/computer/500500")] * 3
+
+
+def test_a_timeout_fails_after_the_retries(salt_run_cli, httpserver):
+    def slow(_request):
+        time.sleep(3)  # the master's iemkey:api:timeout is 2 s
+        return Response("", status=200)
+
+    httpserver.expect_request("/api/computer/9", method="DELETE").respond_with_handler(slow)
+    ret = salt_run_cli.run("iemkey.remove_computer", "9")
+    assert ret.returncode != 0
+    assert "Timeout" in ret.data["error"]
+
+
+def test_wrong_credentials_are_an_authentication_error(salt_run_cli, httpserver):
+    httpserver.expect_request("/api/computer/5", method="DELETE").respond_with_data("", status=401)
+    ret = salt_run_cli.run("iemkey.remove_computer", "5")
+    assert ret.returncode != 0
+    assert "authentication failed" in ret.data["error"] and "iemkey-operator" in ret.data["error"]
+    assert _deletes(httpserver).count(("DELETE", "/api/computer/5")) == 1  # an auth error is not retried
+
+
+def test_a_non_numeric_id_is_refused_before_any_request(salt_run_cli, httpserver):
+    ret = salt_run_cli.run("iemkey.remove_computer", "1/../../api/computers")
+    assert ret.returncode != 0
+    assert "computer IDs are numbers" in ret.data["error"]
+    assert not any("computers" in path for _method, path in _deletes(httpserver))
+
+
+def test_rotation_chain_deletes_the_old_id_and_never_the_new_one(
+    salt_master, salt_cli, salt_minion, agent, httpserver, event_listener
+):
+    old_id = agent.computer_id
+    _computer(httpserver, old_id)
+    ret = salt_cli.run("iemkey.rotate", "wait=30", minion_tgt=salt_minion.id)
+    assert ret.returncode == 0, ret
+    new_id = ret.data["new_computer_id"]
+    deadline = time.monotonic() + 60
+    while ("DELETE", f"/api/computer/{old_id}") not in _deletes(httpserver) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)  # a wrong second DELETE would arrive about now
+    assert _deletes(httpserver).count(("DELETE", f"/api/computer/{old_id}")) == 1
+    assert ("DELETE", f"/api/computer/{new_id}") not in _deletes(httpserver)
+
+
+def test_the_api_password_never_reaches_the_master_log(salt_master, salt_run_cli, httpserver):
+    _computer(httpserver, 31337)
+    assert salt_run_cli.run("iemkey.remove_computer", "31337", "-l", "debug").returncode == 0
+    httpserver.expect_request("/api/computer/31338", method="DELETE").respond_with_data("", status=403)
+    failed = salt_run_cli.run("iemkey.remove_computer", "31338", "-l", "debug")
+    assert failed.returncode != 0
+    assert API_PASSWORD not in failed.stdout + failed.stderr
+    assert API_PASSWORD not in pathlib.Path(salt_master.config["log_file"]).read_text()
