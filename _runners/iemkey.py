@@ -45,6 +45,24 @@ def _fail(ret, message):
     return ret
 
 
+def _targets(tgt, tgt_type):
+    return sorted(salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type)["minions"])
+
+
+def targets(tgt="*", tgt_type="glob"):
+    """
+    The accepted minions a target matches, sorted: what ``iemkey.orch.rotate`` splits
+    into batches (a minion that is down fails its batch, which stops the rollout).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run iemkey.targets tgt='web*'
+    """
+    return _targets(tgt, tgt_type)
+
+
 # -- report -----------------------------------------------------------------------------
 def report(since, tgt="*", tgt_type="glob", timeout=None):
     """
@@ -69,7 +87,7 @@ def report(since, tgt="*", tgt_type="glob", timeout=None):
     if since in (None, ""):
         return _fail({}, "report needs since, e.g. since=2026-11-20T08:00:00Z")
     timeout = __opts__.get("timeout", 5) if timeout is None else float(timeout)
-    expected = set(salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type)["minions"])
+    expected = set(_targets(tgt, tgt_type))
     answers = {}
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
         for reply in client.cmd_iter(tgt, "iemkey.check", [str(since)], tgt_type=tgt_type, timeout=timeout,

@@ -6,6 +6,7 @@ method, the path and HTTP Basic auth, and the rotate -> event -> reactor -> DELE
 
 import base64
 import datetime
+import json
 import pathlib
 import time
 
@@ -152,3 +153,38 @@ def test_the_api_password_never_reaches_the_master_log(salt_master, salt_run_cli
     assert failed.returncode != 0
     assert API_PASSWORD not in failed.stdout + failed.stderr
     assert API_PASSWORD not in pathlib.Path(salt_master.config["log_file"]).read_text()
+
+
+# -- staged rollout ------------------------------------------------------------------------
+def _orchestrate(salt_run_cli, minions, batch=1):
+    pillar = {"iemkey": {"rotated_since": YESTERDAY, "orch": {"tgt": ",".join(minions), "tgt_type": "list",
+                                                              "batch": batch, "wait": 30}}}
+    return salt_run_cli.run("state.orchestrate", "iemkey.orch.rotate", f"pillar={json.dumps(pillar)}")
+
+
+def _orch_states(ret):
+    (states,) = ret.data["data"].values()
+    return {value["__id__"]: value["result"] for value in states.values()}
+
+
+def test_orchestration_rotates_in_batches_and_reports(salt_run_cli, salt_minion, salt_minion_2, agent, agent_2):
+    old = agent.computer_id, agent_2.computer_id
+    ret = _orchestrate(salt_run_cli, [salt_minion.id, salt_minion_2.id])
+    assert ret.returncode == 0, ret
+    assert _orch_states(ret) == {"iemkey-rotate-batch-1": True, "iemkey-check-batch-1": True,
+                                 "iemkey-rotate-batch-2": True, "iemkey-check-batch-2": True,
+                                 "iemkey-report": True}
+    assert agent.wait_for_keys() and agent_2.wait_for_keys()
+    assert (agent.computer_id, agent_2.computer_id) != old
+
+
+def test_orchestration_stops_at_the_first_failed_batch(salt_run_cli, salt_minion, salt_minion_2, agent, agent_2):
+    agent.behave(fail_start=10)  # alpha (batch 1) cannot start its agent
+    keys_2 = agent_2.key_files()
+    ret = _orchestrate(salt_run_cli, [salt_minion.id, salt_minion_2.id])
+    assert ret.returncode != 0
+    states = _orch_states(ret)
+    assert states["iemkey-rotate-batch-1"] is False
+    assert states["iemkey-rotate-batch-2"] is False  # not run: its requisite failed
+    assert states["iemkey-report"] is False  # the report ran, and says what is left
+    assert agent_2.key_files() == keys_2
