@@ -5,6 +5,7 @@ without root, serving this repo, with a stand-in BigFix agent. It shows
 1. `salt '*' iemkey.paths`, `iemkey.status`, `iemkey.rotate`, `iemkey.status`;
 2. a highstate with pillar `iemkey:rotated_since`, run twice (the second changes nothing);
 3. a compromise event from the minion, rotated by the master's reactor;
+4. the fleet compliance report, `salt-run iemkey.report`;
 
 printing Salt's own output, and stops everything it started.
 """
@@ -178,6 +179,10 @@ def main():
         reactor_lines = [line for line in (top / "root/var/log/salt/master").read_text().splitlines()
                          if "iemkey reactor" in line]
         print("\nmaster log:\n" + "\n".join(reactor_lines))
+
+        banner("4. Fleet compliance report on the master: salt-run iemkey.report")
+        box.run("salt-run", "saltutil.sync_runners", show=False)
+        box.run("salt-run", "iemkey.report", f"since={since:%Y-%m-%dT%H:%M:%SZ}")
     finally:
         banner("Stopping the master, the minion and the stand-in agent")
         box.stop()
