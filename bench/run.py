@@ -1,0 +1,225 @@
+"""
+`make bench`: what iemkey costs, measured against a baseline in the same run.
+
+a. `iemkey.rotate` vs the bare technote procedure (stop; rm -rf KeyStorage; start), both
+   through `salt-call --local` on the same stand-in agent               target ratio <= 1.10
+b. an already-satisfied `iemkey.rotated` vs `test.succeed_without_changes`, both through
+   `state.single` with `salt-call --local`                              target ratio <= 1.20
+c. `iemkey/compromised` -> `iemkey/rotated` through a local master (event stamps on the
+   master bus) vs the stand-in agent's own restart time                 target <= restart + 3 s
+d. `salt <targets> iemkey.rotate` over 1, 5 and 10 local minions         target 10 <= 2x one
+
+Each pair is interleaved (A, B, A, B, ...) so machine noise hits both sides alike; the
+table gives median, min and max over BENCH_REPS repetitions (default 5) and writes
+bench/RESULTS.md.
+"""
+
+import datetime
+import os
+import pathlib
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "demo"))
+
+from sandbox import BIN, REPO, Sandbox, StandInAgent, agent_settings  # noqa: E402
+
+REPS = int(os.environ.get("BENCH_REPS", "5"))
+MINIONS = [f"bench-{i:02d}" for i in range(10)]
+
+
+def timed(command):
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark step failed: {shlex.join(command)}\n{result.stdout}\n{result.stderr}")
+    return elapsed
+
+
+def stats(samples):
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+
+
+class Local:
+    """A masterless minion (`salt-call --local`) with its own stand-in agent."""
+
+    def __init__(self, top):
+        self.conf = top / "local-conf"
+        self.agent = StandInAgent(top / "local-agent").install()
+        self.conf.mkdir()
+        (self.conf / "minion").write_text(yaml.safe_dump({
+            "id": "bench-local",
+            "root_dir": str(top / "local-root"),
+            "file_client": "local",
+            "file_roots": {"base": [str(REPO), str(REPO / "salt")]},
+            "iemkey": agent_settings(self.agent),
+        }))
+        timed(self.call("saltutil.sync_all"))
+        timed([str(self.agent.init_script), "start"])
+        self.agent.wait_for_keys()
+
+    def call(self, *args):
+        return [str(BIN / "salt-call"), "--local", "-c", str(self.conf), "--out=quiet", *args]
+
+
+def pair(name, first, second, reps, between=None):
+    """Interleave two commands ``reps`` times; stats for each."""
+    samples = {first[0]: [], second[0]: []}
+    for _ in range(reps):
+        for label, command in (first, second):
+            samples[label].append(timed(command))
+            if between:
+                between()
+    print(f"  {name}: done", flush=True)
+    return {label: stats(values) for label, values in samples.items()}
+
+
+def bench_local(top, reps):
+    local = Local(top)
+    agent = local.agent
+    bare = (f"{shlex.quote(str(agent.init_script))} stop && rm -rf {shlex.quote(str(agent.keystorage))} && "
+            f"{shlex.quote(str(agent.init_script))} start")
+    rotate = pair(
+        "a. rotate vs bare procedure",
+        ("iemkey.rotate", local.call("iemkey.rotate")),
+        ("bare procedure", local.call("cmd.run", bare, "python_shell=True")),
+        reps, between=agent.wait_for_keys,
+    )
+    state = pair(
+        "b. satisfied state vs test state",
+        ("iemkey.rotated (satisfied)",
+         local.call("state.single", "iemkey.rotated", "name=key", "since=2020-01-01T00:00:00Z")),
+        ("test.succeed_without_changes", local.call("state.single", "test.succeed_without_changes", "name=x")),
+        reps,
+    )
+    agent.kill()
+    return rotate, state
+
+
+def bench_fleet(top, reps):
+    import salt.config
+    import salt.utils.event
+
+    box = Sandbox(top / "fleet", minions=MINIONS, master_extra={
+        "reactor": [{"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]}],
+        "iemkey": {"reactor": {"cooldown": 0}},  # every alert is a new incident here
+    })
+    try:
+        for agent in box.agents.values():
+            agent.install()
+        box.write_config()
+        box.start()
+        box.sync()
+        box.salt("*", "iemkey.restart", show=False)
+        opts = salt.config.master_config(str(box.conf / "master"))
+        bus = salt.utils.event.get_event("master", sock_dir=opts["sock_dir"], opts=opts, listen=True)
+        first, agent = MINIONS[0], box.agents[MINIONS[0]]
+
+        # c. compromise -> rotation, from the master's own event stamps
+        latency, restart = [], []
+        for _ in range(reps):
+            restart.append(timed([str(agent.init_script), "restart"]))
+            agent.wait_for_keys()
+            time.sleep(1)  # the event's time must be after the key's, or the alert is a duplicate
+            box.salt_call(first, "event.send", "iemkey/compromised", show=False)
+            stamps = {}
+            deadline = time.monotonic() + 120
+            while len(stamps) < 2 and time.monotonic() < deadline:
+                event = bus.get_event(wait=5, full=True)
+                if event and event["data"].get("id") == first and event["tag"] in (
+                        "iemkey/compromised", "iemkey/rotated"):
+                    stamps[event["tag"]] = datetime.datetime.fromisoformat(event["data"]["_stamp"])
+            if len(stamps) < 2:
+                raise SystemExit("no iemkey/rotated within 120 s of iemkey/compromised")
+            latency.append((stamps["iemkey/rotated"] - stamps["iemkey/compromised"]).total_seconds())
+            agent.wait_for_keys()
+        print("  c. compromise -> rotated: done", flush=True)
+
+        # d. fan-out over 1, 5 and 10 minions, interleaved
+        fleet = {1: [], 5: [], 10: []}
+        for _ in range(reps):
+            for count, samples in fleet.items():
+                targets = ",".join(MINIONS[:count])
+                samples.append(timed([str(BIN / "salt"), "-c", str(box.conf), "--timeout=120", "-L",
+                                           targets, "iemkey.rotate", "--out=quiet"]))
+                for minion in MINIONS[:count]:
+                    box.agents[minion].wait_for_keys()
+        print("  d. fleet fan-out: done", flush=True)
+        bus.destroy()
+        return stats(latency), stats(restart), {count: stats(v) for count, v in fleet.items()}
+    finally:
+        box.stop()
+
+
+def machine():
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    mem = next((line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")), "0")
+    import salt.version
+
+    return (f"{os.cpu_count()} CPUs ({cpu}), {int(mem) // 1024 // 1024} GiB, Python {platform.python_version()}, "
+            f"Salt {salt.version.__version__}, {platform.system()} {platform.release()}")
+
+
+def row(label, s):
+    return f"| {label} | {s['median']:.3f} | {s['min']:.3f} | {s['max']:.3f} | {s['n']} |"
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+def main():
+    with tempfile.TemporaryDirectory(prefix="iemkey-bench-") as tmp:
+        top = pathlib.Path(tmp)
+        print(f"benchmarking with {REPS} repetitions under {top}", flush=True)
+        rotate, state = bench_local(top, REPS)
+        latency, restart, fleet = bench_fleet(top, REPS)
+    ratio_a = rotate["iemkey.rotate"]["median"] / rotate["bare procedure"]["median"]
+    ratio_b = (state["iemkey.rotated (satisfied)"]["median"]
+               / state["test.succeed_without_changes"]["median"])
+    budget_c = restart["median"] + 3
+    ratio_d = fleet[10]["median"] / fleet[1]["median"]
+    lines = [
+        "# iemkey benchmark results",
+        "",
+        f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} with `make bench` "
+        f"({REPS} repetitions, pairs interleaved).",
+        f"Machine: {machine()}.",
+        "",
+        "Seconds of wall time:",
+        "",
+        "| measurement | median | min | max | n |",
+        "|---|---|---|---|---|",
+        *(row(f"a. {label} (`salt-call --local`)", s) for label, s in rotate.items()),
+        *(row(f"b. `state.single` {label} (`salt-call --local`)", s) for label, s in state.items()),
+        row("c. `iemkey/compromised` -> `iemkey/rotated` on the master bus", latency),
+        row("c. stand-in agent restart (`besclient restart`)", restart),
+        *(row(f"d. `salt -L <{count} minions> iemkey.rotate`", s) for count, s in fleet.items()),
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+        f"| a. rotate / bare procedure <= 1.10 | {ratio_a:.3f} | {verdict(ratio_a <= 1.10)} |",
+        f"| b. satisfied state / test state <= 1.20 | {ratio_b:.3f} | {verdict(ratio_b <= 1.20)} |",
+        f"| c. compromise -> rotated <= restart + 3 s ({budget_c:.2f} s) | {latency['median']:.2f} s "
+        f"| {verdict(latency['median'] <= budget_c)} |",
+        f"| d. 10 minions / 1 minion <= 2.0 | {ratio_d:.3f} (5 minions: "
+        f"{fleet[5]['median'] / fleet[1]['median']:.3f}) | {verdict(ratio_d <= 2.0)} |",
+        "",
+    ]
+    text = "\n".join(lines)
+    print("\n" + text)
+    (HERE / "RESULTS.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
