@@ -594,7 +594,7 @@ def paths():
     }
 
 
-def _status():
+def _status(probe_agent=True):
     resolved = _resolve()
     installed, missing = _installed(resolved)
     keystorage = resolved["keystorage"]
@@ -617,7 +617,7 @@ def _status():
         "pending": pending,
         # keyless this long after a rotation: the agent is down or cannot register
         "stale": keyless_for is not None and keyless_for > _number("stale_after"),
-        "agent_running": _agent_running(resolved["control"]) if installed else None,
+        "agent_running": _agent_running(resolved["control"]) if installed and probe_agent else None,
         "problem": problem,
     }
 
@@ -642,7 +642,7 @@ def status():
     return _status()
 
 
-def check(since):
+def check(since, probe_agent=True):
     """
     Whether the agent's current key was made at or after ``since``. Changes nothing.
 
@@ -654,6 +654,9 @@ def check(since):
     while KeyStorage is absent after a rotation by iemkey (the agent makes keys
     asynchronously) it is ``last_rotated``. ``stale`` is True when that rotation is
     older than ``iemkey:stale_after`` seconds and the agent has still made no key.
+
+    probe_agent
+        Ask the agent whether it runs (``status.agent_running``); the state skips it.
 
     CLI Example:
 
@@ -668,7 +671,7 @@ def check(since):
             f"since {since_dt.isoformat()} is in the future (now {now.isoformat(timespec='seconds')}): "
             "no key could ever satisfy it"
         )
-    current = _status()
+    current = _status(probe_agent)
     ret = {"since": since_dt.isoformat(), "status": current, "basis": None, "key_time": None, "stale": False}
     if not current["installed"]:
         return {**ret, "compliant": False, "reason": f"the BigFix agent is not installed: {current['problem']}"}

@@ -49,7 +49,7 @@ def rotated(name, since, wait=0, **kwargs):
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
-        verdict = __salt__["iemkey.check"](since)
+        verdict = __salt__["iemkey.check"](since, probe_agent=False)  # the decision needs no agent probe
     except (SaltInvocationError, CommandExecutionError) as exc:
         ret["comment"] = f"Cannot decide whether the key is rotated: {exc}"
         return ret
