@@ -61,7 +61,7 @@ def test_since_older_than_the_key_changes_nothing(salt_cli, salt_minion, agent, 
 
 
 def test_late_regeneration_is_not_rotated_twice(salt_cli, salt_minion, agent, set_pillar):
-    agent.behave(regen_delay=4)  # the agent writes its key after the state has returned
+    agent.behave(regen_delay=15)  # the agent writes its key well after the state has returned
     set_pillar(f"iemkey:\n  rotated_since: '{YESTERDAY}'\n")
     first = salt_cli.run("state.apply", "iemkey", minion_tgt=salt_minion.id)
     assert first.data[STATE_ID]["changes"], first
@@ -69,7 +69,7 @@ def test_late_regeneration_is_not_rotated_twice(salt_cli, salt_minion, agent, se
     keyless = salt_cli.run("state.apply", "iemkey", minion_tgt=salt_minion.id)
     assert keyless.data[STATE_ID]["changes"] == {}
     assert "last_rotated" in keyless.data[STATE_ID]["comment"]
-    assert agent.wait_for_keys()
+    assert agent.wait_for_keys(timeout=60)
     keys = agent.key_files()
     time.sleep(0.5)
     late = salt_cli.run("state.apply", "iemkey", minion_tgt=salt_minion.id)
