@@ -894,15 +894,18 @@ def rotate(wait=0, since=None, test=False, **kwargs):
         "removed": removed,
         "resumed": resume,
     }
-    relay, password = _conf("relay"), _register_password()
-    if relay and password:
+    relay = _conf("relay")
+    if relay:
         # a wiped agent is a new agent: behind an authenticating relay it must exchange keys again
+        error = None
         try:
-            exchange = _register(relay, password)
-            error = None if exchange["registered"] else _describe(exchange)
+            password = _register_password()
+            if password:
+                exchange = _register(relay, password)
+                ret["registered"] = exchange["registered"]
+                error = None if exchange["registered"] else _describe(exchange)
         except CommandExecutionError as exc:
-            error = str(exc)
-        ret["registered"] = error is None
+            ret["registered"], error = False, str(exc)
         if error:
             ret["register_error"] = error
             log.error("iemkey: the key exchange after the rotation failed: %s", ret["register_error"])

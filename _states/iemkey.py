@@ -92,4 +92,8 @@ def rotated(name, since, wait=0, **kwargs):
         f"Rotated the BigFix agent key ({verdict['reason']}); the old computer ID "
         f"{rotation['old_computer_id']} is now a duplicate in the BigFix console"
     )
+    if rotation.get("registered") is False:
+        # behind an authenticating relay the new agent cannot register until the exchange works
+        ret["result"] = False
+        ret["comment"] += f". The manual key exchange failed: {rotation['register_error']}"
     return ret

@@ -115,3 +115,16 @@ def test_register_without_settings_says_what_is_missing(salt_cli, salt_minion, a
     ret = salt_cli.run("iemkey.register", minion_tgt=salt_minion.id)
     assert ret.returncode != 0
     assert "needs iemkey:register_password" in ret.stdout
+
+
+def test_a_failed_key_exchange_fails_the_state_but_keeps_the_rotation(salt_cli, salt_minion, set_pillar, agent):
+    agent.relay_accepts("not-our-password")
+    yesterday = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400))
+    set_pillar(f"iemkey:\n  relay: {RELAY}\n  register_password: '{PASSWORD}'\n  rotated_since: '{yesterday}'\n")
+    old_id = agent.computer_id
+    ret = salt_cli.run("state.apply", "iemkey", minion_tgt=salt_minion.id)
+    assert ret.returncode != 0
+    (state,) = ret.data.values()
+    assert state["result"] is False
+    assert state["changes"]["key"]["old"]["computer_id"] == old_id
+    assert "The manual key exchange failed" in state["comment"] and PASSWORD not in ret.stdout
