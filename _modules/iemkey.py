@@ -289,7 +289,7 @@ def _resolve():
     return {
         "storage_path": storage,
         "storage_path_source": storage_source,
-        "keystorage": _pathmod().join(storage, KEYSTORAGE) if storage else None,
+        "keystorage": _pathmod().join(_pathmod().normpath(storage), KEYSTORAGE) if storage else None,
         "computer_id": computer_id,
         "control": _resolve_control(),
     }
@@ -337,7 +337,7 @@ def _checked_keystorage(resolved, live=True):
             f"KeyStorage is unsafe to delete: {reason} (storage path from {resolved['storage_path_source']}); "
             "nothing was changed"
         )
-    return _pathmod().join(_pathmod().normpath(resolved["storage_path"]), KEYSTORAGE)
+    return resolved["keystorage"]
 
 
 def _delete_keystorage(keystorage):
@@ -364,6 +364,11 @@ def _delete_keystorage(keystorage):
     if not failed:
         attempt(os.rmdir, keystorage)
     return sorted(removed), failed
+
+
+def _key_created(files):
+    """When the current key was made: the oldest key file (a restored backup keeps old times)."""
+    return _iso(min(mtime for _path, mtime in files)) if files else None
 
 
 def _key_files(keystorage):
@@ -501,7 +506,7 @@ def _control(verb, control, ignore_retcode=False):
         command, python_shell=False, timeout=timeout, ignore_retcode=ignore_retcode, output_loglevel="debug"
     )
     ret = {
-        "command": " ".join(command),
+        "command": _describe_cmd(control, verb),
         "retcode": result.get("retcode"),
         "stdout": result.get("stdout", ""),
         "stderr": result.get("stderr", ""),
@@ -590,7 +595,7 @@ def paths():
             _conf("config_file", UNIX_CONFIG_FILE) if _platform()["settings"] == "besclient.config" else None
         ),
         "control": {"type": control["type"], "source": control["source"], **commands},
-        "client_binary": _conf("client_binary", _platform()["client_binary"]),
+        "client_binary": _client_binary(),
     }
 
 
@@ -611,7 +616,7 @@ def _status(probe_agent=True):
         "keystorage": keystorage,
         "storage_path": resolved["storage_path"],
         "computer_id": resolved["computer_id"],
-        "key_created": _iso(min(mtime for _path, mtime in files)) if files else None,
+        "key_created": _key_created(files),
         "key_files": len(files),
         "last_rotated": own.get("rotated_at") if own else None,
         "pending": pending,
@@ -710,6 +715,10 @@ def restart():
     return {**result, "result": True, "agent_running": _agent_running(resolved["control"])}
 
 
+def _client_binary():
+    return _conf("client_binary", _platform()["client_binary"])
+
+
 def _register_password():
     """The key-exchange password from pillar or an sdb:// URI; never from the command line."""
     # Salt 3008 masks pillar values it hands out unless asked: this one goes to the vendor tool
@@ -735,7 +744,7 @@ def _register_password():
 
 def _register(relay, password):
     """Run the manual key exchange; the result without the password anywhere in it."""
-    binary = _conf("client_binary", _platform()["client_binary"])
+    binary = _client_binary()
     command = [binary, "-register", password, relay]
     if _platform_name(__grains__).startswith("windows"):
         command = ["cmd", "/c", *command]
@@ -793,7 +802,7 @@ def _wait_for_new_key(keystorage, old_computer_id, wait):
         files = _key_files(keystorage)
         computer_id = _resolve()["computer_id"]
         if files and computer_id and computer_id != old_computer_id:
-            return {"new_computer_id": computer_id, "key_created": _iso(min(m for _p, m in files))}
+            return {"new_computer_id": computer_id, "key_created": _key_created(files)}
         if time.monotonic() >= deadline:
             return {"new_computer_id": None, "key_created": None}
         time.sleep(0.2)
