@@ -34,6 +34,7 @@ import re
 import stat
 import time
 
+import salt.version
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
@@ -44,6 +45,13 @@ try:
     import msvcrt
 except ImportError:  # everything but Windows
     msvcrt = None
+try:
+    import iemkey_auth  # _utils/iemkey_auth.py, synced with saltutil.sync_all (formula install)
+except ImportError:
+    try:
+        from saltext.iemkey.utils import iemkey_auth  # pip install (Salt extension)
+    except ImportError:
+        iemkey_auth = None
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +137,8 @@ KERNELS = {"Darwin": "macos", "AIX": "aix", "HP-UX": "hpux", "SunOS": "solaris",
 
 
 def __virtual__():
+    if iemkey_auth is None:
+        return (False, "iemkey: its utility module iemkey_auth is missing: run saltutil.sync_all")
     if _platform_name(__grains__) is None:
         return (False, f"iemkey: the BigFix agent has no known layout on kernel {__grains__.get('kernel')!r}")
     return __virtualname__
@@ -271,6 +281,7 @@ def _resolve_control():
                 "type": "service",
                 "service": name,
                 "source": "default",
+                "looked_for": script,  # the script this OS uses when it has one
                 "commands": {verb: f"service.{verb} {name}" for verb in VERBS},
             }
     verbs = platform.get("verbs", _UNIX_VERBS)
@@ -522,34 +533,64 @@ def _describe(result):
     return f"`{result['command']}` exited {result['retcode']}" + (f": {detail}" if detail else "")
 
 
+def _service(function, name):
+    """Call Salt's ``service.<function>``. Those run systemctl (and the like) through ``cmd``, which
+    sets the job's retcode: asking about the agent's service must not fail the job by itself."""
+    saved = __context__.get("retcode")
+    try:
+        return __salt__[f"service.{function}"](name)
+    finally:
+        if saved is None:
+            __context__.pop("retcode", None)
+        else:
+            __context__["retcode"] = saved
+
+
+def _control_missing(control):
+    """Why this OS's way to stop and start the agent is not there, or None."""
+    if control["type"] == "script":
+        if os.path.exists(control["script"]):
+            return None
+        return f"no control script at {control['script']} ({control['source']})"
+    try:
+        if _service("available", control["service"]):
+            return None
+    except (CommandExecutionError, KeyError):  # no service manager Salt can ask
+        pass
+    if control.get("looked_for"):
+        return f"no {control['looked_for']} and no {control['service']} service"
+    return f"no {control['service']} service"
+
+
 def _agent_running(control):
-    if control["type"] == "script" and not os.path.isfile(control["script"]):
-        return None
-    if control["type"] == "service" and not __salt__["service.available"](control["service"]):
+    """Whether the agent runs; None when there is no way to ask."""
+    if _control_missing(control):
         return None
     if control["type"] == "service":
-        return bool(__salt__["service.status"](control["service"]))
+        return bool(_service("status", control["service"]))
     return _control("status", control, ignore_retcode=True)["retcode"] == 0
 
 
 def _installed(resolved):
-    """Whether an agent is installed, and if not, where we looked."""
-    control = resolved["control"]
+    """Whether the agent's files are here (whatever controls it), and if not, where we looked."""
     storage = resolved["storage_path"]
     if not storage or not os.path.isdir(storage):
         return False, f"no storage path at {storage} ({resolved['storage_path_source']})"
-    if control["type"] == "service":
-        if not __salt__["service.available"](control["service"]):
-            return False, f"no service {control['service']!r}"
-    elif not os.path.exists(control["script"]):
-        return False, f"no control script at {control['script']} ({control['source']})"
-    return True, None
+    if resolved["storage_path_source"].startswith(("setting", "config")) or resolved["computer_id"]:
+        return True, None  # the client's own settings, or an operator, say where it lives
+    if os.path.lexists(resolved["keystorage"]):
+        return True, None
+    return False, f"no BigFix client settings and no KeyStorage at {resolved['keystorage']}"
 
 
 def _require_installed(resolved):
+    """Refuse, before anything changes, to work on an agent that is absent or cannot be stopped and started."""
     installed, missing = _installed(resolved)
     if not installed:
         raise CommandExecutionError(f"the BigFix agent is not installed here: {missing}; nothing was changed")
+    missing = _control_missing(resolved["control"])
+    if missing:
+        raise CommandExecutionError(f"cannot stop or start the BigFix agent here: {missing}; nothing was changed")
 
 
 # -- events --------------------------------------------------------------------------
@@ -557,12 +598,23 @@ def _masterless():
     return __opts__.get("file_client") == "local" or __opts__.get("master_type") == "disable"
 
 
-def _fire(tag, data):
-    """Send ``tag`` to the master; False in masterless mode, where no master listens."""
+def _signed(tag, payload):
+    """``payload`` signed with this minion's own Salt key, so the master can tell it came from here."""
+    key_path = os.path.join(__opts__["pki_dir"], "minion.pem")
+    try:
+        with open(key_path, "rb") as handle:
+            private_key = handle.read()
+        return iemkey_auth.sign(tag, __opts__["id"], payload, private_key)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CommandExecutionError(f"cannot sign the {tag} event with this minion's key {key_path}: {exc}") from None
+
+
+def _fire(tag, payload):
+    """Send ``tag`` signed to the master; False in masterless mode, where no master listens."""
     if _masterless():
         return False
     try:
-        return bool(__salt__["event.send"](tag, data))
+        return bool(__salt__["event.send"](tag, _signed(tag, payload)))
     except Exception as exc:  # pylint: disable=broad-except
         # the rotation itself succeeded; losing the event must not turn it into a failure
         log.warning("iemkey: could not send %s to the master: %s", tag, exc)
@@ -603,8 +655,9 @@ def _status(probe_agent=True):
     resolved = _resolve()
     installed, missing = _installed(resolved)
     keystorage = resolved["keystorage"]
-    problem = _unsafe_reason(resolved["storage_path"]) if installed else missing
-    files = [] if problem else _key_files(keystorage)
+    unsafe = _unsafe_reason(resolved["storage_path"]) if installed else None
+    files = [] if unsafe or not installed else _key_files(keystorage)
+    problem = missing or unsafe or _control_missing(resolved["control"])
     record = _read_record()
     own = record if record and record.get("keystorage") == keystorage else None
     pending = bool(own and own.get("step") == "deleted" and not os.path.lexists(keystorage))
@@ -719,10 +772,17 @@ def _client_binary():
     return _conf("client_binary", _platform()["client_binary"])
 
 
+def _pillar_secret(key):
+    """A pillar value as it is, not masked: Salt 3008 masks the pillar values ``pillar.get`` hands out
+    unless asked (``unmask``, an argument older Salt lines do not have)."""
+    if salt.version.__saltstack_version__.info >= (3008,):
+        return __salt__["pillar.get"](key, None, unmask=True)
+    return __salt__["pillar.get"](key, None)
+
+
 def _register_password():
     """The key-exchange password from pillar or an sdb:// URI; never from the command line."""
-    # Salt 3008 masks pillar values it hands out unless asked: this one goes to the vendor tool
-    raw = __salt__["pillar.get"]("iemkey:register_password", None, unmask=True)
+    raw = _pillar_secret("iemkey:register_password")
     if raw in (None, ""):
         raw = _conf("register_password")
         if raw is not None and not str(raw).startswith("sdb://"):
@@ -794,6 +854,41 @@ def register():
     if not ret["registered"]:
         raise CommandExecutionError(f"the manual key exchange with {relay} failed: {_describe(ret)}")
     return ret
+
+
+def alert(reason=None):
+    """
+    Report that this minion is compromised: send ``iemkey/compromised`` to the
+    master, signed with this minion's own Salt key. The master's reactor then
+    rotates this minion's BigFix key, and only this minion's.
+
+    This is the detector's entry point (an IDS hook, an EDR script). The master
+    refuses a plain ``event.send iemkey/compromised``: any minion could send that
+    with another minion's id, so only a signature proves who sent it.
+
+    reason
+        Free text for the master log (at most 1000 characters are sent).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call iemkey.alert reason='IDS rule 4711: credential dump'
+        salt '*' iemkey.alert reason='fleet-wide incident 2026-11'
+    """
+    if _masterless():
+        raise CommandExecutionError("iemkey.alert sends an event to the master, and this minion runs masterless")
+    reason = None if reason in (None, "") else str(reason)[:1000]
+    data = _signed("iemkey/compromised", {"reason": reason})
+    try:
+        sent = bool(__salt__["event.send"]("iemkey/compromised", data))
+    except Exception as exc:  # pylint: disable=broad-except
+        raise CommandExecutionError(f"could not send iemkey/compromised to the master: {exc}") from None
+    if not sent:
+        raise CommandExecutionError("could not send iemkey/compromised to the master (event.send returned False)")
+    envelope = data[iemkey_auth.SIGNATURE]
+    return {"sent": True, "tag": "iemkey/compromised", "id": envelope["id"], "signed_at": envelope["time"],
+            "reason": reason}
 
 
 def _wait_for_new_key(keystorage, old_computer_id, wait):
@@ -891,41 +986,63 @@ def rotate(wait=0, since=None, test=False, **kwargs):
                 f"KeyStorage {keystorage} was deleted but the agent is not running after {_describe(start)}. "
                 "The keys are gone and the agent is down; run iemkey.rotate again to finish."
             )
-        _write_record(
-            {"step": "done", "keystorage": keystorage, "old_computer_id": old_computer_id,
-             "rotated_at": rotated_at, "removed": removed}
-        )
-    ret = {
-        "rotated": True,
-        "keystorage": keystorage,
-        "old_computer_id": old_computer_id,
-        "rotated_at": rotated_at,
-        "removed": removed,
-        "resumed": resume,
-    }
-    relay = _conf("relay")
-    if relay:
-        # a wiped agent is a new agent: behind an authenticating relay it must exchange keys again
-        error = None
-        try:
-            password = _register_password()
-            if password:
-                exchange = _register(relay, password)
-                ret["registered"] = exchange["registered"]
-                error = None if exchange["registered"] else _describe(exchange)
-        except CommandExecutionError as exc:
-            ret["registered"], error = False, str(exc)
-        if error:
-            ret["register_error"] = error
-            log.error("iemkey: the key exchange after the rotation failed: %s", ret["register_error"])
-            __context__["retcode"] = 1  # the rotation stands, but the agent cannot register: fail the job
+        ret = {
+            "rotated": True,
+            "keystorage": keystorage,
+            "old_computer_id": old_computer_id,
+            "rotated_at": rotated_at,
+            "removed": removed,
+            "resumed": resume,
+        }
+        _after_the_delete(ret, "recording the rotation", _write_record, {
+            "step": "done", "keystorage": keystorage, "old_computer_id": old_computer_id,
+            "rotated_at": rotated_at, "removed": removed})
+    _after_the_delete(ret, "the manual key exchange", _key_exchange, ret)
     if wait > 0:
-        ret.update(_wait_for_new_key(keystorage, old_computer_id, wait))
+        _after_the_delete(ret, "waiting for the new key", lambda: ret.update(
+            _wait_for_new_key(keystorage, old_computer_id, wait)))
+    _after_the_delete(ret, "sending iemkey/rotated", _send_rotated, ret)
+    return ret
+
+
+def _after_the_delete(ret, step, action, *args):
+    """Run a step that follows the delete. KeyStorage is gone by now: whatever goes wrong here fails
+    the job, but never hides the rotation that happened (its facts stay in ``ret``)."""
+    try:
+        action(*args)
+    except Exception as exc:  # pylint: disable=broad-except
+        message = f"{step} failed after the rotation: {exc.__class__.__name__}: {exc}"
+        ret.setdefault("errors", []).append(message)
+        log.error("iemkey: KeyStorage %s was rotated, but %s", ret["keystorage"], message)
+        __context__["retcode"] = 1
+
+
+def _key_exchange(ret):
+    """Behind an authenticating relay a wiped agent is a new agent: it must exchange keys again."""
+    relay = _conf("relay")
+    if not relay:
+        return
+    error = None
+    try:
+        password = _register_password()
+        if password:
+            exchange = _register(relay, password)
+            ret["registered"] = exchange["registered"]
+            error = None if exchange["registered"] else _describe(exchange)
+    except CommandExecutionError as exc:
+        ret["registered"], error = False, str(exc)
+    if error:
+        ret["register_error"] = error
+        log.error("iemkey: the key exchange after the rotation failed: %s", error)
+        __context__["retcode"] = 1  # the rotation stands, but the agent cannot register: fail the job
+
+
+def _send_rotated(ret):
     event = {key: ret[key] for key in ("old_computer_id", "rotated_at", "keystorage")}
     if "new_computer_id" in ret:
         event["new_computer_id"] = ret["new_computer_id"]
+    ret["event_sent"] = False  # until it is
     ret["event_sent"] = _fire("iemkey/rotated", event)
-    return ret
 
 
 def _describe_cmd(control, verb):

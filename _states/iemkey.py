@@ -80,11 +80,12 @@ def rotated(name, since, wait=0, **kwargs):
     ret["changes"] = {
         "key": {
             "old": {**old, "computer_id": rotation["old_computer_id"]},
-            "new": {
-                "rotated_at": rotation["rotated_at"],
-                "key_created": rotation.get("key_created"),
-                "computer_id": rotation.get("new_computer_id"),
-            },
+            # the new key and computer ID are known only when the state waited for them (``wait``)
+            "new": {key: value for key, value in (
+                ("rotated_at", rotation["rotated_at"]),
+                ("key_created", rotation.get("key_created")),
+                ("computer_id", rotation.get("new_computer_id")),
+            ) if value is not None},
         },
         "removed": rotation["removed"],
     }
@@ -96,4 +97,8 @@ def rotated(name, since, wait=0, **kwargs):
         # behind an authenticating relay the new agent cannot register until the exchange works
         ret["result"] = False
         ret["comment"] += f". The manual key exchange failed: {rotation['register_error']}"
+    if rotation.get("errors"):
+        # the rotation happened (changes stand), but a step after it did not
+        ret["result"] = False
+        ret["comment"] += ". " + "; ".join(rotation["errors"])
     return ret

@@ -4,7 +4,8 @@ without root, serving this repo, with a stand-in BigFix agent. It shows
 
 1. `salt '*' iemkey.paths`, `iemkey.status`, `iemkey.rotate`, `iemkey.status`;
 2. a highstate with pillar `iemkey:rotated_since`, run twice (the second changes nothing);
-3. a compromise event from the minion, rotated by the master's reactor;
+3. a compromise alert from the minion (``salt-call iemkey.alert``, signed with the minion's
+   own Salt key), rotated by the master's reactor; an unsigned one, refused;
 4. the fleet compliance report, `salt-run iemkey.report`;
 
 printing Salt's own output, and stops everything it started.
@@ -34,7 +35,8 @@ def main():
     top = pathlib.Path(tempfile.mkdtemp(prefix="iemkey-demo-"))
     box = Sandbox(top, minions=[MINION], master_extra={
         "reactor": [{"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]}],
-        # a short window so the demo's alert, seconds after the highstate, is a new incident
+        # a 5 s window (the default is 300 s), so the demo's alert, seconds after the highstate's
+        # rotation, counts as a new incident rather than a duplicate
         "iemkey": {"reactor": {"cooldown": COOLDOWN}},
     })
     try:
@@ -51,17 +53,21 @@ def main():
         box.salt("*", "iemkey.status")
 
         banner("2. Highstate after an incident: pillar iemkey:rotated_since, run twice")
-        box.agent.age_keys(30 * 86400)  # pretend the incident happened after the last rotation
+        print("The key step 1 made is seconds old, newer than any incident: the demo ages its files by 30 days\n"
+              "so that pillar 'rotated_since: <an hour ago>' finds it too old.", flush=True)
+        box.agent.age_keys(30 * 86400)
         since = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1))
         box.pillar(f"iemkey:\n  rotated_since: '{since:%Y-%m-%dT%H:%M:%SZ}'\n  wait: 30\n")
         box.salt("*", "state.highstate")
         box.salt("*", "state.highstate")
 
         banner("3. A detector on the minion reports a compromise; the master's reactor rotates that minion")
+        print(f"The reactor's cooldown here is {COOLDOWN} s (default 300 s): alerts that close to a rotation are\n"
+              "duplicates. The demo waits it out, so this alert is a new incident.", flush=True)
         before = box.salt(MINION, "iemkey.status", "--out=json", show=False)
         rotated_before = json.loads(before.stdout)[MINION]["last_rotated"]
-        time.sleep(COOLDOWN + 1)  # alerts within the cooldown window of a rotation are duplicates
-        box.salt_call(MINION, "event.send", "iemkey/compromised", '{"reason": "demo: IDS alert"}')
+        time.sleep(COOLDOWN + 1)
+        box.salt_call(MINION, "iemkey.alert", "reason=demo: IDS alert")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             now = json.loads(box.salt(MINION, "iemkey.status", "--out=json", show=False).stdout or "{}")
@@ -69,8 +75,14 @@ def main():
                 break
             time.sleep(2)
         box.salt("*", "iemkey.status")
-        reactor_lines = [line for line in (top / "root/var/log/salt/master").read_text().splitlines()
-                         if "iemkey reactor" in line]
+        print("\nA plain event.send of the same tag proves nothing about who sent it; the master refuses it:",
+              flush=True)
+        box.salt_call(MINION, "event.send", "iemkey/compromised", '{"reason": "unsigned"}')
+        master_log = top / "root/var/log/salt/master"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "refusing" not in master_log.read_text():
+            time.sleep(1)
+        reactor_lines = [line for line in master_log.read_text().splitlines() if "iemkey reactor" in line]
         print("\nmaster log:\n" + "\n".join(reactor_lines))
 
         banner("4. Fleet compliance report on the master: salt-run iemkey.report")

@@ -6,6 +6,7 @@ agent. Used by `make demo` and `make bench`; it stops everything it started.
 
 import getpass
 import pathlib
+import shlex
 import socket
 import subprocess
 import sys
@@ -106,13 +107,14 @@ class Sandbox:
         raise SystemExit(f"the sandbox minions did not answer within 180 s; see {self.top}")
 
     def sync(self):
-        """Sync the modules and wait until every minion has loaded them; the runner on the master."""
+        """Sync the modules and wait until every minion has loaded them; the runner (and the utility
+        module it imports) on the master."""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             self.salt("*", "saltutil.sync_all", show=False)  # retried: the master may still be settling
             found = self.salt("*", "sys.list_functions", "iemkey", "--out=json", "--static", show=False)
             if found.stdout.count("iemkey.rotate") >= len(self.minions):
-                self.run("salt-run", "saltutil.sync_runners", show=False)
+                self.run("salt-run", "saltutil.sync_all", show=False)
                 return
             time.sleep(1)
         raise SystemExit("the sandbox minions did not load the iemkey modules")
@@ -130,8 +132,8 @@ class Sandbox:
 
     def run(self, program, *args, show=True, conf=None):
         command = [str(BIN / program), "-c", str(conf or self.conf), *args]
-        if show:
-            print(f"\n$ {program} {' '.join(args)}", flush=True)
+        if show:  # as an operator would type it (the sandbox adds -c <its config dir>)
+            print(f"\n$ {shlex.join([program, *args])}", flush=True)
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
         if show:
             print(result.stdout.rstrip(), flush=True)

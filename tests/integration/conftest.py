@@ -6,8 +6,10 @@ each minion with its own stand-in agent. Started once per session (10-15 s each)
 import pathlib
 
 import pytest
-from helpers import API_PASSWORD, API_USER, COOLDOWN, HOOK_SECRET, REPO
+from bigfix_rest import StandInBigFix
+from helpers import API_PASSWORD, API_USER, CLEANUP_EVERY, COOLDOWN, HOOK_SECRET, REPO
 from pytestshellutils.utils import ports
+from saltapi import SaltApi, login
 from saltfactories.utils import random_string
 
 REACTOR_SLS = "salt://iemkey/reactor/compromised.sls"
@@ -40,7 +42,15 @@ def httpserver_listen_address(bigfix_api_port):
 
 
 @pytest.fixture(scope="session")
-def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port):
+def secrets_file(tmp_path_factory):
+    """The master's sdb (yaml driver) behind iemkey:reactor:hook_secret."""
+    path = tmp_path_factory.mktemp("sdb") / "secrets.yaml"
+    path.write_text(f"hook_secret: {HOOK_SECRET}\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port, secrets_file):
     factory = salt_factories.salt_master_daemon(
         random_string("iemkey-master-"),
         overrides={
@@ -51,8 +61,11 @@ def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port):
                 {"salt/netapi/hook/iemkey/compromised": [REACTOR_SLS]},
                 {"iemkey/rotated": ["salt://iemkey/reactor/rotated.sls"]},
             ],
+            "iemkey_secrets": {"driver": "yaml", "files": [str(secrets_file)]},
+            # the console clean-up runs itself, as README tells operators to set it up
+            "schedule": {"iemkey-cleanup": {"function": "iemkey.cleanup", "seconds": CLEANUP_EVERY}},
             "iemkey": {
-                "reactor": {"cooldown": COOLDOWN, "hook_secret": HOOK_SECRET},
+                "reactor": {"cooldown": COOLDOWN, "hook_secret": "sdb://iemkey_secrets/hook_secret"},
                 "api": {"url": f"http://127.0.0.1:{bigfix_api_port}", "user": "iemkey-operator",
                         "password": API_PASSWORD, "verify": False, "timeout": 2, "retries": 3},
             },
@@ -63,13 +76,15 @@ def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port):
         },
     )
     with factory.started(start_timeout=120):
-        ret = factory.salt_run_cli(timeout=120).run("saltutil.sync_runners")
+        ret = factory.salt_run_cli(timeout=120).run("saltutil.sync_all")
         assert ret.returncode == 0, ret
+        with factory.stopped():
+            pass  # as README says: restart the master so its schedule loads the synced runner
         yield factory
 
 
 def _minion(salt_master, tmp_path_factory, name):
-    root = tmp_path_factory.mktemp(name) / "agent"
+    root = tmp_path_factory.mktemp(name) / "agent"  # the stand-in registers as computer name <name>N
     factory = salt_master.salt_minion_daemon(
         random_string(f"{name}-"),
         overrides={
@@ -121,6 +136,34 @@ def agent_2(make_agent, salt_minion_2):
 
 def _forget_rotations(minion):
     (pathlib.Path(minion.config["cachedir"]) / "iemkey" / "rotation.json").unlink(missing_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cleanups(request):
+    """Each test starts with no console clean-ups pending on the master (a file the runner keeps)."""
+    if "salt_master" in request.fixturenames:
+        master = request.getfixturevalue("salt_master")
+        (pathlib.Path(master.config["cachedir"]) / "iemkey" / "cleanup.json").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def bigfix(httpserver, agent, agent_2):
+    """The stand-in BigFix REST API at the master's iemkey:api:url, knowing both minions' agents."""
+    return StandInBigFix([agent, agent_2], "iemkey-operator", API_PASSWORD).serve(httpserver)
+
+
+@pytest.fixture(scope="session")
+def salt_api(salt_master):
+    factory = salt_master.salt_api_daemon()
+    with factory.started(start_timeout=120):
+        api = SaltApi(f"http://127.0.0.1:{salt_master.config['rest_cherrypy']['port']}")
+        api.daemon = factory
+        yield api
+
+
+@pytest.fixture
+def api_token(salt_api):
+    return login(salt_api)
 
 
 @pytest.fixture

@@ -12,30 +12,7 @@ import time
 
 import pytest
 import requests
-from helpers import API_USER, COOLDOWN, HOOK_SECRET
-
-
-@pytest.fixture(scope="module")
-def salt_api(salt_master):
-    factory = salt_master.salt_api_daemon()
-    with factory.started(start_timeout=120):
-        yield f"http://127.0.0.1:{salt_master.config['rest_cherrypy']['port']}"
-
-
-@pytest.fixture(scope="module")
-def api_token(salt_api):
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            response = requests.post(f"{salt_api}/login", json={"username": API_USER, "password": "x",
-                                                                "eauth": "auto"}, timeout=10)
-            break
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    assert response.status_code == 200, response.text
-    return response.json()["return"][0]["token"]
+from helpers import COOLDOWN, HOOK_SECRET
 
 
 def _hook(salt_api, payload, token=None, secret=HOOK_SECRET):
@@ -68,9 +45,11 @@ def _changed(job_return):
     return bool(state["changes"])
 
 
-def _send(minion, payload):
-    ret = minion.salt_call_cli(timeout=60).run("event.send", "iemkey/compromised", json.dumps(payload))
+def _send(minion, reason):
+    """What a detector on the minion runs: a signed iemkey/compromised."""
+    ret = minion.salt_call_cli(timeout=60).run("iemkey.alert", f"reason={reason}")
     assert ret.returncode == 0, ret
+    assert ret.data["sent"] is True and ret.data["id"] == minion.id
 
 
 def _refusals(salt_master, after_line):
@@ -96,8 +75,8 @@ def test_a_minion_event_rotates_only_the_sender_whatever_the_payload_says(
     keys_1 = agent.key_files()
     old_id_2 = agent_2.computer_id
     start = time.time()
-    # the payload names the other minion and a glob: neither may become the target
-    _send(salt_minion_2, {"reason": "ids alert", "id": salt_minion.id, "minion_id": salt_minion.id, "tgt": "*"})
+    # the reason names the other minion and a glob: neither may become the target
+    _send(salt_minion_2, f"ids alert: {salt_minion.id} *")
     rotated = event_listener.wait_for_events([(salt_master.id, "iemkey/rotated")], after_time=start, timeout=60)
     assert rotated.found_all_events, "no iemkey/rotated event within 60 s"
     assert {event.data["id"] for event in rotated} == {salt_minion_2.id}
@@ -113,7 +92,7 @@ def test_a_burst_of_alerts_rotates_once_and_a_later_alert_again(
 ):
     start = time.time()
     for _ in range(3):
-        _send(salt_minion, {"reason": "burst"})
+        _send(salt_minion, "burst")
     reactions = _reactions(event_listener, salt_master, salt_minion.id, start, 3)
     assert len(reactions) == 3
     assert sorted(_changed(r) for r in reactions) == [False, False, True]
@@ -124,7 +103,7 @@ def test_a_burst_of_alerts_rotates_once_and_a_later_alert_again(
     keys = agent.key_files()
     time.sleep(COOLDOWN + 1)  # past the cooldown window a new alert is a new incident
     later = time.time()
-    _send(salt_minion, {"reason": "new incident"})
+    _send(salt_minion, "new incident")
     reactions = _reactions(event_listener, salt_master, salt_minion.id, later, 1)
     assert reactions and _changed(reactions[0])
     assert agent.wait_for_keys() and agent.key_files() != keys

@@ -12,6 +12,7 @@ import time
 
 import pytest
 from helpers import API_PASSWORD
+from saltevents import runner_returns, wait_for
 from werkzeug import Response
 
 BASIC = "Basic " + base64.b64encode(f"iemkey-operator:{API_PASSWORD}".encode()).decode()
@@ -50,6 +51,7 @@ def test_report_classifies_compliant_noncompliant_and_unreachable(
     assert data["compliant"] == [salt_minion_2.id]
     assert data["noncompliant"] == [salt_minion.id]
     assert data["unreachable"] == [stopped_minion.id]
+    assert data["minions"][stopped_minion.id] == {"error": "no answer within 10 s"}
     assert data["minions"][salt_minion.id]["computer_id"] == agent.computer_id
     assert data["minions"][salt_minion.id]["basis"] == "key_created"
     assert "1 compliant, 1 noncompliant, 1 unreachable" in data["summary"]
@@ -58,8 +60,16 @@ def test_report_classifies_compliant_noncompliant_and_unreachable(
     assert compliant.data["compliant"] == [salt_minion_2.id] and compliant.data["noncompliant"] == []
 
 
+def test_report_on_a_target_that_matches_nobody_fails(salt_run_cli, salt_minion, agent):
+    report = salt_run_cli.run("iemkey.report", f"since={YESTERDAY}", "tgt=nosuch*")
+    assert report.returncode != 0, report
+    assert report.data["error"] == "the target 'nosuch*' (glob) matches no accepted minion: nothing to report on"
+
+
 def test_report_says_which_minions_have_no_agent(salt_run_cli, salt_minion, agent):
-    agent.init_script.unlink()
+    import shutil
+
+    shutil.rmtree(agent.storage)
     report = salt_run_cli.run("iemkey.report", "since=2026-01-01T00:00:00Z", f"tgt={salt_minion.id}")
     assert report.returncode != 0
     assert report.data["not_installed"] == [salt_minion.id]
@@ -130,19 +140,21 @@ def test_a_non_numeric_id_is_refused_before_any_request(salt_run_cli, httpserver
 
 
 def test_rotation_chain_deletes_the_old_id_and_never_the_new_one(
-    salt_master, salt_cli, salt_minion, agent, httpserver, event_listener
+    salt_master, salt_cli, salt_run_cli, salt_minion, agent, bigfix, event_listener
 ):
     old_id = agent.computer_id
-    _computer(httpserver, old_id)
+    start = time.time()
     ret = salt_cli.run("iemkey.rotate", "wait=30", minion_tgt=salt_minion.id)
     assert ret.returncode == 0, ret
     new_id = ret.data["new_computer_id"]
-    deadline = time.monotonic() + 60
-    while ("DELETE", f"/api/computer/{old_id}") not in _deletes(httpserver) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(2)  # a wrong second DELETE would arrive about now
-    assert _deletes(httpserver).count(("DELETE", f"/api/computer/{old_id}")) == 1
-    assert ("DELETE", f"/api/computer/{new_id}") not in _deletes(httpserver)
+    assert new_id not in (None, old_id)
+    decisions = runner_returns(event_listener, salt_master, "iemkey.react", start)
+    assert decisions and decisions[0]["action"] == "cleanup", decisions
+    assert wait_for(lambda: bigfix.deletes() == [old_id]), bigfix.calls  # never the new ID
+    assert new_id in bigfix.computers() and old_id not in bigfix.computers()
+    cleaned = salt_run_cli.run("iemkey.cleanup")
+    assert cleaned.returncode == 0 and cleaned.data["pending"] == [] and cleaned.data["review"] == [], cleaned
+    assert bigfix.deletes() == [old_id]
 
 
 def test_the_api_password_never_reaches_the_master_log(salt_master, salt_run_cli, httpserver):

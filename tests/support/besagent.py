@@ -18,6 +18,12 @@ that, only when KeyStorage is missing, writes new keys and a new ComputerID into
 besclient.config (after ``regen_delay`` seconds, so "regenerates late" can be
 tested). It can be told to fail or hang on any verb (``behave``).
 
+What the BigFix server knows of it is ``standin/computers.json``: every computer
+ID it registered, with its Computer Name (``standin/name``) and last report time.
+The daemon reports under the ID it registered, every ``report_interval`` seconds
+while it runs; an ID written into besclient.config by anyone else reports nothing.
+``tests/support/bigfix_rest.py`` serves these records as the BigFix REST API.
+
 Used as a library (``StandInAgent``) by the tests and as a program by the
 control script.
 """
@@ -82,21 +88,28 @@ class StandInAgent:
         self.pidfile = self.state_dir / "besclient.pid"
         self.behaviour_file = self.state_dir / "behaviour.json"
         self.log_file = self.state_dir / "agent.log"
+        self.computers_file = self.state_dir / "computers.json"
+        self.name_file = self.state_dir / "name"
 
     # -- installation -------------------------------------------------------
-    def install(self, computer_id=None, key_age=0):
-        """Lay out an installed, stopped agent with keys ``key_age`` seconds old."""
+    def install(self, computer_id=None, key_age=0, name=None):
+        """Lay out an installed, stopped agent with keys ``key_age`` seconds old, registered as ``name``
+        (default: the name of the folder above the root)."""
         for folder in (self.storage, self.init_script.parent, self.state_dir,
                        self.client_binary.parent, self.root / "etc/opt/BESClient"):
             folder.mkdir(parents=True, exist_ok=True)
+        computer_id = computer_id or new_computer_id()
+        self.name_file.write_text(name or self.root.parent.name)
+        self.computers_file.unlink(missing_ok=True)
+        _register(self, computer_id)
         self.config_file.write_text(CONFIG_TEMPLATE.format(
             client_folder=self.root / "opt/BESClient",
             storage=self.storage,
-            computer_id=computer_id or new_computer_id(),
+            computer_id=computer_id,
         ))
         self.config_file.chmod(0o600)
-        for name, text in OTHER_FILES.items():
-            path = self.storage / name
+        for relative, text in OTHER_FILES.items():
+            path = self.storage / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         (self.root / "etc/opt/BESClient/actionsite.afxm").write_text("masthead\n")
@@ -149,6 +162,7 @@ class StandInAgent:
         hang: a verb ("start", "stop", "status") that hangs instead of returning.
         kill_caller_on: a verb on which the control script kills its caller, once.
         regen_delay: seconds the daemon waits before writing new keys.
+        report_interval: seconds between the daemon's reports to the server (default 1).
         """
         self.behaviour_file.write_text(json.dumps(knobs))
 
@@ -160,6 +174,17 @@ class StandInAgent:
             if key.strip() == "ComputerID":
                 return value.strip()
         return None
+
+    @property
+    def name(self):
+        return self.name_file.read_text()
+
+    def computers(self):
+        """What the BigFix server knows of this agent: {computer id: {"name", "registered", "last_report"}}."""
+        try:
+            return json.loads(self.computers_file.read_text())
+        except (OSError, ValueError):
+            return {}
 
     def key_files(self):
         if not self.keystorage.is_dir():
@@ -184,6 +209,10 @@ class StandInAgent:
                 path = Path(dirpath) / name
                 found[str(rel)] = (path.read_bytes(), os.lstat(path).st_mode)
         return found
+
+    def set_computer_id(self, computer_id):
+        """Edit besclient.config's ComputerID, as root on the host can (the server is not told)."""
+        _set_computer_id(self, computer_id)
 
     def wait_for_keys(self, timeout=30):
         deadline = time.monotonic() + timeout
@@ -251,6 +280,28 @@ def _log(agent, message):
         log.write(f"{time.strftime('%H:%M:%S')} {message}\n")
 
 
+def _write_json(path, document):
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, sort_keys=True))
+    os.replace(tmp, path)  # the REST stand-in reads it at any moment
+
+
+def _register(agent, computer_id):
+    """The server learns a new computer: this agent's name, registered and reporting now."""
+    computers = agent.computers()
+    now = time.time()
+    computers[str(computer_id)] = {"name": agent.name, "registered": now, "last_report": now}
+    _write_json(agent.computers_file, computers)
+
+
+def _report(agent, computer_id):
+    """The agent reports under ``computer_id``, if it registered that ID itself."""
+    computers = agent.computers()
+    if str(computer_id) in computers:
+        computers[str(computer_id)]["last_report"] = time.time()
+        _write_json(agent.computers_file, computers)
+
+
 def _set_computer_id(agent, computer_id):
     """Rewrite the ComputerID line in place, the way the agent owns its config."""
     lines = agent.config_file.read_text().splitlines(keepends=True)
@@ -280,10 +331,17 @@ def run_daemon(agent):
         if running:
             agent.write_keys()
             computer_id = new_computer_id()
+            _register(agent, computer_id)
             _set_computer_id(agent, computer_id)
             _log(agent, f"registered with new computer id {computer_id}")
+    reporting_as = agent.computer_id  # what it registered with; later edits of the file don't change it
+    interval = float(_knobs(agent).get("report_interval") or 1)
+    next_report = 0
     while running:
-        time.sleep(0.2)
+        if time.monotonic() >= next_report and reporting_as:
+            _report(agent, reporting_as)
+            next_report = time.monotonic() + interval
+        time.sleep(0.05)
     _log(agent, "stopped")
 
 

@@ -1,0 +1,122 @@
+"""
+Signed iemkey events: what a minion signs with its own Salt key, and how the master checks it.
+
+Any minion can put any event, ``id`` included, on the master's bus (batched
+``_minion_event``), so the master acts on a minion event only when it carries proof
+that the named minion sent it. The minion signs a canonical encoding of (tag, minion
+id, payload, time, nonce) with ``<pki_dir>/minion.pem``; the master verifies it with
+the key it accepted for that id, refuses it when stale or from the future, and
+remembers its nonce so a replay is refused too.
+
+Pure functions: callers pass keys, clocks and limits in. Used by the ``iemkey``
+execution module (signing) and the ``iemkey`` runner (verifying).
+"""
+
+import base64
+import binascii
+import datetime
+import json
+import re
+import secrets
+
+SIGNATURE = "iemkey_sig"  # the envelope's key in the event data
+VERSION = 1
+ALGORITHM = "RSA-PKCS1v15-SHA256"
+# One minion id: what Salt's key directory can hold and a target can never widen.
+MINION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+UTC = datetime.timezone.utc
+
+
+class Refused(Exception):
+    """The event proves nothing; the message says why (one line for the master log)."""
+
+
+def canonical(tag, minion_id, payload, when, nonce):
+    """The bytes that are signed: stable across Salt versions, transports and dict order."""
+    document = {"v": VERSION, "tag": tag, "id": minion_id, "time": when, "nonce": nonce, "payload": payload}
+    try:
+        text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise Refused(f"its payload is not plain JSON data ({exc})") from None
+    return text.encode("ascii")
+
+
+def _crypto():
+    # cryptography ships with every Salt since 3006 (onedir and pip)
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    return InvalidSignature, hashes, serialization, padding
+
+
+def sign(tag, minion_id, payload, private_key_pem, now=None):
+    """``payload`` plus the signature envelope, ready for ``event.send``."""
+    _invalid, hashes, serialization, padding = _crypto()
+    payload = json.loads(json.dumps(payload))  # exactly what will arrive: lists, not tuples
+    when = (now or datetime.datetime.now(UTC)).astimezone(UTC).isoformat()
+    nonce = secrets.token_hex(16)
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    signature = key.sign(canonical(tag, minion_id, payload, when, nonce), padding.PKCS1v15(), hashes.SHA256())
+    envelope = {"v": VERSION, "alg": ALGORITHM, "id": minion_id, "time": when, "nonce": nonce,
+                "sig": base64.b64encode(signature).decode("ascii")}
+    return {**payload, SIGNATURE: envelope}
+
+
+def envelope_of(data):
+    """(envelope, payload) of signed event data; Refused when it carries no signature."""
+    if not isinstance(data, dict) or not isinstance(data.get(SIGNATURE), dict):
+        raise Refused("it is not signed")
+    payload = {key: value for key, value in data.items() if key != SIGNATURE}
+    return data[SIGNATURE], payload
+
+
+def signer(data):
+    """The minion id an event says signed it (not yet verified), or None."""
+    try:
+        envelope, _payload = envelope_of(data)
+    except Refused:
+        return None
+    minion_id = envelope.get("id")
+    return minion_id if isinstance(minion_id, str) and MINION_ID.fullmatch(minion_id) else None
+
+
+def verify(tag, data, public_key_pem, now, max_age, max_skew):
+    """Check a signed event; its (minion id, payload, signed time, nonce), or Refused with the reason.
+
+    public_key_pem
+        The key the master accepted for the minion the envelope names (the caller
+        looks it up with ``signer``); None when that minion is not accepted.
+    now
+        The master's clock (aware datetime). The signed time must lie within
+        ``max_age`` seconds before it and ``max_skew`` seconds after it.
+    """
+    envelope, payload = envelope_of(data)
+    if envelope.get("v") != VERSION or envelope.get("alg") != ALGORITHM:
+        raise Refused(f"its signature is of an unknown kind (v={envelope.get('v')!r}, alg={envelope.get('alg')!r})")
+    minion_id, when, nonce = envelope.get("id"), envelope.get("time"), envelope.get("nonce")
+    if not isinstance(minion_id, str) or not MINION_ID.fullmatch(minion_id):
+        raise Refused(f"it names no valid minion id ({minion_id!r})")
+    if not isinstance(nonce, str) or not re.fullmatch(r"[0-9a-f]{32}", nonce):
+        raise Refused("its nonce is malformed")
+    if public_key_pem is None:
+        raise Refused(f"{minion_id!r} is not an accepted minion")
+    try:
+        signed_at = datetime.datetime.fromisoformat(str(when))
+        signature = base64.b64decode(str(envelope.get("sig")), validate=True)
+    except (ValueError, binascii.Error):
+        raise Refused("its time or signature is malformed") from None
+    if signed_at.tzinfo is None:
+        raise Refused("its time has no zone")
+    invalid, hashes, serialization, padding = _crypto()
+    try:
+        key = serialization.load_pem_public_key(public_key_pem)
+        key.verify(signature, canonical(tag, minion_id, payload, when, nonce), padding.PKCS1v15(), hashes.SHA256())
+    except (invalid, ValueError, TypeError):
+        raise Refused(f"its signature does not verify with the accepted key of {minion_id!r}") from None
+    age = (now - signed_at).total_seconds()
+    if age > max_age:
+        raise Refused(f"it was signed {age:.0f} s ago, more than {max_age:g} s (iemkey:reactor:max_age)")
+    if age < -max_skew:
+        raise Refused(f"it was signed {-age:.0f} s in the future (clock skew beyond {max_skew:g} s)")
+    return minion_id, payload, signed_at, nonce

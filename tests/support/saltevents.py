@@ -1,0 +1,48 @@
+"""Synchronising integration tests on the master's event bus instead of sleeping."""
+
+import time
+
+
+def runner_returns(event_listener, master, fun, after, count=1, timeout=60, **match):
+    """Returns of runner ``fun`` (e.g. "iemkey.react") that began after ``after``: each its
+    ``return`` data, if it has the ``match`` items; waits until there are ``count`` of them
+    or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [event.data["return"] for event in event_listener.get_events(
+            [(master.id, "salt/run/*/ret")], after_time=after)
+            if event.data.get("fun") == f"runner.{fun}" and isinstance(event.data.get("return"), dict)
+            and all(event.data["return"].get(key) == value for key, value in match.items())]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def job_returns(event_listener, master, minion_id, fun, after, count=1, timeout=90):
+    """Returns of ``fun`` jobs from ``minion_id`` since ``after``; waits for ``count`` of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [event.data for event in event_listener.get_events(
+            [(master.id, f"salt/job/*/ret/{minion_id}")], after_time=after) if event.data.get("fun") == fun]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def published_targets(event_listener, master, jid, after, timeout=30):
+    """The minions the master published job ``jid`` to (its salt/job/<jid>/new event)."""
+    deadline = time.monotonic() + timeout
+    while not (found := event_listener.get_events([(master.id, f"salt/job/{jid}/new")], after_time=after)):
+        assert time.monotonic() < deadline, f"job {jid} was never published"
+        time.sleep(0.2)
+    return sorted(next(iter(found)).data["minions"])
+
+
+def wait_for(predicate, timeout=60, every=0.2):
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
