@@ -1,20 +1,25 @@
-# Two commands: `make demo` and `make test`. Each sets up .venv from requirements.txt first.
+# Two commands: `make demo` and `make test`. Each sets up .venv from requirements/salt-3008.txt first.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+REQS   := requirements/salt-3008.txt
+STAMP  := $(VENV)/.installed-$(shell cksum < $(REQS) | cut -d' ' -f1)
 SLS    := $(shell find salt -name '*.sls' | sort)
 
-.PHONY: demo test lint unit functional integration bench clean
+.PHONY: demo examples test lint unit functional integration matrix bench clean
 
-$(STAMP): requirements.txt
+$(STAMP): $(REQS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(REQS)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 demo: $(STAMP)
 	$(BIN)/python demo/run.py
+
+# every command README shows, run on a sandbox, with Salt's own output (to refresh README)
+examples: $(STAMP)
+	$(BIN)/python demo/examples.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -26,8 +31,12 @@ test: lint
 unit functional integration: $(STAMP)
 	$(BIN)/python -m pytest tests/$@
 
+# every layer on Salt 3006, 3007 and 3008, each in its own .venv-<line> (MATRIX_LINES="3006 3007" for some)
+matrix:
+	PYTHON=$(PYTHON) .ci/matrix
+
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-* .pytest_cache .ruff_cache

@@ -1,14 +1,20 @@
 """Fixtures shared by every test layer."""
 
-import pathlib
 import shutil
-import sys
+import tempfile
 
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "support"))
-
 from besagent import StandInAgent
+
+
+@pytest.fixture(scope="session")
+def salt_factories_default_root_dir():
+    """A root of this session's own for salt-factories. Its default, $TMPDIR, keeps the generated
+    CLI scripts in $TMPDIR/scripts and reuses them, each with its creator's site-packages baked in:
+    another venv's Salt would run. Short, under /tmp: Salt's unix sockets live below it."""
+    root = tempfile.mkdtemp(prefix="iemkey-sf-", dir="/tmp")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

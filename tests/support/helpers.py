@@ -14,8 +14,14 @@ def load_source(kind, alias):
     return module
 
 
+def module_globals(loaded_function):
+    """The globals of the module the Salt loader built a function from (to inject faults there)."""
+    return loaded_function.func.__globals__
+
+
 # integration: the reactor's cooldown window (master iemkey:reactor:cooldown) and the salt-api user
 COOLDOWN = 15
+CLEANUP_EVERY = 5  # seconds between the master schedule's iemkey.cleanup runs
 API_USER = "siem"
 HOOK_SECRET = "siem-signing-secret-3f9a"
 API_PASSWORD = "bigfix-api-Pw-91d2c"
