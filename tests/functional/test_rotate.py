@@ -2,8 +2,10 @@
 
 import datetime
 import os
+import re
 
 import pytest
+from helpers import module_globals
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 
@@ -96,12 +98,38 @@ def test_restart_runs_the_control_script(modules, agent):
     assert agent.key_files()  # a restart is not a rotation
 
 
-def test_rotate_without_an_agent_says_where_it_looked(modules, agent):
+def test_without_its_control_script_the_agent_is_reported_but_not_touched(modules, agent):
     agent.init_script.unlink()
-    with pytest.raises(CommandExecutionError, match=f"not installed here: no control script at {agent.init_script}"):
+    missing = f"no control script at {agent.init_script} (config iemkey:init_script)"
+    status = modules.iemkey.status()
+    assert status["installed"] is True and status["key_files"] == 2 and status["computer_id"] == agent.computer_id
+    assert status["agent_running"] is None and status["problem"] == missing
+    refused = f"cannot stop or start the BigFix agent here: {missing}"
+    with pytest.raises(CommandExecutionError, match=re.escape(refused)):
         modules.iemkey.rotate()
-    assert modules.iemkey.status()["installed"] is False
     assert agent.key_files()
+
+
+def test_linux_without_script_or_service_names_both_and_reports_the_keys(modules, agent, loaders, monkeypatch):
+    monkeypatch.delitem(loaders.opts["iemkey"], "init_script")  # the default: /etc/init.d/besclient, absent here
+    missing = "no /etc/init.d/besclient and no besclient service"
+    status = modules.iemkey.status()
+    assert (status["installed"], status["key_files"], status["problem"]) == (True, 2, missing)
+    assert loaders.context.get("retcode", 0) == 0  # asking Salt's service module does not fail the job
+    with pytest.raises(CommandExecutionError, match=f"cannot stop or start the BigFix agent here: {missing}"):
+        modules.iemkey.rotate()
+    assert agent.key_files()
+
+
+def test_rotate_without_an_agent_says_where_it_looked(modules, agent):
+    import shutil
+
+    shutil.rmtree(agent.storage)  # uninstalled: no settings, no KeyStorage
+    status = modules.iemkey.status()
+    assert status["installed"] is False and status["key_files"] == 0 and status["agent_running"] is None
+    assert status["problem"].startswith("no storage path at")
+    with pytest.raises(CommandExecutionError, match="the BigFix agent is not installed here: no storage path at"):
+        modules.iemkey.rotate()
 
 
 def test_check_decides_on_the_key_time(modules, agent):
@@ -118,3 +146,27 @@ def test_rotate_since_skips_a_key_that_is_new_enough(modules, agent):
     ret = modules.iemkey.rotate(since="2020-01-01T00:00:00Z")
     assert ret["rotated"] is False and "at or after" in ret["comment"]
     assert os.path.isdir(agent.keystorage) and not agent.running()
+
+
+@pytest.mark.parametrize("step", ["_key_exchange", "_send_rotated", "_write_record_done"])
+def test_an_unexpected_error_after_the_delete_fails_the_job_but_keeps_the_rotation(
+    modules, agent, monkeypatch, step
+):
+    module = module_globals(modules.iemkey.rotate)
+    old_id = agent.computer_id
+    if step == "_write_record_done":
+        real = module["_write_record"]
+
+        def write(record):
+            if record.get("step") == "done":
+                raise OSError(28, "No space left on device")
+            return real(record)
+
+        monkeypatch.setitem(module, "_write_record", write)
+    else:
+        monkeypatch.setitem(module, step, lambda ret: (_ for _ in ()).throw(RuntimeError("injected")))
+    ret = modules.iemkey.rotate(wait=20)
+    assert ret["rotated"] is True and ret["old_computer_id"] == old_id and ret["removed"]
+    assert ret["new_computer_id"] == agent.computer_id != old_id  # the steps after the failed one still ran
+    (error,) = ret["errors"]
+    assert "failed after the rotation" in error

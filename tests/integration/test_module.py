@@ -61,9 +61,18 @@ def test_a_failed_start_makes_salt_exit_non_zero(salt_cli, salt_minion, agent):
     assert ret.data["resumed"] is True
 
 
-def test_no_agent_makes_salt_exit_non_zero(salt_cli, salt_minion, agent):
+def test_no_agent_makes_rotate_exit_non_zero_and_status_zero(salt_cli, salt_minion, agent):
+    import shutil
+
     agent.init_script.unlink()
     ret = salt_cli.run("iemkey.rotate", minion_tgt=salt_minion.id)
     assert ret.returncode != 0, ret
-    assert "not installed here" in ret.stdout
+    assert f"cannot stop or start the BigFix agent here: no control script at {agent.init_script}" in ret.stdout
     assert agent.key_files()
+    status = salt_cli.run("iemkey.status", minion_tgt=salt_minion.id)
+    assert status.returncode == 0 and status.data["installed"] is True and status.data["key_files"] == 2, status
+    shutil.rmtree(agent.storage)
+    status = salt_cli.run("iemkey.status", minion_tgt=salt_minion.id)
+    assert status.returncode == 0 and status.data["installed"] is False, status
+    ret = salt_cli.run("iemkey.rotate", minion_tgt=salt_minion.id)
+    assert ret.returncode != 0 and "not installed here" in ret.stdout, ret

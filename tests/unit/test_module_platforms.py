@@ -64,7 +64,8 @@ def salt_mods(config, registry):
 
 @pytest.fixture
 def configure_loader_modules(salt_mods, tmp_path):
-    return {iemkey: {"__grains__": {}, "__salt__": salt_mods, "__opts__": {"cachedir": str(tmp_path / "cache")}}}
+    return {iemkey: {"__grains__": {}, "__salt__": salt_mods, "__opts__": {"cachedir": str(tmp_path / "cache")},
+                     "__context__": {}}}
 
 
 @pytest.fixture
@@ -214,6 +215,30 @@ def test_linux_systemd_only_uses_the_service_module(on, tmp_path, salt_mods, con
         iemkey.restart()
     salt_mods["service.restart"].assert_called_once_with("besclient")
     salt_mods["cmd.run_all"].assert_not_called()
+
+
+def test_linux_without_script_or_unit_reports_the_keys_and_leaves_the_retcode_alone(on, tmp_path, salt_mods):
+    on("linux")
+    write_besclient_config(tmp_path, storage=str(tmp_path), computer_id="4711")
+    (tmp_path / "KeyStorage").mkdir()
+    (tmp_path / "KeyStorage" / "ClientKey.pvk").write_text("key")
+
+    def available(name):
+        iemkey.__context__["retcode"] = 1  # as systemctl run through cmd.run_all leaves it
+        return False
+
+    salt_mods["service.available"].side_effect = available
+    real_exists = iemkey.os.path.exists
+    with patch.object(iemkey.os.path, "exists", lambda p: p != "/etc/init.d/besclient" and real_exists(p)):
+        status = iemkey.status()
+        assert (status["installed"], status["key_files"], status["computer_id"]) == (True, 1, "4711")
+        assert status["agent_running"] is None
+        assert status["problem"] == "no /etc/init.d/besclient and no besclient service"
+        assert "retcode" not in iemkey.__context__
+        with pytest.raises(CommandExecutionError, match=r"cannot stop or start the BigFix agent here: no "
+                                                        r"/etc/init\.d/besclient and no besclient service"):
+            iemkey.restart()
+    salt_mods["service.restart"].assert_not_called()
 
 
 def test_init_script_setting_overrides_the_default(on, tmp_path, config):
