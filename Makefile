@@ -6,7 +6,7 @@ REQS   := requirements/salt-3008.txt
 STAMP  := $(VENV)/.installed-$(shell cksum < $(REQS) | cut -d' ' -f1)
 SLS    := $(shell find salt -name '*.sls' | sort)
 
-.PHONY: demo examples test lint unit functional integration matrix bench clean
+.PHONY: demo examples test lint unit functional integration matrix mutation bench clean
 
 $(STAMP): $(REQS)
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ unit functional integration: $(STAMP)
 matrix:
 	PYTHON=$(PYTHON) .ci/matrix
 
+# mutation testing (slow, not part of make test): .mutation/report.txt ends with the score
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/mutation.txt
+	$(BIN)/python tests/mutation/run.py
+
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .venv-* .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-* .pytest_cache .ruff_cache .mutation .mutmut-cache

@@ -19,7 +19,9 @@ def salt_factories_default_root_dir():
 
 @pytest.fixture
 def make_agent():
-    """Lay out stand-in agents; every daemon they start is stopped afterwards."""
+    """Lay out stand-in agents (running, as installed agents are); afterwards stop every daemon and
+    fail the test if any saw its KeyStorage vanish while it ran: whatever the test did, nothing may
+    delete KeyStorage before the agent is stopped."""
     made = []
 
     def make(root, **install):
@@ -33,6 +35,8 @@ def make_agent():
     yield make
     for agent in made:
         agent.kill()
+    violations = [line for agent in made for line in agent.violations()]
+    assert violations == [], "KeyStorage was deleted while the agent ran (before its stop)"
 
 
 def pytest_sessionfinish(session, exitstatus):

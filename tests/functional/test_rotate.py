@@ -3,18 +3,19 @@
 import datetime
 import os
 import re
+import time
 
 import pytest
 from helpers import module_globals
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 
-def test_status_of_an_installed_stopped_agent(modules, agent):
+def test_status_of_an_installed_agent(modules, agent):
     status = modules.iemkey.status()
     assert status["installed"] is True
     assert status["keystorage"] == str(agent.keystorage)
     assert status["computer_id"] == agent.computer_id
-    assert status["agent_running"] is False
+    assert status["agent_running"] is True
     assert status["last_rotated"] is None
     assert status["key_files"] == 2
     age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(status["key_created"])
@@ -40,6 +41,11 @@ def test_rotate_makes_a_new_key_and_computer_id_and_touches_nothing_else(modules
     status = modules.iemkey.status()
     assert status["last_rotated"] == ret["rotated_at"]
     assert status["key_created"] >= ret["rotated_at"]
+    assert ret["event_sent"] is False  # masterless (this loader's minion): no master to tell
+    # the agent was stopped (its old key still there), then started without KeyStorage: a new computer
+    since_install = agent.events()[len(agent.installed[1]):]
+    registered = [i for i, event in enumerate(since_install) if event.startswith("registered")]
+    assert since_install.index("stop") < registered[0] and "start" in since_install
 
 
 def test_rotate_deletes_only_keystorage_byte_for_byte(modules, agent):
@@ -57,7 +63,7 @@ def test_test_mode_changes_nothing(modules, agent):
     assert ret["would_remove"] == ["ClientCert.crt", "ClientKey.pvk"]
     assert ret["would_run"][1] == f"delete {agent.keystorage}"
     assert agent.snapshot(exclude=()) == before
-    assert not agent.running()
+    assert agent.untouched()
 
 
 def test_a_failed_stop_touches_nothing(modules, agent):
@@ -124,6 +130,7 @@ def test_linux_without_script_or_service_names_both_and_reports_the_keys(modules
 def test_rotate_without_an_agent_says_where_it_looked(modules, agent):
     import shutil
 
+    agent.kill()
     shutil.rmtree(agent.storage)  # uninstalled: no settings, no KeyStorage
     status = modules.iemkey.status()
     assert status["installed"] is False and status["key_files"] == 0 and status["agent_running"] is None
@@ -145,7 +152,7 @@ def test_check_decides_on_the_key_time(modules, agent):
 def test_rotate_since_skips_a_key_that_is_new_enough(modules, agent):
     ret = modules.iemkey.rotate(since="2020-01-01T00:00:00Z")
     assert ret["rotated"] is False and "at or after" in ret["comment"]
-    assert os.path.isdir(agent.keystorage) and not agent.running()
+    assert os.path.isdir(agent.keystorage) and agent.untouched()
 
 
 @pytest.mark.parametrize("step", ["_key_exchange", "_send_rotated", "_write_record_done"])
@@ -170,3 +177,55 @@ def test_an_unexpected_error_after_the_delete_fails_the_job_but_keeps_the_rotati
     assert ret["new_computer_id"] == agent.computer_id != old_id  # the steps after the failed one still ran
     (error,) = ret["errors"]
     assert "failed after the rotation" in error
+
+
+def test_wait_shorter_than_the_agents_registration_returns_without_the_new_id(modules, agent):
+    old_id = agent.computer_id
+    agent.behave(regen_hold=True)  # registers only when the test says so
+    ret = modules.iemkey.rotate(wait=1)
+    assert ret["rotated"] is True and ret["new_computer_id"] is None and ret["key_created"] is None
+    assert agent.computer_id == old_id and not agent.keystorage.exists()
+    agent.release_regen()
+    assert agent.wait_for_keys() and agent.computer_id != old_id
+    assert modules.iemkey.status()["key_created"] >= ret["rotated_at"]
+
+
+def test_a_start_that_hangs_after_the_delete_is_reported_and_finished_by_the_next_run(modules, agent):
+    old_id = agent.computer_id
+    agent.behave(hang="start")
+    with pytest.raises(CommandExecutionError, match=r"starting the agent failed: .*timed out after 5 s") as err:
+        modules.iemkey.rotate()
+    assert "The keys are gone and the agent is down" in str(err.value)
+    assert not agent.keystorage.exists() and modules.iemkey.status()["pending"] is True
+    agent.behave()
+    ret = modules.iemkey.rotate(wait=20)
+    assert ret["resumed"] is True and ret["old_computer_id"] == old_id and ret["new_computer_id"] != old_id
+
+
+def test_a_rotation_that_waited_for_the_lock_rechecks_since_and_rotates_nothing(modules, agent, minion_opts):
+    """The lock is held by another rotation that makes a new key; the waiting one must then find it."""
+    import fcntl
+    import threading
+
+    lock = os.path.join(minion_opts["cachedir"], "iemkey", "rotate.lock")
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+    holding, result = threading.Event(), {}
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+
+        def rotate():
+            holding.set()
+            result["ret"] = modules.iemkey.rotate(since=since.isoformat())
+
+        waiter = threading.Thread(target=rotate)
+        waiter.start()
+        assert holding.wait(10)
+        time.sleep(0.5)  # the waiter is blocked on the lock (lock_wait is 2 s here)
+        assert waiter.is_alive()
+        agent.write_keys()  # the other rotation's new key, made after since
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        waiter.join(10)
+    ret = result["ret"]
+    assert ret["rotated"] is False and "is at or after since" in ret["comment"], ret
+    assert agent.untouched()  # never stopped: the waiting rotation did nothing

@@ -12,10 +12,6 @@ def _set_storage_path(agent, value):
     agent.config_file.write_text(text)
 
 
-def _tree(root):
-    return sorted((p, os.lstat(os.path.join(p, n)).st_mode) for p, _d, f in os.walk(root) for n in f)
-
-
 def test_a_symlinked_keystorage_is_refused_and_its_target_survives(modules, agent, tmp_path):
     elsewhere = tmp_path / "precious"
     elsewhere.mkdir()
@@ -27,7 +23,7 @@ def test_a_symlinked_keystorage_is_refused_and_its_target_survives(modules, agen
         modules.iemkey.rotate()
     assert (elsewhere / "data.bin").read_bytes() == b"keep me"
     assert agent.keystorage.is_symlink() and agent.snapshot(exclude=()) == before
-    assert not agent.running()
+    assert agent.untouched()
     assert modules.iemkey.status()["problem"].endswith("refusing to follow it")
 
 
@@ -36,7 +32,7 @@ def test_a_keystorage_that_is_a_file_is_refused(modules, agent, tmp_path):
     agent.keystorage.write_text("not a directory")
     with pytest.raises(CommandExecutionError, match="is not a directory"):
         modules.iemkey.rotate()
-    assert agent.keystorage.read_text() == "not a directory" and not agent.running()
+    assert agent.keystorage.read_text() == "not a directory" and agent.untouched()
 
 
 @pytest.mark.parametrize(
@@ -46,10 +42,10 @@ def test_a_keystorage_that_is_a_file_is_refused(modules, agent, tmp_path):
 )
 def test_unsafe_storage_paths_are_refused(modules, agent, storage, why):
     _set_storage_path(agent, storage.format(storage=agent.storage))
-    before = _tree(agent.root)
+    before = agent.tree()
     with pytest.raises(CommandExecutionError, match=why):
         modules.iemkey.rotate()
-    assert _tree(agent.root) == before and not agent.running()
+    assert agent.tree() == before and agent.untouched()
 
 
 def test_links_inside_keystorage_are_removed_not_followed(modules, agent, tmp_path):
@@ -64,6 +60,7 @@ def test_links_inside_keystorage_are_removed_not_followed(modules, agent, tmp_pa
 
 
 def test_a_missing_keystorage_restarts_the_agent_which_makes_a_key(modules, agent, tmp_path):
+    agent.kill()  # an administrator stopped it and moved KeyStorage away
     os.rename(agent.keystorage, tmp_path / "gone")
     ret = modules.iemkey.rotate(wait=20)
     assert ret["rotated"] is True and ret["removed"] == []
@@ -79,25 +76,25 @@ def test_a_concurrent_rotation_is_refused_after_lock_wait(modules, agent, minion
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # another rotation holds the lock
         with pytest.raises(CommandExecutionError, match="another iemkey rotation is in progress"):
             modules.iemkey.rotate()
-    assert agent.key_files() and not agent.running()
+    assert agent.key_files() and agent.untouched()
 
 
 def test_an_unreadable_config_is_a_clear_error_and_changes_nothing(modules, agent, tmp_path):
     os.rename(agent.config_file, tmp_path / "config")
     agent.config_file.mkdir()  # reading it fails as an unreadable file does
-    before = _tree(agent.root)
+    before = agent.tree()
     for function in (modules.iemkey.paths, modules.iemkey.status, modules.iemkey.rotate):
         with pytest.raises(CommandExecutionError, match="cannot read the BigFix client settings"):
             function()
-    assert _tree(agent.root) == before and not agent.running()
+    assert agent.tree() == before and agent.untouched()
 
 
 def test_a_malformed_config_is_a_clear_error_and_changes_nothing(modules, agent):
     agent.config_file.write_text("StoragePath = /\n[unterminated\n")
-    before = _tree(agent.root)
+    before = agent.tree()
     with pytest.raises(CommandExecutionError, match=r"besclient\.config are malformed"):
         modules.iemkey.rotate()
-    assert _tree(agent.root) == before and not agent.running()
+    assert agent.tree() == before and agent.untouched()
 
 
 def test_a_control_script_that_is_not_executable_is_refused(modules, agent):

@@ -38,7 +38,7 @@ def test_test_mode_plans_and_changes_nothing(states, agent, loaders):
     ret = states.iemkey.rotated(name="key", since=YESTERDAY, test=True)
     assert ret.result is None
     assert ret.changes["key"]["new"] == "a new key and computer ID"
-    assert agent.snapshot(exclude=()) == before and not agent.running()
+    assert agent.snapshot(exclude=()) == before and agent.untouched()
 
 
 @pytest.mark.parametrize("since", ["last week", "2026-02-30T00:00:00Z", "2999-01-01T00:00:00Z", ""])
@@ -53,14 +53,16 @@ def test_bad_since_fails_and_changes_nothing(states, agent, since):
 def test_a_key_newer_than_since_is_left_alone(states, agent):
     ret = states.iemkey.rotated(name="key", since="2020-01-01T00:00:00+02:00")
     assert ret.result is True and ret.changes == {}
-    assert agent.key_files() and not agent.running()
+    assert agent.key_files() and agent.untouched()
 
 
 def test_restored_old_keys_do_not_count_as_rotated(states, modules, agent):
-    states.iemkey.rotated(name="key", since=YESTERDAY, wait=20)
+    first = states.iemkey.rotated(name="key", since=YESTERDAY, wait=20)
+    assert first.result is True and first.changes["key"]["new"]["computer_id"] == agent.computer_id
     agent.age_keys(30 * 86400)  # a backup of the old key is restored over the new one
     ret = states.iemkey.rotated(name="key", since=YESTERDAY, wait=20)
     assert ret.result is True and ret.changes, ret.comment
+    assert ret.changes["key"]["old"]["computer_id"] == first.changes["key"]["new"]["computer_id"]
 
 
 def test_a_stale_agent_fails_the_state(states, modules, agent, minion_opts):

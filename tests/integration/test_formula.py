@@ -1,7 +1,6 @@
 """The formula: pillar iemkey:rotated_since enforced by state.apply and highstate through a real master."""
 
 import datetime
-import time
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 YESTERDAY = (NOW - datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -48,7 +47,7 @@ def test_test_mode_touches_neither_files_nor_agent(salt_cli, salt_minion, agent,
     assert ret.data[STATE_ID]["result"] is None
     assert ret.data[STATE_ID]["changes"]["key"]["old"]["computer_id"] == agent.computer_id
     assert agent.snapshot(exclude=()) == before
-    assert not agent.running() and not (agent.state_dir / "agent.log").exists()
+    assert agent.untouched()
 
 
 def test_since_older_than_the_key_changes_nothing(salt_cli, salt_minion, agent, set_pillar):
@@ -61,17 +60,18 @@ def test_since_older_than_the_key_changes_nothing(salt_cli, salt_minion, agent, 
 
 
 def test_late_regeneration_is_not_rotated_twice(salt_cli, salt_minion, agent, set_pillar):
-    agent.behave(regen_delay=15)  # the agent writes its key well after the state has returned
+    agent.behave(regen_hold=True)  # the agent writes its key only when the test releases it
     set_pillar(f"iemkey:\n  rotated_since: '{YESTERDAY}'\n")
     first = salt_cli.run("state.apply", "iemkey", minion_tgt=salt_minion.id)
-    assert first.data[STATE_ID]["changes"], first
+    assert first.data[STATE_ID]["result"] is True and first.data[STATE_ID]["changes"], first
     assert not agent.keystorage.exists()
     keyless = salt_cli.run("state.apply", "iemkey", minion_tgt=salt_minion.id)
-    assert keyless.data[STATE_ID]["changes"] == {}
+    assert keyless.data[STATE_ID]["result"] is True and keyless.data[STATE_ID]["changes"] == {}
     assert "last_rotated" in keyless.data[STATE_ID]["comment"]
+    assert not agent.keystorage.exists()  # still keyless: the second run decided on the rotation record
+    agent.release_regen()
     assert agent.wait_for_keys(timeout=60)
     keys = agent.key_files()
-    time.sleep(0.5)
     late = salt_cli.run("state.apply", "iemkey", minion_tgt=salt_minion.id)
     assert late.data[STATE_ID]["changes"] == {} and "key_created" in late.data[STATE_ID]["comment"]
     assert agent.key_files() == keys

@@ -5,6 +5,7 @@ import pathlib
 import time
 
 import pytest
+from saltevents import job_returns
 
 PASSWORD = "Kx-7f3c9b2e-relay-secret"  # the test's secret, grepped for everywhere
 RELAY = "http://relay.example:52311"
@@ -66,6 +67,14 @@ def _everything_salt_wrote(salt_master, salt_minion):
     return found
 
 
+def _job_returns(event_listener, salt_master, salt_minion, start, count):
+    """The returns (with their jids) of the iemkey jobs the minion ran since ``start``."""
+    rotations = job_returns(event_listener, salt_master, salt_minion.id, "iemkey.rotate", start, count=2)
+    registrations = job_returns(event_listener, salt_master, salt_minion.id, "iemkey.register", start,
+                                count=count - len(rotations))
+    return rotations + registrations
+
+
 def test_register_and_rotate_keep_the_password_secret(
     salt_master, salt_minion, salt_cli, salt_run_cli, relay_pillar, event_listener
 ):
@@ -85,20 +94,32 @@ def test_register_and_rotate_keep_the_password_secret(
     assert "password ******** rejected" in failed.stdout
     rotated_bad = salt_cli.run("iemkey.rotate", minion_tgt=salt_minion.id)
     assert rotated_bad.returncode != 0 and rotated_bad.data["registered"] is False
-    time.sleep(2)  # let the logs and the job cache settle
-    outputs = [rotated, registered, failed, rotated_bad]
+    # the same at trace level, from the minion itself: its console output and its log file
+    traced = salt_minion.salt_call_cli(timeout=120).run("-l", "trace", "--log-file-level=trace", "iemkey.register")
+    assert traced.returncode != 0 and "-register ******** " + RELAY in traced.stdout + traced.stderr
+    outputs = [rotated, registered, failed, rotated_bad, traced]
     for ret in outputs:
         assert PASSWORD not in ret.stdout + ret.stderr
-    jids = [ret.data.get("jid") for ret in outputs if isinstance(ret.data, dict) and ret.data.get("jid")]
-    jobs = salt_run_cli.run("jobs.list_jobs", "search_function=iemkey.*")
-    assert jobs.returncode == 0 and PASSWORD not in jobs.stdout
-    for jid in list(jobs.data)[:20] + jids:
-        lookup = salt_run_cli.run("jobs.lookup_jid", jid)
+
+    # positive evidence first: the four jobs' returns reached the master, with their jids ...
+    returns = _job_returns(event_listener, salt_master, salt_minion, start, 4)
+    assert len(returns) >= 4, returns
+    jids = sorted({r["jid"] for r in returns})
+    for jid in jids:  # ... and the master's job cache holds each of them, with the redacted command
+        lookup = salt_run_cli.run("jobs.lookup_jid", jid, "--out=json")
+        assert salt_minion.id in lookup.stdout and ("********" in lookup.stdout or "rotated" in lookup.stdout), lookup
         assert PASSWORD not in lookup.stdout
+    jobs = salt_run_cli.run("jobs.list_jobs", "search_function=iemkey.*", "--out=json")
+    assert jobs.returncode == 0 and set(jids) <= set(jobs.data) and PASSWORD not in jobs.stdout
     events = event_listener.get_events([(salt_master.id, "*")], after_time=start)
-    assert events and all(PASSWORD not in json.dumps(e.data, default=str) for e in events)
-    leaks = [path for path, data in _everything_salt_wrote(salt_master, salt_minion).items()
-             if PASSWORD.encode() in data]
+    assert any(e.data.get("jid") in jids for e in events)  # the listener saw these jobs' events
+    assert all(PASSWORD.encode() not in json.dumps(e.data, default=str).encode() for e in events)
+    written = _everything_salt_wrote(salt_master, salt_minion)
+    cache_files = [path for path, data in written.items() if any(jid.encode() in data for jid in jids)]
+    assert cache_files, "no job cache file names these jobs: the search below would prove nothing"
+    trace_log = written[salt_minion.config["log_file"]]
+    assert b"[TRACE" in trace_log and b"iemkey.register" in trace_log  # trace lines were written
+    leaks = [path for path, data in written.items() if PASSWORD.encode() in data]
     assert leaks == []
 
 

@@ -42,7 +42,7 @@ def test_salt_status_and_paths(salt_cli, salt_minion, agent):
     status = salt_cli.run("iemkey.status", minion_tgt=salt_minion.id)
     assert status.returncode == 0, status
     assert status.data["computer_id"] == agent.computer_id
-    assert status.data["installed"] is True and status.data["agent_running"] is False
+    assert status.data["installed"] is True and status.data["agent_running"] is True
     paths = salt_cli.run("iemkey.paths", minion_tgt=salt_minion.id)
     assert paths.data["keystorage"] == str(agent.keystorage)
     assert paths.data["control"]["restart"] == f"{agent.init_script} restart"
@@ -71,6 +71,7 @@ def test_no_agent_makes_rotate_exit_non_zero_and_status_zero(salt_cli, salt_mini
     assert agent.key_files()
     status = salt_cli.run("iemkey.status", minion_tgt=salt_minion.id)
     assert status.returncode == 0 and status.data["installed"] is True and status.data["key_files"] == 2, status
+    agent.kill()
     shutil.rmtree(agent.storage)
     status = salt_cli.run("iemkey.status", minion_tgt=salt_minion.id)
     assert status.returncode == 0 and status.data["installed"] is False, status

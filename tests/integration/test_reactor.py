@@ -1,18 +1,22 @@
 """
 Reactor-triggered rotation on a real master with two minions and a real salt-api.
 
-Each test proves both halves: the right minion rotates, and every other minion's
-key stays byte-for-byte as it was.
+Each test proves both halves: the right minion rotates (the reactor's rotation job is published to
+exactly that minion, and its key changes), and every other minion's key and agent stay as they were.
 """
 
 import hashlib
 import hmac
 import json
+import subprocess
 import time
 
 import pytest
 import requests
 from helpers import COOLDOWN, HOOK_SECRET
+from saltevents import job_returns, published_targets, runner_returns
+
+HOOK = "salt/netapi/hook/iemkey/compromised"
 
 
 def _hook(salt_api, payload, token=None, secret=HOOK_SECRET):
@@ -24,20 +28,6 @@ def _hook(salt_api, payload, token=None, secret=HOOK_SECRET):
     if secret:
         headers["X-Iemkey-Signature"] = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return requests.post(f"{salt_api}/hook/iemkey/compromised", data=body, headers=headers, timeout=30)
-
-
-def _reactions(event_listener, salt_master, minion_id, after, count, timeout=90):
-    """Wait for ``count`` state.single job returns from ``minion_id``; their return data."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [
-            event.data for event in event_listener.get_events(
-                [(salt_master.id, f"salt/job/*/ret/{minion_id}")], after_time=after)
-            if event.data.get("fun") == "state.single"
-        ]
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        time.sleep(0.5)
 
 
 def _changed(job_return):
@@ -52,49 +42,40 @@ def _send(minion, reason):
     assert ret.data["sent"] is True and ret.data["id"] == minion.id
 
 
-def _refusals(salt_master, after_line):
-    lines = open(salt_master.config["log_file"], encoding="utf-8").read().splitlines()[after_line:]
-    return [line for line in lines if "iemkey reactor: refusing" in line]
+def _rotation(event_listener, salt_master, tag, start, minion_id):
+    """The reactor's one rotation decision since ``start``: published to ``minion_id`` only, and its
+    job's return."""
+    (decision,) = runner_returns(event_listener, salt_master, "iemkey.react", start, tag=tag)
+    assert decision["action"] == "rotate" and decision["minion"] == minion_id, decision
+    assert published_targets(event_listener, salt_master, decision["jid"], start) == [minion_id]
+    (job,) = [j for j in job_returns(event_listener, salt_master, minion_id, "state.single", start)
+              if j["jid"] == decision["jid"]]
+    return job
 
 
-def _log_length(salt_master):
-    with open(salt_master.config["log_file"], encoding="utf-8") as log:
-        return sum(1 for _ in log)
-
-
-def _wait_for_refusals(salt_master, after_line, count, timeout=60):
-    deadline = time.monotonic() + timeout
-    while len(_refusals(salt_master, after_line)) < count and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return _refusals(salt_master, after_line)
-
-
-def test_a_minion_event_rotates_only_the_sender_whatever_the_payload_says(
+def test_a_minion_alert_rotates_only_the_sender_whatever_its_reason_says(
     salt_master, salt_minion, salt_minion_2, agent, agent_2, event_listener
 ):
     keys_1 = agent.key_files()
     old_id_2 = agent_2.computer_id
     start = time.time()
-    # the reason names the other minion and a glob: neither may become the target
-    _send(salt_minion_2, f"ids alert: {salt_minion.id} *")
-    rotated = event_listener.wait_for_events([(salt_master.id, "iemkey/rotated")], after_time=start, timeout=60)
-    assert rotated.found_all_events, "no iemkey/rotated event within 60 s"
-    assert {event.data["id"] for event in rotated} == {salt_minion_2.id}
-    reactions = _reactions(event_listener, salt_master, salt_minion_2.id, start, 1)
-    assert reactions and _changed(reactions[0])
+    _send(salt_minion_2, f"ids alert: {salt_minion.id} *")  # names the other minion and a glob
+    job = _rotation(event_listener, salt_master, "iemkey/compromised", start, salt_minion_2.id)
+    assert job["success"] and _changed(job)
     assert agent_2.wait_for_keys() and agent_2.computer_id != old_id_2
-    assert not _reactions(event_listener, salt_master, salt_minion.id, start, 1, timeout=3)
-    assert agent.key_files() == keys_1
+    assert agent.key_files() == keys_1 and agent.untouched()
 
 
 def test_a_burst_of_alerts_rotates_once_and_a_later_alert_again(
     salt_master, salt_minion, agent, event_listener
 ):
     start = time.time()
-    for _ in range(3):
-        _send(salt_minion, "burst")
-    reactions = _reactions(event_listener, salt_master, salt_minion.id, start, 3)
-    assert len(reactions) == 3
+    detectors = [subprocess.Popen(salt_minion.salt_call_cli(timeout=60).cmdline("iemkey.alert", "reason=burst"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
+    assert [d.wait(timeout=120) for d in detectors] == [0, 0, 0]  # three alerts at once, well inside COOLDOWN
+    decisions = runner_returns(event_listener, salt_master, "iemkey.react", start, count=3, tag="iemkey/compromised")
+    assert [d["action"] for d in decisions] == ["rotate"] * 3
+    reactions = job_returns(event_listener, salt_master, salt_minion.id, "state.single", start, count=3)
     assert sorted(_changed(r) for r in reactions) == [False, False, True]
     assert all(r["success"] and r["retcode"] == 0 for r in reactions)
     assert agent.wait_for_keys()
@@ -104,8 +85,8 @@ def test_a_burst_of_alerts_rotates_once_and_a_later_alert_again(
     time.sleep(COOLDOWN + 1)  # past the cooldown window a new alert is a new incident
     later = time.time()
     _send(salt_minion, "new incident")
-    reactions = _reactions(event_listener, salt_master, salt_minion.id, later, 1)
-    assert reactions and _changed(reactions[0])
+    job = _rotation(event_listener, salt_master, "iemkey/compromised", later, salt_minion.id)
+    assert _changed(job)
     assert agent.wait_for_keys() and agent.key_files() != keys
 
 
@@ -116,28 +97,32 @@ def test_the_webhook_rotates_the_named_minion_only(
     start = time.time()
     response = _hook(salt_api, {"minion_id": salt_minion_2.id, "reason": "SIEM rule 4711"}, api_token)
     assert response.status_code == 200, response.text
-    reactions = _reactions(event_listener, salt_master, salt_minion_2.id, start, 1)
-    assert reactions and _changed(reactions[0])
+    job = _rotation(event_listener, salt_master, HOOK, start, salt_minion_2.id)
+    assert _changed(job)
     assert agent_2.wait_for_keys()
-    assert not _reactions(event_listener, salt_master, salt_minion.id, start, 1, timeout=3)
-    assert agent.key_files() == keys_1
+    assert agent.key_files() == keys_1 and agent.untouched()
 
 
 def test_the_webhook_without_a_token_is_refused(salt_api, salt_minion, agent):
     keys = agent.key_files()
     response = _hook(salt_api, {"minion_id": salt_minion.id})
-    assert response.status_code == 401
-    time.sleep(3)
-    assert agent.key_files() == keys and not agent.running()
+    assert response.status_code == 401  # salt-api itself refuses: no event reaches the master
+    assert agent.key_files() == keys and agent.untouched()
 
 
 @pytest.mark.parametrize(
-    "minion_id",
-    ["*", "alpha*", "[ab]*", "G@os:Linux", "L@{a},{b}", "E@.*", "{a},{b}", ["{a}", "{b}"], " {a}", "{a}\n",
-     "no-such-minion", 42, None, {"tgt": "{a}"}, "../minions/{a}"],
+    ("minion_id", "why"),
+    [("*", "is not exactly one minion id"), ("alpha*", "is not exactly one minion id"),
+     ("[ab]*", "is not exactly one minion id"), ("G@os:Linux", "is not exactly one minion id"),
+     ("L@{a},{b}", "is not exactly one minion id"), ("E@.*", "is not exactly one minion id"),
+     ("{a},{b}", "is not exactly one minion id"), (["{a}", "{b}"], "is not exactly one minion id"),
+     (" {a}", "is not exactly one minion id"), ("{a}\n", "is not exactly one minion id"),
+     ("no-such-minion", "'no-such-minion' is not an accepted minion"), (42, "is not exactly one minion id"),
+     (None, "is not exactly one minion id"), ({"tgt": "{a}"}, "is not exactly one minion id"),
+     ("../minions/{a}", "is not exactly one minion id")],
 )
 def test_the_webhook_rotates_nobody_for_anything_but_one_exact_id(
-    salt_master, salt_api, api_token, salt_minion, salt_minion_2, agent, agent_2, minion_id
+    salt_master, salt_api, api_token, salt_minion, salt_minion_2, agent, agent_2, event_listener, minion_id, why
 ):
     def fill(value):
         if isinstance(value, str):
@@ -149,32 +134,35 @@ def test_the_webhook_rotates_nobody_for_anything_but_one_exact_id(
         return value
 
     keys = agent.key_files(), agent_2.key_files()
-    mark = _log_length(salt_master)
+    start = time.time()
     response = _hook(salt_api, {"minion_id": fill(minion_id)}, api_token)
     assert response.status_code == 200
-    refusals = _wait_for_refusals(salt_master, mark, 1)
-    assert refusals, "the reactor logged no refusal"
+    (decision,) = runner_returns(event_listener, salt_master, "iemkey.react", start, tag=HOOK)
+    assert decision["action"] == "refused" and why in decision["refused"], decision
     assert (agent.key_files(), agent_2.key_files()) == keys
-    assert not agent.running() and not agent_2.running()
+    assert agent.untouched() and agent_2.untouched()
 
 
-def test_an_unsigned_webhook_rotates_nobody(salt_master, salt_api, api_token, salt_minion, agent):
+def test_an_unsigned_webhook_rotates_nobody(salt_master, salt_api, api_token, salt_minion, agent, event_listener):
     keys = agent.key_files()
-    mark = _log_length(salt_master)
+    start = time.time()
     for secret in (None, "wrong-secret"):
         assert _hook(salt_api, {"minion_id": salt_minion.id}, api_token, secret=secret).status_code == 200
-    refusals = _wait_for_refusals(salt_master, mark, 2)
-    assert len(refusals) == 2 and all("not signed" in line for line in refusals), refusals
-    assert agent.key_files() == keys and not agent.running()
+    decisions = runner_returns(event_listener, salt_master, "iemkey.react", start, count=2, tag=HOOK)
+    assert len(decisions) == 2
+    assert all(d["refused"] == "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)"
+               for d in decisions), decisions
+    assert agent.key_files() == keys and agent.untouched()
 
 
-def test_a_minion_forging_the_webhook_tag_rotates_nobody(salt_master, salt_minion, salt_minion_2, agent, agent_2):
+def test_a_minion_forging_the_webhook_tag_rotates_nobody(
+    salt_master, salt_minion, salt_minion_2, agent, agent_2, event_listener
+):
     keys = agent.key_files(), agent_2.key_files()
-    mark = _log_length(salt_master)
+    start = time.time()
     forged = {"post": {"minion_id": salt_minion.id}, "headers": {"X-Auth-Token": "forged"}}
-    ret = salt_minion_2.salt_call_cli(timeout=60).run(
-        "event.send", "salt/netapi/hook/iemkey/compromised", json.dumps(forged))
+    ret = salt_minion_2.salt_call_cli(timeout=60).run("event.send", HOOK, json.dumps(forged))
     assert ret.returncode == 0, ret
-    refusals = _wait_for_refusals(salt_master, mark, 1)
-    assert any("sent by a minion" in line for line in refusals), refusals
+    (decision,) = runner_returns(event_listener, salt_master, "iemkey.react", start, tag=HOOK)
+    assert decision["refused"] == "it was sent by a minion, not by salt-api", decision
     assert (agent.key_files(), agent_2.key_files()) == keys

@@ -69,6 +69,7 @@ def test_report_on_a_target_that_matches_nobody_fails(salt_run_cli, salt_minion,
 def test_report_says_which_minions_have_no_agent(salt_run_cli, salt_minion, agent):
     import shutil
 
+    agent.kill()
     shutil.rmtree(agent.storage)
     report = salt_run_cli.run("iemkey.report", "since=2026-01-01T00:00:00Z", f"tgt={salt_minion.id}")
     assert report.returncode != 0
@@ -200,3 +201,13 @@ def test_orchestration_stops_at_the_first_failed_batch(salt_run_cli, salt_minion
     assert states["iemkey-rotate-batch-2"] is False  # not run: its requisite failed
     assert states["iemkey-report"] is False  # the report ran, and says what is left
     assert agent_2.key_files() == keys_2
+
+
+
+def test_a_minion_that_is_down_fails_its_batch(salt_run_cli, salt_minion, stopped_minion, agent):
+    old_id = agent.computer_id
+    ret = _orchestrate(salt_run_cli, [salt_minion.id, stopped_minion.id], batch=2)  # one batch, one of it down
+    assert ret.returncode != 0
+    states = _orch_states(ret)
+    assert states == {"iemkey-rotate-batch-1": False, "iemkey-check-batch-1": False, "iemkey-report": False}, states
+    assert agent.wait_for_keys() and agent.computer_id != old_id  # the minion that is up did rotate

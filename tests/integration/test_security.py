@@ -79,7 +79,7 @@ def test_a_forged_compromise_naming_another_minion_rotates_nobody(
     assert any(r.startswith("it is not signed") and "salt-call iemkey.alert" in r for r in refusals), refusals
     assert any(f"does not verify with the accepted key of {salt_minion.id!r}" in r for r in refusals), refusals
     assert not job_returns(event_listener, salt_master, salt_minion.id, "state.single", start, timeout=0)
-    assert (agent.key_files(), agent_2.key_files()) == keys and not agent.running()
+    assert (agent.key_files(), agent_2.key_files()) == keys and agent.untouched()
     # the genuine half: alpha's own detector rotates alpha, and only alpha
     old_id = agent.computer_id
     start = time.time()
@@ -103,7 +103,7 @@ def test_a_raw_event_send_is_refused_and_names_the_entry_point(
     assert "it is not signed" in refusal and "salt-call iemkey.alert" in refusal
     log = pathlib.Path(salt_master.config["log_file"]).read_text()
     assert f"refusing iemkey/compromised event, acting on nothing: {refusal}" in log
-    assert agent.key_files() == keys and not agent.running()
+    assert agent.key_files() == keys and agent.untouched()
 
 
 def test_a_replayed_signed_alert_is_refused(
@@ -281,7 +281,7 @@ def test_an_sdb_hook_secret_that_does_not_resolve_refuses_every_webhook(
         # the literal URI is no secret: a body signed with it is refused just the same
         assert _hook(salt_api, api_token, {"minion_id": salt_minion.id}, secret=unresolved).status_code == 200
         assert len(_refusals(event_listener, salt_master, start, 2, HOOK)) == 2
-        assert agent.key_files() == keys and not agent.running()
+        assert agent.key_files() == keys and agent.untouched()
     start = time.time()  # the master is back on the sdb secret that resolves
     assert _hook(salt_api, login(salt_api), {"minion_id": salt_minion.id}).status_code == 200
     _rotation_job(event_listener, salt_master, start, HOOK)

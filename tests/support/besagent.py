@@ -15,8 +15,12 @@ It lays out, under a temp root, what a Linux BESClient install looks like (see
 
 It behaves like the real agent where iemkey cares: ``start`` launches a daemon
 that, only when KeyStorage is missing, writes new keys and a new ComputerID into
-besclient.config (after ``regen_delay`` seconds, so "regenerates late" can be
-tested). It can be told to fail or hang on any verb (``behave``).
+besclient.config (after ``regen_delay`` seconds, or, with ``regen_hold``, only once
+the test calls ``release_regen()``, so "regenerates late" can be tested without
+racing the clock). It can be told to fail or hang on any verb (``behave``).
+``install()`` leaves it running, as a real installed agent is. The running daemon
+watches its KeyStorage: if KeyStorage vanishes while it runs (a rotation that
+deleted before stopping it), it writes that to ``standin/violations.log``.
 
 What the BigFix server knows of it is ``standin/computers.json``: every computer
 ID it registered, with its Computer Name (``standin/name``) and last report time.
@@ -89,12 +93,14 @@ class StandInAgent:
         self.behaviour_file = self.state_dir / "behaviour.json"
         self.log_file = self.state_dir / "agent.log"
         self.computers_file = self.state_dir / "computers.json"
+        self.violations_file = self.state_dir / "violations.log"
+        self.release_file = self.state_dir / "release-regen"
         self.name_file = self.state_dir / "name"
 
     # -- installation -------------------------------------------------------
-    def install(self, computer_id=None, key_age=0, name=None):
-        """Lay out an installed, stopped agent with keys ``key_age`` seconds old, registered as ``name``
-        (default: the name of the folder above the root)."""
+    def install(self, computer_id=None, key_age=0, name=None, running=True):
+        """Lay out an installed agent with keys ``key_age`` seconds old, registered as ``name``
+        (default: the name of the folder above the root), running unless ``running=False``."""
         for folder in (self.storage, self.init_script.parent, self.state_dir,
                        self.client_binary.parent, self.root / "etc/opt/BESClient"):
             folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +144,15 @@ class StandInAgent:
         )
         self.client_binary.chmod(0o755)
         self.behave()
+        self.violations_file.unlink(missing_ok=True)
+        if running:  # through the control script, so the daemon is nobody's child once it returns
+            subprocess.run([str(self.init_script), "start"], check=True, capture_output=True, timeout=60)
+        self.installed = (self.pid(), self.events())
         return self
+
+    def untouched(self):
+        """Nobody stopped, started or restarted the agent since ``install()``."""
+        return (self.pid(), self.events()) == self.installed
 
     def relay_accepts(self, password):
         """The authenticating relay's key-exchange password."""
@@ -162,6 +176,7 @@ class StandInAgent:
         hang: a verb ("start", "stop", "status") that hangs instead of returning.
         kill_caller_on: a verb on which the control script kills its caller, once.
         regen_delay: seconds the daemon waits before writing new keys.
+        regen_hold: the daemon writes new keys only once ``release_regen()`` is called.
         report_interval: seconds between the daemon's reports to the server (default 1).
         """
         self.behaviour_file.write_text(json.dumps(knobs))
@@ -194,6 +209,27 @@ class StandInAgent:
     def running(self):
         return _daemon_pid(self) is not None
 
+    def pid(self):
+        return _daemon_pid(self)
+
+    def release_regen(self):
+        """Let a daemon held by ``regen_hold`` write its new keys now."""
+        self.release_file.write_text("go")
+
+    def violations(self):
+        """Every moment KeyStorage vanished while the daemon ran (a delete before the stop)."""
+        try:
+            return self.violations_file.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def events(self):
+        """The daemon's own log: start, stop, registered ... (one line each)."""
+        try:
+            return [line.split(" ", 1)[1] for line in self.log_file.read_text().splitlines()]
+        except FileNotFoundError:
+            return []
+
     def snapshot(self, exclude=("KeyStorage",)):
         """Every file under the storage path (but ``exclude``) with its bytes and mode."""
         found = {}
@@ -213,6 +249,26 @@ class StandInAgent:
     def set_computer_id(self, computer_id):
         """Edit besclient.config's ComputerID, as root on the host can (the server is not told)."""
         _set_computer_id(self, computer_id)
+
+    def tree(self):
+        """Everything under the root but the stand-in's own bookkeeping (standin/): each path with its
+        kind, mode and bytes (or link target), links not followed."""
+        found = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = Path(dirpath).relative_to(self.root)
+            if rel_dir.parts[:1] == ("standin",):
+                continue
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                st = os.lstat(path)
+                if path.is_symlink():
+                    content = os.readlink(path)
+                elif path.is_file():
+                    content = path.read_bytes()
+                else:
+                    content = None
+                found[str(rel_dir / name)] = (st.st_mode, content)
+        return found
 
     def wait_for_keys(self, timeout=30):
         deadline = time.monotonic() + timeout
@@ -269,6 +325,8 @@ def _wait_gone(pid, timeout=10):
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
+            if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+                return True  # exited; its parent has not reaped it yet
         except OSError:
             return True
         time.sleep(0.02)
@@ -314,19 +372,29 @@ def _set_computer_id(agent, computer_id):
     agent.config_file.write_text("".join(lines))
 
 
+def _violation(agent, when):
+    with open(agent.violations_file, "a", encoding="utf-8") as log:
+        log.write(f"{time.strftime('%H:%M:%S')} KeyStorage vanished while the agent ran (pid {os.getpid()}), {when}\n")
+
+
 def run_daemon(agent):
     running = True
+    had_keys = agent.keystorage.exists()
 
     def stop(_signum, _frame):
         nonlocal running
         running = False
+        if had_keys and not agent.keystorage.exists():
+            _violation(agent, "seen when it was told to stop")
 
     signal.signal(signal.SIGTERM, stop)
+    agent.release_file.unlink(missing_ok=True)
     agent.pidfile.write_text(str(os.getpid()))
-    if not agent.keystorage.exists():
-        delay = float(_knobs(agent).get("regen_delay") or 0)
-        deadline = time.monotonic() + delay
-        while running and time.monotonic() < deadline:
+    if not had_keys:
+        knobs = _knobs(agent)
+        deadline = time.monotonic() + float(knobs.get("regen_delay") or 0)
+        held = bool(knobs.get("regen_hold"))
+        while running and (time.monotonic() < deadline or (held and not agent.release_file.exists())):
             time.sleep(0.05)
         if running:
             agent.write_keys()
@@ -334,10 +402,14 @@ def run_daemon(agent):
             _register(agent, computer_id)
             _set_computer_id(agent, computer_id)
             _log(agent, f"registered with new computer id {computer_id}")
+            had_keys = True
     reporting_as = agent.computer_id  # what it registered with; later edits of the file don't change it
     interval = float(_knobs(agent).get("report_interval") or 1)
     next_report = 0
     while running:
+        if had_keys and not agent.keystorage.exists():
+            _violation(agent, "seen while running")
+            had_keys = False
         if time.monotonic() >= next_report and reporting_as:
             _report(agent, reporting_as)
             next_report = time.monotonic() + interval

@@ -6,6 +6,7 @@ its settings (``reg.read_value`` on Windows) or the plist reader (macOS), faked 
 the function boundary; the module itself runs for real.
 """
 
+import plistlib
 import textwrap
 from unittest.mock import MagicMock, patch
 
@@ -152,27 +153,42 @@ def test_windows_restart_uses_the_service_module(on, salt_mods, tmp_path, config
 
 
 # -- macOS ---------------------------------------------------------------------
-def test_macos_reads_the_plist(on):
+@pytest.fixture
+def plist_file(tmp_path, monkeypatch):
+    """macOS's settings file, written for real with plistlib where the module reads it."""
+    path = tmp_path / "com.bigfix.BESAgent.plist"
+    monkeypatch.setitem(iemkey.PLATFORMS["macos"], "plist", str(path))
+    return path
+
+
+@pytest.mark.parametrize("fmt", [plistlib.FMT_XML, plistlib.FMT_BINARY], ids=["xml", "binary"])
+def test_macos_reads_the_plist(on, plist_file, fmt):
     on("macos")
-    plist = {"GlobalOptions": {"StoragePath": "/Library/Application Support/BigFix/BES Agent", "ComputerID": 99}}
-    with patch.object(iemkey, "_read_plist", return_value=plist):
-        paths = iemkey.paths()
-        assert iemkey._resolve()["computer_id"] == "99"
-    assert paths["keystorage"] == "/Library/Application Support/BigFix/BES Agent/KeyStorage"
-    assert paths["storage_path_source"].startswith("setting /Library/Preferences/com.bigfix.BESAgent.plist")
+    storage = "/Library/Application Support/BigFix/BES Agent"
+    plist_file.write_bytes(plistlib.dumps({"GlobalOptions": {"StoragePath": storage, "ComputerID": 99}}, fmt=fmt))
+    paths = iemkey.paths()
+    assert iemkey._resolve()["computer_id"] == "99"
+    assert paths["keystorage"] == f"{storage}/KeyStorage"
+    assert paths["storage_path_source"] == f"setting {plist_file} GlobalOptions:StoragePath"
     script = "/Library/BESAgent/BESAgent.app/Contents/MacOS/BESAgentControlPanel.sh"
     assert paths["control"]["restart"] == f"{script} -restart"
     assert paths["control"]["stop"] == f"{script} -stop"
     assert paths["config_file"] is None
 
 
-def test_macos_without_plist_uses_the_default(on):
+def test_macos_without_plist_uses_the_default(on, plist_file):
     on("macos")
-    with patch.object(iemkey, "_read_plist", return_value=None):
-        paths = iemkey.paths()
-        assert iemkey._resolve()["computer_id"] is None
+    paths = iemkey.paths()
+    assert iemkey._resolve()["computer_id"] is None
     assert paths["keystorage"] == "/Library/Application Support/BigFix/BES Agent/KeyStorage"
     assert paths["storage_path_source"] == "default"
+
+
+def test_a_corrupt_plist_is_a_clear_error(on, plist_file):
+    on("macos")
+    plist_file.write_bytes(b"bplist00 not really")
+    with pytest.raises(CommandExecutionError, match=f"cannot read the BigFix agent settings {plist_file}"):
+        iemkey.paths()
 
 
 # -- UNIX ----------------------------------------------------------------------

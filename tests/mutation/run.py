@@ -1,0 +1,127 @@
+"""
+`make mutation`: mutation testing of _modules/, _states/, _runners/ and _utils/ with the unit and
+functional layers, using mutmut 2 (it writes each mutant into the file on disk, so the functional
+tests' real Salt loader loads the mutant as it is; mutmut 3's in-process trampolines key mutants by
+module name, which Salt's loader changes, so none of them would ever run).
+
+1. coverage runs both layers once, recording which test executes which line (the functional tests
+   run the modules from Salt's extmods copies: those paths are mapped back to the repository's);
+2. mutmut runs each mutant against only the tests that execute its line (mutmut_config.py);
+3. the report (.mutation/report.txt) lists every surviving mutant as a diff, grouped by function,
+   and ends with `mutation score: K/N killed (P%)`.
+
+IEMKEY_MUTATION_FUNCTIONS=f1,f2 limits the run to those functions (mutants elsewhere are skipped).
+"""
+
+import collections
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+OUT = REPO / ".mutation"
+TARGETS = {"modules/iemkey.py": "_modules/iemkey.py", "states/iemkey.py": "_states/iemkey.py",
+           "runners/iemkey.py": "_runners/iemkey.py", "utils/iemkey_auth.py": "_utils/iemkey_auth.py"}
+LAYERS = ["tests/unit", "tests/functional"]
+
+
+def sh(*command, **kwargs):
+    print("$", " ".join(map(str, command)), flush=True)
+    return subprocess.run(command, cwd=REPO, check=False, **kwargs)
+
+
+def repository_path(measured):
+    """The repository file a measured path is (itself, or Salt's extmods/<kind>/ copy of it)."""
+    for suffix, path in TARGETS.items():
+        if measured.endswith("/" + suffix) or measured.endswith("_" + suffix):
+            return path
+    return None
+
+
+def node_id(context):
+    """coverage's test_function context (tests.unit.test_x.test_y or ...Class.test_y) -> pytest node id."""
+    parts = context.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = REPO.joinpath(*parts[:cut]).with_suffix(".py")
+        if module.is_file():
+            return f"{module.relative_to(REPO)}::{'::'.join(parts[cut:])}"
+    return None
+
+
+def coverage_map():
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir()
+    run = sh(sys.executable, "-m", "coverage", "run", "--rcfile=tests/mutation/coveragerc", "-m", "pytest", "-q",
+             "-p", "no:cacheprovider", *LAYERS)
+    if run.returncode != 0:
+        raise SystemExit("the tests fail without any mutation: fix them first")
+    sh(sys.executable, "-m", "coverage", "json", "--rcfile=tests/mutation/coveragerc", "--show-contexts",
+       "-o", str(OUT / "coverage.json"))
+    measured = json.loads((OUT / "coverage.json").read_text())["files"]
+    tests = collections.defaultdict(lambda: collections.defaultdict(set))
+    for path, data in measured.items():
+        target = repository_path(path)
+        for line, contexts in (data.get("contexts") or {}).items() if target else ():
+            tests[target][line].update(filter(None, map(node_id, contexts)))
+    (OUT / "tests-by-line.json").write_text(json.dumps(
+        {path: {line: sorted(ids) for line, ids in lines.items()} for path, lines in tests.items()}, indent=0))
+
+
+def report(seconds):
+    xml = subprocess.run([sys.executable, "-m", "mutmut", "junitxml"], cwd=REPO, capture_output=True, text=True,
+                         check=False).stdout
+    cases = ET.fromstring(xml[xml.index("<"):]).iter("testcase")
+    counts, survivors = collections.Counter(), collections.defaultdict(list)
+    covered = json.loads((OUT / "tests-by-line.json").read_text())
+    for case in cases:
+        if case.find("skipped") is not None:
+            counts["skipped"] += 1
+            continue
+        counts["tested"] += 1
+        failure = case.find("failure")
+        if failure is None:
+            counts["killed"] += 1
+            continue
+        path, line = case.get("file"), case.get("line")
+        diff = (failure.text or "").strip()
+        why = "" if covered.get(path, {}).get(line) else "  (no unit or functional test executes this line)"
+        function = _function_at(path, int(line))
+        survivors[(path, function)].append(f"{path}:{line}{why}\n{diff}")
+    lines = [f"mutation testing of {', '.join(TARGETS.values())} with {' and '.join(LAYERS)}",
+             f"wall time {seconds / 60:.1f} min; {counts['skipped']} mutants skipped (outside "
+             f"IEMKEY_MUTATION_FUNCTIONS)" if counts["skipped"] else f"wall time {seconds / 60:.1f} min", ""]
+    for (path, function), items in sorted(survivors.items()):
+        lines.append(f"== survivors in {path} {function or '(module level)'}: {len(items)}")
+        lines.extend(items)
+        lines.append("")
+    killed, tested = counts["killed"], counts["tested"]
+    lines.append(f"mutation score: {killed}/{tested} killed ({100 * killed / max(tested, 1):.1f}%)")
+    (OUT / "report.txt").write_text("\n".join(lines) + "\n")
+    print(f"\nsurvivors: {OUT / 'report.txt'}\n{lines[-1]}")
+
+
+def _function_at(path, line):
+    import ast
+
+    tree = ast.parse((REPO / path).read_text())
+    return next((node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                 and node.lineno <= line <= node.end_lineno), None)
+
+
+def main():
+    start = time.monotonic()
+    coverage_map()
+    (REPO / ".mutmut-cache").unlink(missing_ok=True)
+    default = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {' '.join(LAYERS)}"
+    sh(sys.executable, "-m", "mutmut", "run", "--paths-to-mutate", ",".join(TARGETS.values()), "--runner", default,
+       "--tests-dir", "tests", "--no-progress", "--simple-output", env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    report(time.monotonic() - start)
+
+
+if __name__ == "__main__":
+    main()
