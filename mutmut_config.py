@@ -1,8 +1,11 @@
 """
 mutmut's hook (it imports this file from the repository root): run, for each mutant, only the unit
-and functional tests that execute the mutated line, as recorded by `make mutation`'s coverage pass
-(.mutation/tests-by-line.json). A line no test executes keeps a test command that passes: the
-mutant survives and the report says why.
+and then the functional tests that execute the mutated code, as recorded by `make mutation`'s
+coverage pass (.mutation/tests-by-line.json). Code that runs when the module is imported (a
+function's signature, module-level tables) ran under whichever test imported the module first, so
+for a signature line the tests of the function's body count, and for module-level lines every test
+that touched the module. A line no test executes gets a command that passes: the mutant survives
+and the report says why.
 """
 
 import ast
@@ -14,33 +17,47 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 _MAP = {}
-_SCOPE = {}
+_FUNCTIONS = {}
 
 
-def _tests_by_line():
+def _tests_by_line(filename):
     if not _MAP:
         _MAP.update(json.loads((HERE / ".mutation" / "tests-by-line.json").read_text()))
-    return _MAP
+    return _MAP.get(filename, {})
 
 
-def _function_of(filename, line):
-    """The name of the top-level function holding ``line`` (1-based), or None."""
-    if filename not in _SCOPE:
+def _functions(filename):
+    """(first line, first body line, last line, name) of each top-level function, 1-based."""
+    if filename not in _FUNCTIONS:
         tree = ast.parse((HERE / filename).read_text())
-        _SCOPE[filename] = [(node.lineno, node.end_lineno, node.name) for node in tree.body
-                            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    return next((name for first, last, name in _SCOPE[filename] if first <= line <= last), None)
+        _FUNCTIONS[filename] = [
+            (min([node.lineno] + [d.lineno for d in node.decorator_list]), node.body[0].lineno, node.end_lineno,
+             node.name)
+            for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return _FUNCTIONS[filename]
+
+
+def covering_tests(filename, line):
+    """The tests that run the code on ``line`` (1-based), and the function it belongs to."""
+    by_line = _tests_by_line(filename)
+    for first, body, last, name in _functions(filename):
+        if first <= line <= last:
+            if line >= body:
+                return set(by_line.get(str(line), ())), name
+            return {t for n in range(body, last + 1) for t in by_line.get(str(n), ())}, name
+    return {t for tests in by_line.values() for t in tests}, None
 
 
 def pre_mutation(context):
     line = context.mutation_id.line_number + 1
+    tests, function = covering_tests(context.filename, line)
     scope = os.environ.get("IEMKEY_MUTATION_FUNCTIONS")
-    if scope and _function_of(context.filename, line) not in scope.split(","):
+    if scope and function not in scope.split(","):
         context.skip = True
         return
-    tests = _tests_by_line().get(context.filename, {}).get(str(line), [])
-    if tests:
-        context.config.test_command = shlex.join(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests])
-    else:
-        context.config.test_command = shlex.join([sys.executable, "-c", "pass"])  # no test runs this line
+    pytest = shlex.join([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"])
+    steps = [f"{pytest} {shlex.join(sorted(t for t in tests if t.startswith(layer)))}"
+             for layer in ("tests/unit/", "tests/functional/") if any(t.startswith(layer) for t in tests)]
+    # unit tests first (seconds), the functional ones only if the unit tests let the mutant live
+    chain = " && ".join(steps) if steps else "true"
+    context.config.test_command = shlex.join(["sh", "-c", chain])

@@ -14,6 +14,7 @@ IEMKEY_MUTATION_FUNCTIONS=f1,f2 limits the run to those functions (mutants elsew
 """
 
 import collections
+import contextlib
 import json
 import os
 import pathlib
@@ -60,46 +61,64 @@ def coverage_map():
              "-p", "no:cacheprovider", *LAYERS)
     if run.returncode != 0:
         raise SystemExit("the tests fail without any mutation: fix them first")
-    sh(sys.executable, "-m", "coverage", "json", "--rcfile=tests/mutation/coveragerc", "--show-contexts",
-       "-o", str(OUT / "coverage.json"))
-    measured = json.loads((OUT / "coverage.json").read_text())["files"]
+    import coverage
+
+    data = coverage.CoverageData(basename=str(OUT / "coverage"))
+    data.read()  # the raw data: Salt's extmods copies the functional tests ran are gone by now
     tests = collections.defaultdict(lambda: collections.defaultdict(set))
-    for path, data in measured.items():
+    for path in data.measured_files():
         target = repository_path(path)
-        for line, contexts in (data.get("contexts") or {}).items() if target else ():
-            tests[target][line].update(filter(None, map(node_id, contexts)))
+        for line, contexts in (data.contexts_by_lineno(path) or {}).items() if target else ():
+            tests[target][str(line)].update(filter(None, map(node_id, contexts)))
     (OUT / "tests-by-line.json").write_text(json.dumps(
         {path: {line: sorted(ids) for line, ids in lines.items()} for path, lines in tests.items()}, indent=0))
+
+
+def _statuses():
+    """{status: count} of the mutants mutmut tested (from its cache)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(REPO / ".mutmut-cache")) as db:
+        return dict(db.execute("SELECT status, count(*) FROM Mutant GROUP BY status").fetchall())
+
+
+def _explained():
+    """(file, original line) -> why a mutant there survives, from tests/mutation/explained.txt."""
+    found = {}
+    for entry in (REPO / "tests" / "mutation" / "explained.txt").read_text().split("\n\n"):
+        lines = [line for line in entry.strip().splitlines() if not line.startswith("#")]
+        if len(lines) >= 3:
+            found[(lines[0].strip(), lines[1].strip())] = " ".join(line.strip() for line in lines[2:])
+    return found
 
 
 def report(seconds):
     xml = subprocess.run([sys.executable, "-m", "mutmut", "junitxml"], cwd=REPO, capture_output=True, text=True,
                          check=False).stdout
-    cases = ET.fromstring(xml[xml.index("<"):]).iter("testcase")
-    counts, survivors = collections.Counter(), collections.defaultdict(list)
+    explained, survivors = _explained(), collections.defaultdict(list)
     covered = json.loads((OUT / "tests-by-line.json").read_text())
-    for case in cases:
-        if case.find("skipped") is not None:
-            counts["skipped"] += 1
-            continue
-        counts["tested"] += 1
+    for case in ET.fromstring(xml[xml.index("<"):]).iter("testcase"):
         failure = case.find("failure")
         if failure is None:
-            counts["killed"] += 1
             continue
         path, line = case.get("file"), case.get("line")
         diff = (failure.text or "").strip()
-        why = "" if covered.get(path, {}).get(line) else "  (no unit or functional test executes this line)"
-        function = _function_at(path, int(line))
-        survivors[(path, function)].append(f"{path}:{line}{why}\n{diff}")
+        original = next((d[1:].strip() for d in diff.splitlines() if d.startswith("-") and not d.startswith("---")),
+                        "")
+        why = explained.get((path, original))
+        why = f"  EXPLAINED: {why}" if why else (
+            "" if covered.get(path, {}).get(line) else "  (no unit or functional test executes this line)")
+        survivors[(path, _function_at(path, int(line)))].append(f"{path}:{line}{why}\n{diff}")
+    status = _statuses()
+    killed = status.get("ok_killed", 0) + status.get("ok_suspicious", 0) + status.get("bad_timeout", 0)
+    tested = killed + status.get("bad_survived", 0)
     lines = [f"mutation testing of {', '.join(TARGETS.values())} with {' and '.join(LAYERS)}",
-             f"wall time {seconds / 60:.1f} min; {counts['skipped']} mutants skipped (outside "
-             f"IEMKEY_MUTATION_FUNCTIONS)" if counts["skipped"] else f"wall time {seconds / 60:.1f} min", ""]
-    for (path, function), items in sorted(survivors.items()):
+             f"wall time {seconds / 60:.1f} min; mutants: {status} (timeouts count as killed: the tests "
+             "noticed); skipped = outside IEMKEY_MUTATION_FUNCTIONS", ""]
+    for (path, function), items in sorted(survivors.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         lines.append(f"== survivors in {path} {function or '(module level)'}: {len(items)}")
         lines.extend(items)
         lines.append("")
-    killed, tested = counts["killed"], counts["tested"]
     lines.append(f"mutation score: {killed}/{tested} killed ({100 * killed / max(tested, 1):.1f}%)")
     (OUT / "report.txt").write_text("\n".join(lines) + "\n")
     print(f"\nsurvivors: {OUT / 'report.txt'}\n{lines[-1]}")
