@@ -5,6 +5,7 @@ import tempfile
 
 import pytest
 from besagent import StandInAgent
+from helpers import REPO
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +16,16 @@ def salt_factories_default_root_dir():
     root = tempfile.mkdtemp(prefix="iemkey-sf-", dir="/tmp")
     yield root
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def module_roots(tmp_path_factory):
+    """What README tells a master to serve: a folder of links to _modules, _states, _runners and _utils,
+    and the formula's salt/ (serving the repo root would walk .venv and friends on every sync)."""
+    served = tmp_path_factory.mktemp("iemkey-modules")
+    for folder in ("_modules", "_states", "_runners", "_utils"):
+        (served / folder).symlink_to(REPO / folder)
+    return [str(served), str(REPO / "salt")]
 
 
 @pytest.fixture

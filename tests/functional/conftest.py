@@ -1,7 +1,6 @@
 """The real Salt loader (execution and state modules synced from this repo) against a stand-in agent."""
 
 import pytest
-from helpers import REPO
 from saltfactories.utils.functional import Loaders
 
 
@@ -11,12 +10,12 @@ def agent_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def minion_opts(salt_factories, agent_root):
+def minion_opts(salt_factories, agent_root, module_roots):
     factory = salt_factories.salt_minion_daemon(
         "iemkey-functional",
         overrides={
             "file_client": "local",
-            "file_roots": {"base": [str(REPO), str(REPO / "salt")]},
+            "file_roots": {"base": module_roots},
             "iemkey": {
                 "config_file": str(agent_root / "var/opt/BESClient/besclient.config"),
                 "init_script": str(agent_root / "etc/init.d/besclient"),

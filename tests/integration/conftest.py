@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 from bigfix_rest import StandInBigFix
-from helpers import API_PASSWORD, API_USER, CLEANUP_EVERY, COOLDOWN, HOOK_SECRET, REPO
+from helpers import API_PASSWORD, API_USER, CLEANUP_EVERY, COOLDOWN, HOOK_SECRET
 from pytestshellutils.utils import ports
 from saltapi import SaltApi, login
 from saltfactories.utils import random_string
@@ -50,11 +50,11 @@ def secrets_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port, secrets_file):
+def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port, secrets_file, module_roots):
     factory = salt_factories.salt_master_daemon(
         random_string("iemkey-master-"),
         overrides={
-            "file_roots": {"base": [str(state_root), str(REPO), str(REPO / "salt")]},
+            "file_roots": {"base": [str(state_root), *module_roots]},
             "pillar_roots": {"base": [str(pillar_root)]},
             "reactor": [
                 {"iemkey/compromised": [REACTOR_SLS]},

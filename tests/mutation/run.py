@@ -10,7 +10,8 @@ module name, which Salt's loader changes, so none of them would ever run).
 3. the report (.mutation/report.txt) lists every surviving mutant as a diff, grouped by function,
    and ends with `mutation score: K/N killed (P%)`.
 
-IEMKEY_MUTATION_FUNCTIONS=f1,f2 limits the run to those functions (mutants elsewhere are skipped).
+IEMKEY_MUTATION_FUNCTIONS=f1,f2 limits the run to those functions (mutants elsewhere are skipped);
+IEMKEY_MUTATION_PATHS=_modules/iemkey.py,... to those files (to run shards in separate clones).
 """
 
 import collections
@@ -112,7 +113,8 @@ def report(seconds):
     status = _statuses()
     killed = status.get("ok_killed", 0) + status.get("ok_suspicious", 0) + status.get("bad_timeout", 0)
     tested = killed + status.get("bad_survived", 0)
-    lines = [f"mutation testing of {', '.join(TARGETS.values())} with {' and '.join(LAYERS)}",
+    paths = os.environ.get("IEMKEY_MUTATION_PATHS") or ", ".join(TARGETS.values())
+    lines = [f"mutation testing of {paths} with {' and '.join(LAYERS)}",
              f"wall time {seconds / 60:.1f} min; mutants: {status} (timeouts count as killed: the tests "
              "noticed); skipped = outside IEMKEY_MUTATION_FUNCTIONS", ""]
     for (path, function), items in sorted(survivors.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
@@ -137,7 +139,8 @@ def main():
     coverage_map()
     (REPO / ".mutmut-cache").unlink(missing_ok=True)
     default = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {' '.join(LAYERS)}"
-    sh(sys.executable, "-m", "mutmut", "run", "--paths-to-mutate", ",".join(TARGETS.values()), "--runner", default,
+    paths = os.environ.get("IEMKEY_MUTATION_PATHS") or ",".join(TARGETS.values())
+    sh(sys.executable, "-m", "mutmut", "run", "--paths-to-mutate", paths, "--runner", default,
        "--tests-dir", "tests", "--no-progress", "--simple-output", env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     report(time.monotonic() - start)
 

@@ -14,6 +14,18 @@ def load_source(kind, alias):
     return module
 
 
+def rsa_key_pair():
+    """A Salt-like minion key pair: (private key PEM as minion.pem holds it, public key PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption()),
+            key.public_key().public_bytes(serialization.Encoding.PEM,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
 def module_globals(loaded_function):
     """The globals of the module the Salt loader built a function from (to inject faults there)."""
     return loaded_function.func.__globals__

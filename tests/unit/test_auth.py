@@ -5,23 +5,14 @@ import datetime
 import iemkey_auth
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from helpers import rsa_key_pair
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 TAG = "iemkey/compromised"
 
 
-def _key_pair():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, public
-
-
-ALPHA, BETA = _key_pair(), _key_pair()
+ALPHA, BETA = rsa_key_pair(), rsa_key_pair()
 
 
 def _verify(data, public=ALPHA[1], now=NOW, tag=TAG):

@@ -4,9 +4,7 @@ import datetime
 
 import iemkey_auth
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from helpers import load_source
+from helpers import load_source, rsa_key_pair
 from salt.exceptions import CommandExecutionError
 
 iemkey = load_source("_modules", "iemkey_module_events")
@@ -15,11 +13,8 @@ UTC = datetime.timezone.utc
 
 @pytest.fixture(scope="module")
 def minion_key():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                              serialization.NoEncryption()),
-            key.public_key().public_bytes(serialization.Encoding.PEM,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    return rsa_key_pair()
+
 
 
 @pytest.fixture

@@ -16,24 +16,14 @@ import iemkey_auth
 import pytest
 import salt.client
 from bigfix_rest import StandInBigFix
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from helpers import load_source
+from helpers import load_source, rsa_key_pair
 
 iemkey = load_source("_runners", "iemkey_runner_unit")
 UTC = datetime.timezone.utc
 SECRET = "unit-hook-secret"
 
 
-def _key_pair():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                              serialization.NoEncryption()),
-            key.public_key().public_bytes(serialization.Encoding.PEM,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo))
-
-
-KEYS = {"alpha": _key_pair(), "beta": _key_pair()}
+KEYS = {"alpha": rsa_key_pair(), "beta": rsa_key_pair()}
 
 
 class FakeLocalClient:
