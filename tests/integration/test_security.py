@@ -20,7 +20,7 @@ import requests
 import yaml
 from helpers import HOOK_SECRET
 from saltapi import login
-from saltevents import job_returns, published_targets, runner_returns, wait_for
+from saltevents import job_returns, log_lines, published_targets, runner_returns, wait_for
 
 COMPROMISED, ROTATED, HOOK = "iemkey/compromised", "iemkey/rotated", "salt/netapi/hook/iemkey/compromised"
 
@@ -101,8 +101,7 @@ def test_a_raw_event_send_is_refused_and_names_the_entry_point(
     assert ret.returncode == 0, ret
     (refusal,) = _refusals(event_listener, salt_master, start, 1, COMPROMISED)
     assert "it is not signed" in refusal and "salt-call iemkey.alert" in refusal
-    log = pathlib.Path(salt_master.config["log_file"]).read_text()
-    assert f"refusing iemkey/compromised event, acting on nothing: {refusal}" in log
+    assert log_lines(salt_master, f"refusing iemkey/compromised event, acting on nothing: {refusal}")
     assert agent.key_files() == keys and agent.untouched()
 
 
@@ -162,8 +161,7 @@ def test_a_minion_claiming_another_minions_computer_as_its_own_gets_it_reviewed_
     assert review["old_computer_id"] == victim_id and review["minion"] == salt_minion_2.id
     assert f"names the old computer {victim_id} {agent.name!r}" in review["detail"]
     assert bigfix.deletes() == [] and victim_id in bigfix.computers()
-    log = pathlib.Path(salt_master.config["log_file"]).read_text()
-    assert f"not deleting computer {victim_id} (rotation of minion {salt_minion_2.id})" in log
+    assert log_lines(salt_master, f"not deleting computer {victim_id} (rotation of minion {salt_minion_2.id})")
     # the operator looks, and dismisses it: nothing is deleted
     dismissed = salt_run_cli.run("iemkey.cleanup", f"dismiss={victim_id}")
     assert dismissed.returncode == 0 and dismissed.data["dismissed"][0]["old_computer_id"] == victim_id
@@ -275,8 +273,7 @@ def test_an_sdb_hook_secret_that_does_not_resolve_refuses_every_webhook(
         (refusal,) = _refusals(event_listener, salt_master, start, 1, HOOK)
         assert refusal == f"iemkey:reactor:hook_secret {unresolved} did not resolve to a secret"
         refused = f"refusing salt/netapi/hook/iemkey/compromised event, acting on nothing: {refusal}"
-        log = pathlib.Path(salt_master.config["log_file"]).read_text().splitlines()
-        (line,) = [line for line in log if line.endswith(refused)]  # one line, at ERROR
+        (line,) = [line for line in log_lines(salt_master, refused) if line.endswith(refused)]  # one, at ERROR
         assert "[ERROR" in line, line
         # the literal URI is no secret: a body signed with it is refused just the same
         assert _hook(salt_api, api_token, {"minion_id": salt_minion.id}, secret=unresolved).status_code == 200

@@ -46,3 +46,20 @@ def wait_for(predicate, timeout=60, every=0.2):
             return False
         time.sleep(every)
     return True
+
+
+def log_lines(daemon, text, timeout=30):
+    """Lines of ``daemon``'s log file that contain ``text``, once there is at least one.
+
+    Salt daemons log through a queue to a separate process: a line can reach the file after
+    the event that followed it reached the bus, so tests wait for it instead of reading once."""
+    path = daemon.config["log_file"]
+    found = []
+
+    def written():
+        with open(path, encoding="utf-8", errors="replace") as log:
+            found[:] = [line.rstrip("\n") for line in log if text in line]
+        return bool(found)
+
+    wait_for(written, timeout=timeout)
+    return found
