@@ -10,7 +10,7 @@ module name, which Salt's loader changes, so none of them would ever run).
 3. the report (.mutation/report.txt) lists every surviving mutant as a diff, grouped by function,
    and ends with `mutation score: K/N killed (P%)`.
 
-IEMKEY_MUTATION_FUNCTIONS=f1,f2 limits the run to those functions (mutants elsewhere are skipped);
+IEMKEY_MUTATION_FUNCTIONS=f1,f2 limits the run to those functions ((module) for module-level code);
 IEMKEY_MUTATION_PATHS=_modules/iemkey.py,... to those files (to run shards in separate clones).
 """
 
