@@ -100,6 +100,28 @@ def test_a_service_that_will_not_stop_leaves_keystorage_alone(storage, calls, co
     assert sorted(p.name for p in (storage / "KeyStorage").iterdir()) == ["ClientCert.crt", "ClientKey.pvk"]
 
 
+def test_a_service_stop_that_returns_false_leaves_keystorage_alone(storage, calls, config):
+    """Salt's service.stop says False (systemctl or sc.exe failed) rather than raising: that is a failure too."""
+    _grains(kernel="Windows", os_family="Windows", cpuarch="AMD64")
+    config.update(storage_path=str(storage))
+    iemkey.__salt__["service.stop"] = MagicMock(return_value=False)
+    refused = r"stopping the BigFix agent failed: `service.stop BESClient` exited 1; KeyStorage was not touched"
+    with patch.object(iemkey, "_pathmod", lambda: posixpath), pytest.raises(CommandExecutionError, match=refused):
+        iemkey.rotate()
+    assert sorted(p.name for p in (storage / "KeyStorage").iterdir()) == ["ClientCert.crt", "ClientKey.pvk"]
+    assert calls == []  # and no start either: the agent was never stopped
+
+
+def test_a_service_start_that_returns_false_after_the_delete_says_the_keys_are_gone(storage, calls, config):
+    _grains(kernel="Windows", os_family="Windows", cpuarch="AMD64")
+    config.update(storage_path=str(storage))
+    iemkey.__salt__["service.start"] = MagicMock(return_value=False)
+    failed = r"was deleted \(2 files\) but starting the agent failed: `service.start BESClient` exited 1"
+    with patch.object(iemkey, "_pathmod", lambda: posixpath), pytest.raises(CommandExecutionError, match=failed):
+        iemkey.rotate()
+    assert calls == [("stop", "BESClient", True)] and not (storage / "KeyStorage").exists()
+
+
 def test_windows_key_exchange_runs_through_cmd_c(config, tmp_path):
     _grains(kernel="Windows", os_family="Windows", cpuarch="AMD64")
     binary = tmp_path / "BESClient.exe"
