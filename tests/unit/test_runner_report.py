@@ -1,0 +1,174 @@
+"""
+``salt-run iemkey.report`` and ``iemkey.targets`` on the master's side: how answers are classified,
+what fails the run, and what an operator reads. The master's opts live in a temp dir and the target
+is matched by Salt's own CkMinions against accepted keys there; LocalClient is the one fake (its
+``cmd_iter_no_block`` yields what each minion's ``iemkey.check`` answered). The integration tests
+ask real minions.
+"""
+
+import json
+import os
+
+import pytest
+import salt.client
+import salt.config
+import yaml
+from helpers import load_source
+
+iemkey = load_source("_runners", "iemkey_runner_report")
+SINCE = "2026-11-20T08:00:00Z"
+ACCEPTED = ("web1", "web2", "web3", "db1", "db2", "mail1")
+
+
+def _check(compliant, stale=False, installed=True, basis="key_created", key_time="2026-11-21T09:00:00+00:00"):
+    """What a minion's iemkey.check returns (the keys the report reads, and some it leaves out)."""
+    status = {"installed": installed, "computer_id": "1234", "last_rotated": "2026-11-21T09:00:00+00:00",
+              "agent_running": True, "pending": False, "keystorage": "/var/opt/BESClient/KeyStorage",
+              "key_files": 2, "problem": None if installed else "no storage path at /var/opt/BESClient"}
+    return {"since": "2026-11-20T08:00:00+00:00", "status": status, "compliant": compliant, "stale": stale,
+            "basis": basis if installed else None, "key_time": key_time if installed else None,
+            "reason": "why" if installed else "the BigFix agent is not installed: no storage path"}
+
+
+class FakeLocalClient:
+    """Yields ``replies`` (each a {minion: full return}); with ``silent`` minions it then keeps yielding
+    nothing, as Salt's does while it waits for them (it stops once every targeted minion answered).
+    Records the call."""
+
+    def __init__(self, replies, silent=False):
+        self.replies, self.silent, self.calls, self.polls = list(replies), silent, [], 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def cmd_iter_no_block(self, tgt, fun, arg=(), tgt_type="glob", timeout=None, full_return=False, **_kwargs):
+        self.calls.append({"tgt": tgt, "fun": fun, "arg": list(arg), "tgt_type": tgt_type, "timeout": timeout,
+                           "full_return": full_return})
+        yield from self.replies
+        while self.silent:  # Salt yields None while no answer comes; the runner's deadline must end this
+            self.polls += 1
+            yield None
+
+
+@pytest.fixture
+def opts(tmp_path):
+    pki = tmp_path / "pki"
+    (pki / "minions").mkdir(parents=True)
+    for name in ACCEPTED:
+        (pki / "minions" / name).write_text("key")
+    (pki / "minions_pre").mkdir()
+    (pki / "minions_pre" / "web9").write_text("pending key: not a minion the report asks")
+    conf = tmp_path / "master"
+    conf.write_text(yaml.safe_dump({"root_dir": str(tmp_path), "pki_dir": str(pki), "cachedir": str(tmp_path / "cache"),
+                                    "sock_dir": str(tmp_path / "sock"), "timeout": 0.5}))
+    opts = salt.config.master_config(str(conf))  # as a master reads its config file
+    return opts
+
+
+@pytest.fixture
+def configure_loader_modules(opts):
+    return {iemkey: {"__opts__": opts, "__context__": {}}}
+
+
+def _answering(monkeypatch, replies, silent=False):
+    client = FakeLocalClient(replies, silent)
+    monkeypatch.setattr(salt.client, "get_local_client", lambda *a, **k: client)
+    return client
+
+
+def test_targets_are_the_accepted_minions_salt_matches_sorted():
+    assert iemkey.targets() == sorted(ACCEPTED)
+    assert iemkey.targets("web*") == ["web1", "web2", "web3"]
+    assert iemkey.targets("db1,mail1", tgt_type="list") == ["db1", "mail1"]
+    assert iemkey.targets("web9") == []  # a pending key is not a minion yet
+
+
+def test_every_answer_is_classified_and_any_failure_fails_the_run(monkeypatch):
+    client = _answering(monkeypatch, [
+        {"web1": {"ret": _check(True), "retcode": 0}},
+        {"web2": {"ret": _check(False), "retcode": 0}, "web3": {"ret": _check(True, stale=True), "retcode": 0}},
+        {},
+        {"db1": {"ret": _check(False, installed=False), "retcode": 0}},
+        {"db2": {"ret": "ERROR: 'iemkey.check' is not available.", "retcode": 1}},
+    ], silent=True)
+    ret = iemkey.report(SINCE, timeout=0.3)
+    assert client.calls == [{"tgt": "*", "fun": "iemkey.check", "arg": [SINCE], "tgt_type": "glob", "timeout": 0.3,
+                             "full_return": True}]
+    assert (ret["compliant"], ret["noncompliant"], ret["not_installed"], ret["errors"], ret["unreachable"]) == (
+        ["web1"], ["web2", "web3"], ["db1"], ["db2"], ["mail1"])
+    assert ret["minions"]["web1"] == {
+        "compliant": True, "basis": "key_created", "key_time": "2026-11-21T09:00:00+00:00", "stale": False,
+        "reason": "why", "computer_id": "1234", "last_rotated": "2026-11-21T09:00:00+00:00",
+        "agent_running": True, "pending": False}
+    assert ret["minions"]["db2"] == {"error": "ERROR: 'iemkey.check' is not available."}
+    assert ret["minions"]["mail1"] == {"error": "no answer within 0.3 s"}
+    assert ret["summary"] == ("1 compliant, 2 noncompliant, 1 unreachable, 1 without the agent, 1 errors "
+                              f"(keys since {SINCE}); console clean-ups: 0 pending, 0 for review")
+    assert ret["cleanup"] == {"pending": [], "review": []}
+    assert ret["retcode"] == 1 and iemkey.__context__["retcode"] == 1
+    assert client.polls > 0  # the silent minion was waited for, until the deadline
+
+
+@pytest.mark.parametrize("failing", ["noncompliant", "unreachable", "not_installed", "errors"])
+def test_each_kind_of_failure_alone_fails_the_run(monkeypatch, failing):
+    answers = {"noncompliant": {"ret": _check(False), "retcode": 0},
+               "not_installed": {"ret": _check(False, installed=False), "retcode": 0},
+               "errors": {"ret": _check(True), "retcode": 1}}
+    reply = {"web1": {"ret": _check(True), "retcode": 0}}
+    if failing != "unreachable":
+        reply["web2"] = answers[failing]
+    _answering(monkeypatch, [reply], silent=failing == "unreachable")
+    ret = iemkey.report(SINCE, tgt="web1,web2", tgt_type="list", timeout=0.2)
+    assert ret[failing] == ["web2"] and ret["compliant"] == ["web1"]
+    assert ret["retcode"] == 1 and iemkey.__context__["retcode"] == 1
+
+
+def test_a_compliant_fleet_passes(monkeypatch):
+    _answering(monkeypatch, [{name: {"ret": _check(True), "retcode": 0} for name in ("web1", "web2", "web3")}])
+    ret = iemkey.report(SINCE, tgt="web*", timeout=5)
+    assert ret["compliant"] == ["web1", "web2", "web3"]
+    assert ret["noncompliant"] == ret["unreachable"] == ret["not_installed"] == ret["errors"] == []
+    assert ret["retcode"] == 0 and iemkey.__context__["retcode"] == 0
+    assert ret["summary"].startswith("3 compliant, 0 noncompliant, 0 unreachable, 0 without the agent, 0 errors")
+
+
+def test_the_master_timeout_is_the_default_wait(monkeypatch):
+    client = _answering(monkeypatch, [], silent=True)
+    ret = iemkey.report(SINCE, tgt="mail1")
+    assert client.calls[0]["timeout"] == 0.5  # the master's own ``timeout``
+    assert ret["unreachable"] == ["mail1"] and ret["minions"]["mail1"] == {"error": "no answer within 0.5 s"}
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"since": None}, "report needs since, e.g. since=2026-11-20T08:00:00Z"),
+    ({"since": ""}, "report needs since, e.g. since=2026-11-20T08:00:00Z"),
+    ({"since": SINCE, "timeout": "soon"}, "timeout must be a number of seconds, not 'soon'"),
+    ({"since": SINCE, "tgt": "nosuch*"},
+     "the target 'nosuch*' (glob) matches no accepted minion: nothing to report on"),
+])
+def test_what_cannot_be_reported_on_fails_without_asking_anyone(monkeypatch, kwargs, error):
+    client = _answering(monkeypatch, [])
+    ret = iemkey.report(**kwargs)
+    assert ret["error"] == error and ret["result"] is False and ret["retcode"] == 1
+    assert iemkey.__context__["retcode"] == 1 and client.calls == []
+
+
+def test_the_clean_ups_waiting_are_listed_by_minion_then_computer(monkeypatch, opts):
+    def entry(minion, old):
+        return {"minion": minion, "old_computer_id": old, "detail": "waiting"}
+
+    state = os.path.join(opts["cachedir"], "iemkey")
+    os.makedirs(state)
+    with open(os.path.join(state, "cleanup.json"), "w", encoding="utf-8") as handle:
+        json.dump({"pending": {"30": entry("web2", "30"), "20": entry("web1", "20"), "10": entry("web2", "10")},
+                   "review": {"40": entry("db1", "40")}}, handle)
+    _answering(monkeypatch, [{"web1": {"ret": _check(True), "retcode": 0}}])
+    ret = iemkey.report(SINCE, tgt="web1", timeout=1)
+    assert [(e["minion"], e["old_computer_id"]) for e in ret["cleanup"]["pending"]] == [
+        ("web1", "20"), ("web2", "10"), ("web2", "30")]
+    assert ret["cleanup"]["review"] == [entry("db1", "40")]
+    assert ret["summary"].endswith("console clean-ups: 3 pending, 1 for review")
+    assert ret["retcode"] == 0  # waiting clean-ups are listed, they do not fail the compliance report
