@@ -8,6 +8,7 @@ import time
 import pytest
 from helpers import module_globals
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+from saltevents import wait_for
 
 
 def test_status_of_an_installed_agent(modules, agent):
@@ -188,6 +189,16 @@ def test_wait_shorter_than_the_agents_registration_returns_without_the_new_id(mo
     agent.release_regen()
     assert agent.wait_for_keys() and agent.computer_id != old_id
     assert modules.iemkey.status()["key_created"] >= ret["rotated_at"]
+
+
+def test_new_keys_without_a_new_computer_id_yet_are_not_the_new_registration(modules, agent):
+    old_id = agent.computer_id
+    agent.behave(register_hold=True)  # keys at once; the new computer ID only when the test says so
+    ret = modules.iemkey.rotate(wait=1)
+    assert agent.key_files() and agent.computer_id == old_id  # the wait saw keys, and still the old ID
+    assert ret["rotated"] is True and ret["new_computer_id"] is None and ret["key_created"] is None
+    agent.release_regen()
+    assert wait_for(lambda: agent.computer_id != old_id, timeout=30)
 
 
 def test_a_start_that_hangs_after_the_delete_is_reported_and_finished_by_the_next_run(modules, agent):

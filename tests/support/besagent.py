@@ -177,6 +177,8 @@ class StandInAgent:
         kill_caller_on: a verb on which the control script kills its caller, once.
         regen_delay: seconds the daemon waits before writing new keys.
         regen_hold: the daemon writes new keys only once ``release_regen()`` is called.
+        register_hold: the daemon writes new keys at once, but registers (gets its new computer ID)
+            only once ``release_regen()`` is called, as behind a relay that has not yet answered.
         report_interval: seconds between the daemon's reports to the server (default 1).
         """
         self.behaviour_file.write_text(json.dumps(knobs))
@@ -398,6 +400,9 @@ def run_daemon(agent):
             time.sleep(0.05)
         if running:
             agent.write_keys()
+            while running and knobs.get("register_hold") and not agent.release_file.exists():
+                time.sleep(0.05)
+        if running:
             computer_id = new_computer_id()
             _register(agent, computer_id)
             _set_computer_id(agent, computer_id)
