@@ -16,6 +16,7 @@ import shlex
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
+STEP_TIMEOUT = "150"
 _MAP = {}
 _FUNCTIONS = {}
 
@@ -55,7 +56,10 @@ def pre_mutation(context):
     if scope and (function or "(module)") not in scope.split(","):
         context.skip = True
         return
-    pytest = shlex.join([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"])
+    # a mutant can make a test hang (endless retries): the step ends itself before mutmut's own timeout
+    # (make mutation sets it to 60 s + 3 x the baseline), which kills only this shell, not its pytest
+    pytest = shlex.join(["timeout", "-k", "5", STEP_TIMEOUT, sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                         "no:cacheprovider"])
     steps = [f"{pytest} {shlex.join(sorted(t for t in tests if t.startswith(layer)))}"
              for layer in ("tests/unit/", "tests/functional/") if any(t.startswith(layer) for t in tests)]
     # unit tests first (seconds), the functional ones only if the unit tests let the mutant live

@@ -141,7 +141,8 @@ def main():
     default = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {' '.join(LAYERS)}"
     paths = os.environ.get("IEMKEY_MUTATION_PATHS") or ",".join(TARGETS.values())
     sh(sys.executable, "-m", "mutmut", "run", "--paths-to-mutate", paths, "--runner", default,
-       "--tests-dir", "tests", "--no-progress", "--simple-output", env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+       "--tests-dir", "tests", "--test-time-base", "60", "--test-time-multiplier", "3", "--no-progress",
+       "--simple-output", env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     report(time.monotonic() - start)
 
 
