@@ -1,0 +1,275 @@
+"""
+The steps of ``iemkey.rotate`` that leave evidence: the rotation record at each step (what a
+crash leaves for the next run), a delete that fails part-way, what follows the delete (the key
+exchange, the event, a step that raises), with the agent's service and Salt's cmd, event and
+pillar functions loader-mocked around a real KeyStorage in a temp dir.
+"""
+
+import datetime
+import json
+import os
+from unittest.mock import MagicMock
+
+import iemkey_auth
+import pytest
+from helpers import load_source, rsa_key_pair
+from salt.exceptions import CommandExecutionError
+
+iemkey = load_source("_modules", "iemkey_module_steps")
+UTC = datetime.timezone.utc
+RELAY = "http://relay.example:52311"
+PASSWORD = "S3cret-relay"
+KEY = rsa_key_pair()
+
+
+@pytest.fixture
+def storage(tmp_path):
+    path = tmp_path / "storage"
+    (path / "KeyStorage").mkdir(parents=True)
+    for name in ("ClientCert.crt", "ClientKey.pvk"):
+        (path / "KeyStorage" / name).write_text("key material")
+    (path / "__BESData").mkdir()
+    return path
+
+
+@pytest.fixture
+def seen():
+    """What the rotation record said at each service call: [(verb, record)]."""
+    return []
+
+
+@pytest.fixture
+def config(storage, tmp_path):
+    return {"storage_path": str(storage), "config_file": str(tmp_path / "none.config")}
+
+
+@pytest.fixture
+def sent():
+    return []
+
+
+@pytest.fixture
+def configure_loader_modules(tmp_path, seen, config, sent):
+    (tmp_path / "minion.pem").write_bytes(KEY[0])
+    binary = tmp_path / "BESClient"
+    binary.write_text("")
+    config["client_binary"] = str(binary)
+
+    def verb(name):
+        def call(_service):
+            seen.append((name, iemkey._read_record()))
+            return True
+        return call
+
+    def send(tag, data):
+        sent.append((tag, data))
+        return True
+
+    salt_mods = {f"service.{name}": verb(name) for name in ("stop", "start")} | {
+        "service.available": MagicMock(return_value=True), "service.status": MagicMock(return_value=True),
+        "config.get": lambda key, default=None: config.get(key.split(":", 1)[1], default),
+        "pillar.get": MagicMock(return_value=None), "event.send": send,
+        # the client's registry: its ComputerID (StoragePath comes from iemkey:storage_path)
+        "reg.read_value": lambda _hive, key, name: (
+            {"success": True, "vdata": "1001"} if name == "ComputerID" and "Wow6432Node" in key
+            else {"success": False}),
+        "cmd.run_all": MagicMock(return_value={"retcode": 0, "stdout": "registered", "stderr": ""})}
+    return {iemkey: {"__grains__": {"kernel": "Windows", "os_family": "Windows", "cpuarch": "AMD64"},
+                     "__salt__": salt_mods, "__context__": {},
+                     "__opts__": {"id": "web01", "pki_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"),
+                                  "file_client": "remote"}}}
+
+
+@pytest.fixture(autouse=True)
+def _posix_paths(monkeypatch):
+    """The file work runs on this Linux host: only the path syntax is Windows' on a real minion."""
+    monkeypatch.setattr(iemkey, "_pathmod", lambda: os.path)
+
+
+def _keystorage(storage):
+    return str(storage / "KeyStorage")
+
+
+# -- the record: what the next run finds if this one dies -----------------------------------------
+def test_the_record_names_each_step_before_it_is_taken(storage, seen):
+    ret = iemkey.rotate()
+    before = {"keystorage": _keystorage(storage), "old_computer_id": "1001"}
+    assert seen == [
+        ("stop", {**before, "step": "stopping"}),
+        ("start", {**before, "step": "deleted", "removed": ["ClientCert.crt", "ClientKey.pvk"],
+                   "deleted_at": ret["rotated_at"]}),
+    ]
+    assert iemkey._read_record() == {**before, "step": "done", "removed": ["ClientCert.crt", "ClientKey.pvk"],
+                                     "rotated_at": ret["rotated_at"]}
+    assert datetime.datetime.fromisoformat(ret["rotated_at"]).tzinfo is not None
+
+
+def test_a_failed_stop_leaves_a_stopping_record_that_the_next_run_does_not_resume(storage, seen):
+    iemkey.__salt__["service.stop"] = MagicMock(return_value=False)
+    with pytest.raises(CommandExecutionError, match="KeyStorage was not touched"):
+        iemkey.rotate()
+    assert iemkey._read_record()["step"] == "stopping" and iemkey.status()["pending"] is False
+    del iemkey.__salt__["service.stop"]
+    iemkey.__salt__["service.stop"] = MagicMock(return_value=True)
+    ret = iemkey.rotate()
+    assert ret["resumed"] is False and ret["removed"] == ["ClientCert.crt", "ClientKey.pvk"]
+
+
+def _unlink_fails_for(monkeypatch, name):
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.path.basename(path) == name:
+            raise PermissionError(13, "Permission denied", path)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(iemkey.os, "unlink", unlink)
+
+
+@pytest.mark.parametrize(("start_ok", "restarted"), [
+    (True, "the agent was started again"),
+    (False, "starting it again failed: `service.start BESClient` exited 1"),
+])
+def test_a_delete_that_fails_part_way_records_what_went_and_starts_the_agent(
+        storage, seen, monkeypatch, start_ok, restarted):
+    _unlink_fails_for(monkeypatch, "ClientKey.pvk")
+    if not start_ok:
+        iemkey.__salt__["service.start"] = MagicMock(return_value=False)
+    with pytest.raises(CommandExecutionError) as err:
+        iemkey.rotate()
+    assert str(err.value) == (f"could not delete all of {_keystorage(storage)}: removed ['ClientCert.crt']; "
+                              f"not removed ClientKey.pvk (Permission denied); {restarted}")
+    assert iemkey._read_record() == {"keystorage": _keystorage(storage), "old_computer_id": "1001",
+                                     "step": "failed", "removed": ["ClientCert.crt"]}
+    assert sorted(os.listdir(_keystorage(storage))) == ["ClientKey.pvk"]
+    assert iemkey.status()["pending"] is False  # KeyStorage is still there: the next run is a full one
+
+
+def test_two_entries_that_cannot_go_are_both_named(storage, monkeypatch):
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.path.basename(path) in ("ClientKey.pvk", "ClientCert.crt"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(iemkey.os, "unlink", unlink)
+    with pytest.raises(CommandExecutionError) as err:
+        iemkey.rotate()
+    assert ("removed nothing; not removed ClientCert.crt (Permission denied), ClientKey.pvk (Permission denied); "
+            "the agent was started again") in str(err.value)
+
+
+# -- after the delete: the key exchange -----------------------------------------------------------
+def _relay(config, password=PASSWORD):
+    config["relay"] = RELAY
+    iemkey.__salt__["pillar.get"].return_value = password
+
+
+def test_no_relay_no_key_exchange(storage):
+    ret = iemkey.rotate()
+    assert "registered" not in ret and "register_error" not in ret
+    iemkey.__salt__["cmd.run_all"].assert_not_called()
+    assert "retcode" not in iemkey.__context__
+
+
+def test_a_relay_without_a_password_is_left_to_the_operator(storage, config):
+    _relay(config, password=None)
+    ret = iemkey.rotate()
+    assert "registered" not in ret and "register_error" not in ret and "retcode" not in iemkey.__context__
+    iemkey.__salt__["cmd.run_all"].assert_not_called()
+
+
+def test_the_key_exchange_runs_after_the_start(storage, config, seen):
+    _relay(config)
+    ret = iemkey.rotate()
+    assert ret["registered"] is True and "register_error" not in ret and "retcode" not in iemkey.__context__
+    (call,) = iemkey.__salt__["cmd.run_all"].call_args_list
+    assert call.args[0] == ["cmd", "/c", config["client_binary"], "-register", PASSWORD, RELAY]
+    assert [verb for verb, _record in seen] == ["stop", "start"]
+
+
+def test_a_rejected_key_exchange_fails_the_job_and_keeps_the_rotation(storage, config):
+    _relay(config)
+    rejected = {"retcode": 2, "stdout": "", "stderr": f"password {PASSWORD} rejected"}
+    iemkey.__salt__["cmd.run_all"].return_value = rejected
+    ret = iemkey.rotate()
+    assert ret["rotated"] is True and ret["registered"] is False
+    assert ret["register_error"] == (f"`cmd /c {config['client_binary']} -register ******** {RELAY}` exited 2: "
+                                     "password ******** rejected")
+    assert iemkey.__context__["retcode"] == 1
+    assert PASSWORD not in json.dumps(ret)
+
+
+def test_a_password_that_cannot_be_used_fails_the_job_and_keeps_the_rotation(storage, config):
+    _relay(config, password="pässword")
+    ret = iemkey.rotate()
+    assert ret["rotated"] is True and ret["registered"] is False
+    assert ret["register_error"] == "iemkey:register_password must be printable ASCII (BigFix relay passwords are)"
+    assert iemkey.__context__["retcode"] == 1
+    iemkey.__salt__["cmd.run_all"].assert_not_called()
+
+
+@pytest.mark.parametrize(("relay", "password", "missing"), [
+    (None, PASSWORD, "iemkey:relay"), (RELAY, None, "iemkey:register_password"),
+    (None, None, "iemkey:relay and iemkey:register_password")])
+def test_register_says_what_it_misses(config, relay, password, missing):
+    if relay:
+        config["relay"] = relay
+    iemkey.__salt__["pillar.get"].return_value = password
+    with pytest.raises(CommandExecutionError) as err:
+        iemkey.register()
+    assert str(err.value) == f"the manual key exchange needs {missing}"
+
+
+def test_register_that_the_relay_rejects_is_an_error_without_the_password(config):
+    _relay(config)
+    iemkey.__salt__["cmd.run_all"].return_value = {"retcode": 1, "stdout": f"bad {PASSWORD}", "stderr": ""}
+    with pytest.raises(CommandExecutionError) as err:
+        iemkey.register()
+    assert str(err.value) == (f"the manual key exchange with {RELAY} failed: "
+                              f"`cmd /c {config['client_binary']} -register ******** {RELAY}` exited 1: bad ********")
+
+
+# -- after the delete: the event, and a step that raises ------------------------------------------
+def test_the_rotated_event_carries_the_rotation_signed(storage, sent):
+    ret = iemkey.rotate()
+    ((tag, data),) = sent
+    assert tag == "iemkey/rotated" and ret["event_sent"] is True
+    now = datetime.datetime.now(UTC)
+    minion, payload, _signed_at, _nonce = iemkey_auth.verify(tag, data, KEY[1], now, max_age=60, max_skew=5)
+    assert minion == "web01"
+    assert payload == {"old_computer_id": "1001", "rotated_at": ret["rotated_at"], "keystorage": _keystorage(storage)}
+
+
+def test_the_rotated_event_names_the_new_computer_when_rotate_waited_for_it(storage, sent, monkeypatch):
+    monkeypatch.setattr(iemkey, "_wait_for_new_key", lambda *_a: {"new_computer_id": "2002",
+                                                                  "key_created": "2026-11-27T10:00:00+00:00"})
+    ret = iemkey.rotate(wait=5)
+    ((tag, data),) = sent
+    payload = iemkey_auth.verify(tag, data, KEY[1], datetime.datetime.now(UTC), max_age=60, max_skew=5)[1]
+    assert payload["new_computer_id"] == "2002" == ret["new_computer_id"]
+
+
+def test_an_event_that_cannot_be_sent_is_reported_not_fatal(storage, caplog):
+    def broken(_tag, _data):
+        raise RuntimeError("no master connection")
+
+    iemkey.__salt__["event.send"] = broken
+    ret = iemkey.rotate()
+    assert ret["rotated"] is True and ret["event_sent"] is False and "errors" not in ret
+    assert "retcode" not in iemkey.__context__
+    assert "iemkey: could not send iemkey/rotated to the master: no master connection" in caplog.text
+
+
+def test_a_step_that_raises_after_the_delete_fails_the_job_and_keeps_the_rotation(storage, monkeypatch, caplog):
+    def boom(_ret):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(iemkey, "_send_rotated", boom)
+    ret = iemkey.rotate()
+    assert ret["rotated"] is True and ret["removed"] == ["ClientCert.crt", "ClientKey.pvk"]
+    assert ret["errors"] == ["sending iemkey/rotated failed after the rotation: RuntimeError: boom"]
+    assert iemkey.__context__["retcode"] == 1
+    assert (f"iemkey: KeyStorage {_keystorage(storage)} was rotated, but sending iemkey/rotated failed after the "
+            "rotation: RuntimeError: boom") in caplog.text
