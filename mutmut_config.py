@@ -20,6 +20,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 STEP_TIMEOUT = "150"
 _MAP = {}
 _FUNCTIONS = {}
+_STATEMENTS = {}
 
 
 def _tests_by_line(filename):
@@ -39,13 +40,24 @@ def _functions(filename):
     return _FUNCTIONS[filename]
 
 
+def _statement_lines(filename, line):
+    """The lines of the innermost statement that holds ``line``: coverage records a statement that
+    spans lines (a call, a message split over lines) on its first line only."""
+    if filename not in _STATEMENTS:
+        tree = ast.parse((HERE / filename).read_text())
+        _STATEMENTS[filename] = [(n.lineno, n.end_lineno) for n in ast.walk(tree) if isinstance(n, ast.stmt)]
+    spans = [(first, last) for first, last in _STATEMENTS[filename] if first <= line <= last]
+    first, last = min(spans, key=lambda span: span[1] - span[0], default=(line, line))
+    return range(first, last + 1)
+
+
 def covering_tests(filename, line):
     """The tests that run the code on ``line`` (1-based), and the function it belongs to."""
     by_line = _tests_by_line(filename)
     for first, body, last, name in _functions(filename):
         if first <= line <= last:
             if line >= body:
-                return set(by_line.get(str(line), ())), name
+                return {t for n in _statement_lines(filename, line) for t in by_line.get(str(n), ())}, name
             return {t for n in range(body, last + 1) for t in by_line.get(str(n), ())}, name
     return {t for tests in by_line.values() for t in tests if t.startswith("tests/unit/")}, None
 

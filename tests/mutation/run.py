@@ -97,7 +97,8 @@ def report(seconds):
     xml = subprocess.run([sys.executable, "-m", "mutmut", "junitxml"], cwd=REPO, capture_output=True, text=True,
                          check=False).stdout
     explained, survivors = _explained(), collections.defaultdict(list)
-    covered = json.loads((OUT / "tests-by-line.json").read_text())
+    sys.path.insert(0, str(REPO))
+    from mutmut_config import covering_tests
     for case in ET.fromstring(xml[xml.index("<"):]).iter("testcase"):
         failure = case.find("failure")
         if failure is None:
@@ -108,7 +109,7 @@ def report(seconds):
                         "")
         why = explained.get((path, original))
         why = f"  EXPLAINED: {why}" if why else (
-            "" if covered.get(path, {}).get(line) else "  (no unit or functional test executes this line)")
+            "" if covering_tests(path, int(line))[0] else "  (no unit or functional test executes this line)")
         survivors[(path, _function_at(path, int(line)))].append(f"{path}:{line}{why}\n{diff}")
     status = _statuses()
     killed = status.get("ok_killed", 0) + status.get("ok_suspicious", 0) + status.get("bad_timeout", 0)
