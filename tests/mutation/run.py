@@ -84,12 +84,15 @@ def _statuses():
 
 
 def _explained():
-    """(file, original line) -> why a mutant there survives, from tests/mutation/explained.txt."""
+    """(file, function or None, original line) -> why a mutant there survives, from
+    tests/mutation/explained.txt (an entry's first line is the file, optionally followed by the
+    function, for a line that is not unique in the file)."""
     found = {}
     for entry in (REPO / "tests" / "mutation" / "explained.txt").read_text().split("\n\n"):
         lines = [line for line in entry.strip().splitlines() if not line.startswith("#")]
         if len(lines) >= 3:
-            found[(lines[0].strip(), lines[1].strip())] = " ".join(line.strip() for line in lines[2:])
+            path, _, function = lines[0].strip().partition(" ")
+            found[(path, function or None, lines[1].strip())] = " ".join(line.strip() for line in lines[2:])
     return found
 
 
@@ -107,10 +110,11 @@ def report(seconds):
         diff = (failure.text or "").strip()
         original = next((d[1:].strip() for d in diff.splitlines() if d.startswith("-") and not d.startswith("---")),
                         "")
-        why = explained.get((path, original))
+        function = _function_at(path, int(line))
+        why = explained.get((path, function, original)) or explained.get((path, None, original))
         why = f"  EXPLAINED: {why}" if why else (
             "" if covering_tests(path, int(line))[0] else "  (no unit or functional test executes this line)")
-        survivors[(path, _function_at(path, int(line)))].append(f"{path}:{line}{why}\n{diff}")
+        survivors[(path, function)].append(f"{path}:{line}{why}\n{diff}")
     status = _statuses()
     killed = status.get("ok_killed", 0) + status.get("ok_suspicious", 0) + status.get("bad_timeout", 0)
     tested = killed + status.get("bad_survived", 0)
