@@ -95,3 +95,68 @@ def test_a_payload_that_is_not_plain_json_is_refused():
     data = iemkey_auth.sign(TAG, "alpha", {}, ALPHA[0], now=NOW)
     data["blob"] = b"\x00"
     _refused(data, "not plain JSON")
+
+
+# -- the wire format: a master and its minions may run different iemkey versions ------------------
+def test_the_signed_bytes_are_fixed():
+    signed = iemkey_auth.canonical(TAG, "alpha", {"reason": "é", "n": [1, 2]}, "2026-11-27T12:00:00+00:00", "0" * 32)
+    assert signed == (b'{"id":"alpha","nonce":"00000000000000000000000000000000","payload":{"n":[1,2],'
+                      b'"reason":"\\u00e9"},"tag":"iemkey/compromised","time":"2026-11-27T12:00:00+00:00","v":1}')
+
+
+def test_the_envelope_is_fixed():
+    data = iemkey_auth.sign(TAG, "alpha", {"reason": "ids"}, ALPHA[0], now=NOW)
+    assert set(data) == {"reason", "iemkey_sig"}
+    envelope = data["iemkey_sig"]
+    assert set(envelope) == {"v", "alg", "id", "time", "nonce", "sig"}
+    assert (envelope["v"], envelope["alg"], envelope["id"], envelope["time"]) == (
+        1, "RSA-PKCS1v15-SHA256", "alpha", "2026-11-27T12:00:00+00:00")
+
+
+def _tampered(**envelope):
+    data = iemkey_auth.sign(TAG, "alpha", {"reason": "ids"}, ALPHA[0], now=NOW)
+    data["iemkey_sig"].update(envelope)
+    return data
+
+
+@pytest.mark.parametrize(("data", "public", "reason"), [
+    (_tampered(v=2), ALPHA[1], "its signature is of an unknown kind (v=2, alg='RSA-PKCS1v15-SHA256')"),
+    (_tampered(alg="HMAC"), ALPHA[1], "its signature is of an unknown kind (v=1, alg='HMAC')"),
+    (_tampered(id="*"), ALPHA[1], "it names no valid minion id ('*')"),
+    (_tampered(id=None), ALPHA[1], "it names no valid minion id (None)"),
+    (_tampered(nonce="x"), ALPHA[1], "its nonce is malformed"),
+    (_tampered(), None, "'alpha' is not an accepted minion"),
+    (_tampered(time="yesterday"), ALPHA[1], "its time or signature is malformed"),
+    (_tampered(sig="not base64!"), ALPHA[1], "its time or signature is malformed"),
+    (_tampered(time="2026-11-27T12:00:00"), ALPHA[1], "its time has no zone"),
+    (_tampered(), BETA[1], "its signature does not verify with the accepted key of 'alpha'"),
+    ({"reason": "ids"}, ALPHA[1], "it is not signed"),
+    ({"iemkey_sig": "text"}, ALPHA[1], "it is not signed"),
+])
+def test_each_refusal_says_exactly_why(data, public, reason):
+    with pytest.raises(iemkey_auth.Refused) as err:
+        _verify(data, public=public)
+    assert str(err.value) == reason
+
+
+def test_the_age_refusals_say_how_far_off_the_time_is():
+    old = iemkey_auth.sign(TAG, "alpha", {}, ALPHA[0], now=NOW - datetime.timedelta(seconds=600))
+    with pytest.raises(iemkey_auth.Refused) as err:
+        _verify(old)
+    assert str(err.value) == "it was signed 600 s ago, more than 300 s (iemkey:reactor:max_age)"
+    ahead = iemkey_auth.sign(TAG, "alpha", {}, ALPHA[0], now=NOW + datetime.timedelta(seconds=120))
+    with pytest.raises(iemkey_auth.Refused) as err:
+        _verify(ahead)
+    assert str(err.value) == "it was signed 120 s in the future (clock skew beyond 60 s)"
+
+
+def test_a_payload_json_cannot_carry_is_refused_by_name():
+    with pytest.raises(iemkey_auth.Refused) as err:
+        iemkey_auth.canonical(TAG, "alpha", {"x": float("nan")}, "t", "n")
+    assert str(err.value).startswith("its payload is not plain JSON data (Out of range float values")
+
+
+@pytest.mark.parametrize("claimed", [None, 7, "*", "a b", ""])
+def test_the_claimed_signer_must_be_one_minion_id(claimed):
+    data = _tampered(id=claimed)
+    assert iemkey_auth.signer(data) is None
