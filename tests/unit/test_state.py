@@ -130,4 +130,13 @@ def test_a_step_that_fails_after_the_rotation_fails_the_state_and_keeps_the_chan
         return
     assert ret["result"] is False
     assert ret["changes"]["removed"] == ROTATION["removed"] and ret["changes"]["key"]["old"]["computer_id"] == "1001"
-    assert says in ret["comment"]
+    assert ret["comment"] == ("Rotated the BigFix agent key (key_created ... is before since ...); the old computer "
+                              f"ID 1001 is now a duplicate in the BigFix console. {says}")
+
+
+def test_without_wait_the_state_does_not_wait_for_the_new_key(mods, test_mode):
+    ret = _apply()
+    if test_mode:
+        return
+    mods["iemkey.rotate"].assert_called_once_with(wait=0, since=SINCE)
+    assert ret["result"] is True and ret["name"] == "bigfix-agent-key"
