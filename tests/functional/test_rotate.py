@@ -191,6 +191,14 @@ def test_wait_shorter_than_the_agents_registration_returns_without_the_new_id(mo
     assert modules.iemkey.status()["key_created"] >= ret["rotated_at"]
 
 
+def test_wait_returns_the_new_computer_once_the_agent_registers(modules, agent):
+    old_id = agent.computer_id
+    agent.behave(regen_delay=2)  # the agent takes a moment to make its key and register
+    ret = modules.iemkey.rotate(wait=60)
+    assert ret["new_computer_id"] == agent.computer_id != old_id
+    assert ret["key_created"] == modules.iemkey.status()["key_created"] >= ret["rotated_at"]
+
+
 def test_new_keys_without_a_new_computer_id_yet_are_not_the_new_registration(modules, agent):
     old_id = agent.computer_id
     agent.behave(register_hold=True)  # keys at once; the new computer ID only when the test says so
