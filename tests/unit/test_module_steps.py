@@ -13,7 +13,7 @@ from unittest.mock import MagicMock
 import iemkey_auth
 import pytest
 from helpers import load_source, rsa_key_pair
-from salt.exceptions import CommandExecutionError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 iemkey = load_source("_modules", "iemkey_module_steps")
 UTC = datetime.timezone.utc
@@ -273,3 +273,94 @@ def test_a_step_that_raises_after_the_delete_fails_the_job_and_keeps_the_rotatio
     assert iemkey.__context__["retcode"] == 1
     assert (f"iemkey: KeyStorage {_keystorage(storage)} was rotated, but sending iemkey/rotated failed after the "
             "rotation: RuntimeError: boom") in caplog.text
+
+
+# -- check: the decision the state and the report stand on ----------------------------------------
+def _age(storage, when):
+    for path in (storage / "KeyStorage").iterdir():
+        os.utime(path, (when.timestamp(), when.timestamp()))
+
+
+def test_check_compares_the_oldest_key_file_with_since_inclusively(storage):
+    made = datetime.datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    _age(storage, made)
+    ret = iemkey.check("2026-11-20T08:00:00Z")
+    assert (ret["compliant"], ret["basis"], ret["key_time"], ret["stale"]) == (True, "key_created", made.isoformat(),
+                                                                               False)
+    assert ret["reason"] == f"key_created {made.isoformat()} is at or after since {made.isoformat()}"
+    later = iemkey.check("2026-11-20T08:00:01Z")
+    assert later["compliant"] is False
+    assert later["reason"] == f"key_created {made.isoformat()} is before since 2026-11-20T08:00:01+00:00"
+
+
+def test_check_of_a_keyless_agent_iemkey_never_rotated(storage):
+    for path in (storage / "KeyStorage").iterdir():
+        path.unlink()
+    ret = iemkey.check("2026-11-20T08:00:00Z")
+    assert (ret["compliant"], ret["basis"], ret["key_time"]) == (False, None, None)
+    assert ret["reason"] == "KeyStorage holds no key and iemkey recorded no rotation"
+
+
+def test_check_of_a_keyless_agent_long_after_a_rotation_is_stale(storage, config):
+    config["stale_after"] = 60
+    rotated = datetime.datetime.now(UTC) - datetime.timedelta(seconds=120)
+    for path in (storage / "KeyStorage").iterdir():
+        path.unlink()
+    (storage / "KeyStorage").rmdir()
+    iemkey._write_record({"step": "done", "keystorage": _keystorage(storage), "rotated_at": rotated.isoformat()})
+    ret = iemkey.check("2026-11-20T08:00:00Z")
+    assert (ret["compliant"], ret["basis"], ret["key_time"], ret["stale"]) == (
+        True, "last_rotated", rotated.isoformat(), True)
+    assert ret["reason"] == (f"last_rotated {rotated.isoformat()} is at or after since 2026-11-20T08:00:00+00:00; "
+                             "but the agent has written no key since that rotation, more than iemkey:stale_after "
+                             "(60 s) ago: it is down or cannot register")
+    config["stale_after"] = 600
+    assert iemkey.check("2026-11-20T08:00:00Z")["stale"] is False
+
+
+def test_check_where_no_agent_is_installed(config, tmp_path):
+    config["storage_path"] = str(tmp_path / "nowhere")
+    ret = iemkey.check("2026-11-20T08:00:00Z", probe_agent=False)
+    assert (ret["compliant"], ret["basis"], ret["key_time"], ret["stale"]) == (False, None, None, False)
+    assert ret["reason"] == ("the BigFix agent is not installed: no storage path at "
+                             f"{tmp_path / 'nowhere'} (config iemkey:storage_path)")
+
+
+def test_check_refuses_a_since_in_the_future():
+    with pytest.raises(SaltInvocationError) as err:
+        iemkey.check("2999-01-01T00:00:00Z")
+    assert str(err.value).startswith("since 2999-01-01T00:00:00+00:00 is in the future (now ")
+    assert str(err.value).endswith("): no key could ever satisfy it")
+
+
+def test_check_asks_whether_the_agent_runs_unless_told_not_to(storage):
+    assert iemkey.check("2026-11-20T08:00:00Z")["status"]["agent_running"] is True
+    assert iemkey.check("2026-11-20T08:00:00Z", probe_agent=False)["status"]["agent_running"] is None
+
+
+# -- _control through the service module, and test mode ---------------------------------------------
+def test_a_service_call_that_raises_is_a_failed_command():
+    iemkey.__salt__["service.stop"] = MagicMock(side_effect=CommandExecutionError("Access is denied"))
+    control = iemkey._resolve()["control"]
+    assert iemkey._control("stop", control) == {"command": "service.stop BESClient", "retcode": 1, "stdout": "",
+                                                "stderr": "Access is denied"}
+    iemkey.__salt__["service.stop"] = MagicMock(return_value=False)
+    assert iemkey._control("stop", control) == {"command": "service.stop BESClient", "retcode": 1, "stdout": "",
+                                                "stderr": ""}
+
+
+def test_test_mode_plans_without_touching_anything(storage, seen):
+    ret = iemkey.rotate(test=True)
+    assert ret == {"rotated": None, "test": True, "keystorage": _keystorage(storage), "old_computer_id": "1001",
+                   "would_remove": ["ClientCert.crt", "ClientKey.pvk"],
+                   "would_run": ["service.stop BESClient", f"delete {_keystorage(storage)}", "service.start BESClient"],
+                   "comment": "rotate the key"}
+    assert seen == [] and iemkey._read_record() is None
+    assert iemkey.rotate(__pub_test=True)["test"] is True and seen == []
+
+
+def test_a_wait_that_is_no_number_is_refused_before_anything(storage, seen):
+    with pytest.raises(SaltInvocationError) as err:
+        iemkey.rotate(wait="soon")
+    assert str(err.value) == "wait must be a number of seconds, not 'soon'"
+    assert seen == []
