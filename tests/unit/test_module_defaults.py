@@ -94,16 +94,17 @@ def test_a_key_file_that_vanishes_while_listed_is_skipped_not_the_rest(tmp_path,
     keystorage.mkdir()
     for name in ("a.pvk", "b.crt", "c.crt"):
         (keystorage / name).write_text(name)
-    real_lstat = os.lstat
+    real_lstat, gone = os.lstat, []
 
     def lstat(path, *args, **kwargs):
-        if os.path.basename(path) == "a.pvk":
+        if os.path.dirname(path) == str(keystorage) and not gone:  # the first file listed vanishes
+            gone.append(os.path.basename(path))
             raise FileNotFoundError(2, "No such file or directory", path)
         return real_lstat(path, *args, **kwargs)
 
     monkeypatch.setattr(iemkey.os, "lstat", lstat)
     found = sorted(os.path.basename(path) for path, _mtime in iemkey._key_files(str(keystorage)))
-    assert found == ["b.crt", "c.crt"]
+    assert len(gone) == 1 and found == sorted({"a.pvk", "b.crt", "c.crt"} - set(gone))
 
 
 def test_no_keystorage_no_key_files(tmp_path):

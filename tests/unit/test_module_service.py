@@ -158,8 +158,11 @@ def test_windows_locks_with_msvcrt(monkeypatch, config):
     busy = FakeMsvcrt(busy=True)
     monkeypatch.setattr(iemkey, "msvcrt", busy)
     config["lock_wait"] = 0.3
-    with pytest.raises(CommandExecutionError, match="another iemkey rotation is in progress"), iemkey._rotation_lock():
+    with pytest.raises(CommandExecutionError) as err, iemkey._rotation_lock():
         pass
+    lock = iemkey.os.path.join(iemkey._cache_dir(), "rotate.lock")
+    assert str(err.value) == (f"another iemkey rotation is in progress on this minion (lock {lock} held for 0.3 s, "
+                              "iemkey:lock_wait); nothing was changed")
     assert busy.calls and all(mode == busy.LK_NBLCK for mode, _n in busy.calls)
 
 
