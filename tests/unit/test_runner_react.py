@@ -167,6 +167,27 @@ def test_webhooks_that_prove_nothing_rotate_nobody(local, kwargs, match):
     assert ret["action"] == "refused" and match in ret["refused"] and local.published == []
 
 
+@pytest.mark.parametrize("event", [
+    {"body": '{"minion_id": "alpha"}', "from_minion": False},  # no signature header at all
+    {"signature": "sha256=00", "from_minion": False},  # no body
+    {"body": '{"minion_id": "alpha"}', "signature": ["sha256=00"], "from_minion": False},
+])
+def test_a_webhook_without_body_or_signature_is_refused_by_name(local, event):
+    ret = iemkey.react(event_tag="salt/netapi/hook/iemkey/compromised", event=event)
+    assert ret == {"tag": "salt/netapi/hook/iemkey/compromised", "result": False, "action": "refused",
+                   "refused": "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)"}
+    assert local.published == []
+
+
+def test_an_sdb_hook_secret_that_resolves_is_the_secret(local, opts, monkeypatch):
+    uri = "sdb://vault/bigfix/hook_secret"
+    opts["iemkey"]["reactor"]["hook_secret"] = uri
+    monkeypatch.setattr(iemkey.salt.utils.sdb, "sdb_get",
+                        lambda value, _opts: "resolved-secret" if value == uri else value)
+    assert _hook({"minion_id": "alpha"}, secret="resolved-secret")["action"] == "rotate"
+    assert _hook({"minion_id": "alpha"}, secret=uri)["action"] == "refused"
+
+
 @pytest.mark.parametrize("secret", [None, ""])
 def test_without_a_hook_secret_every_webhook_is_refused(local, opts, secret):
     opts["iemkey"]["reactor"]["hook_secret"] = secret
