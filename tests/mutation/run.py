@@ -110,10 +110,9 @@ def report(seconds):
         diff = (failure.text or "").strip()
         original = next((d[1:].strip() for d in diff.splitlines() if d.startswith("-") and not d.startswith("---")),
                         "")
-        function = _function_at(path, int(line))
+        tests, function = covering_tests(path, int(line))  # the selection mutmut_config made for it
         why = explained.get((path, function, original)) or explained.get((path, None, original))
-        why = f"  EXPLAINED: {why}" if why else (
-            "" if covering_tests(path, int(line))[0] else "  (no unit or functional test executes this line)")
+        why = f"  EXPLAINED: {why}" if why else ("" if tests else "  (no unit or functional test executes this line)")
         survivors[(path, function)].append(f"{path}:{line}{why}\n{diff}")
     status = _statuses()
     killed = status.get("ok_killed", 0) + status.get("ok_suspicious", 0) + status.get("bad_timeout", 0)
@@ -129,14 +128,6 @@ def report(seconds):
     lines.append(f"mutation score: {killed}/{tested} killed ({100 * killed / max(tested, 1):.1f}%)")
     (OUT / "report.txt").write_text("\n".join(lines) + "\n")
     print(f"\nsurvivors: {OUT / 'report.txt'}\n{lines[-1]}")
-
-
-def _function_at(path, line):
-    import ast
-
-    tree = ast.parse((REPO / path).read_text())
-    return next((node.name for node in tree.body if isinstance(node, ast.FunctionDef)
-                 and node.lineno <= line <= node.end_lineno), None)
 
 
 def main():

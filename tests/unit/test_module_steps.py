@@ -115,11 +115,11 @@ def test_a_failed_stop_leaves_a_stopping_record_that_the_next_run_does_not_resum
     assert ret["resumed"] is False and ret["removed"] == ["ClientCert.crt", "ClientKey.pvk"]
 
 
-def _unlink_fails_for(monkeypatch, name):
+def _unlink_fails_for(monkeypatch, *names):
     real_unlink = os.unlink
 
     def unlink(path, *args, **kwargs):
-        if os.path.basename(path) == name:
+        if os.path.basename(path) in names:
             raise PermissionError(13, "Permission denied", path)
         return real_unlink(path, *args, **kwargs)
 
@@ -146,14 +146,7 @@ def test_a_delete_that_fails_part_way_records_what_went_and_starts_the_agent(
 
 
 def test_two_entries_that_cannot_go_are_both_named(storage, monkeypatch):
-    real_unlink = os.unlink
-
-    def unlink(path, *args, **kwargs):
-        if os.path.basename(path) in ("ClientKey.pvk", "ClientCert.crt"):
-            raise PermissionError(13, "Permission denied", path)
-        return real_unlink(path, *args, **kwargs)
-
-    monkeypatch.setattr(iemkey.os, "unlink", unlink)
+    _unlink_fails_for(monkeypatch, "ClientKey.pvk", "ClientCert.crt")
     with pytest.raises(CommandExecutionError) as err:
         iemkey.rotate()
     assert ("removed nothing; not removed ClientCert.crt (Permission denied), ClientKey.pvk (Permission denied); "
