@@ -21,35 +21,25 @@ key pair and registers again under a new computer ID.
           register_password: sdb://vault/bigfix/register   # pillar or sdb only
 """
 
-import configparser
-import contextlib
 import datetime
-import json
 import logging
 import ntpath
 import os
-import plistlib
 import posixpath
-import re
-import stat
 import time
 
 import salt.version
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-try:
-    import msvcrt
-except ImportError:  # everything but Windows
-    msvcrt = None
-try:
-    import iemkey_auth  # _utils/iemkey_auth.py, synced with saltutil.sync_all (formula install)
+try:  # _utils/, synced with saltutil.sync_all (formula install)
+    import iemkey_auth
+    import iemkey_platforms
+    import iemkey_record
+    import iemkey_storage
+    import iemkey_time
 except ImportError:
-    try:
-        from saltext.iemkey.utils import iemkey_auth  # pip install (Salt extension)
+    try:  # pip install (Salt extension)
+        from saltext.iemkey.utils import iemkey_auth, iemkey_platforms, iemkey_record, iemkey_storage, iemkey_time
     except ImportError:
         iemkey_auth = None
 
@@ -58,646 +48,74 @@ log = logging.getLogger(__name__)
 __virtualname__ = "iemkey"
 
 UTC = datetime.timezone.utc
-KEYSTORAGE = "KeyStorage"
-UNIX_CONFIG_FILE = "/var/opt/BESClient/besclient.config"
-CONFIG_SECTIONS = {
-    "client": "Software\\BigFix\\EnterpriseClient",
-    "global": "Software\\BigFix\\EnterpriseClient\\GlobalOptions",
-}
-VERBS = ("stop", "start", "restart", "status")
 DEFAULTS = {"command_timeout": 120, "lock_wait": 300, "stale_after": 900}
-
-# What the agent looks like on each OS BigFix runs on (../shared/docs/bigfix-facts.md).
-#   settings:  where the client keeps StoragePath and ComputerID
-#   storage:   the StoragePath when the settings do not name one
-#   technote:  the technote's storage path, used only where a KeyStorage really is there
-#   script:    control script and the word it takes for each verb
-#   service:   service name for Salt's ``service`` module (Windows; systemd-only Linux)
-_UNIX_VERBS = {verb: verb for verb in VERBS}
-_WINDOWS_ROOT_64 = "C:\\Program Files (x86)\\BigFix Enterprise\\BES Client"
-_WINDOWS_ROOT_32 = "C:\\Program Files\\BigFix Enterprise\\BES Client"
-PLATFORMS = {
-    "windows64": {
-        "settings": "registry",
-        "registry_keys": (
-            "SOFTWARE\\Wow6432Node\\BigFix\\EnterpriseClient",
-            "SOFTWARE\\BigFix\\EnterpriseClient",
-        ),
-        "storage": _WINDOWS_ROOT_64,
-        "service": "BESClient",
-        "client_binary": _WINDOWS_ROOT_64 + "\\BESClient.exe",
-    },
-    "windows32": {
-        "settings": "registry",
-        "registry_keys": ("SOFTWARE\\BigFix\\EnterpriseClient",),
-        "storage": _WINDOWS_ROOT_32,
-        "service": "BESClient",
-        "client_binary": _WINDOWS_ROOT_32 + "\\BESClient.exe",
-    },
-    "macos": {
-        "settings": "plist",
-        "plist": "/Library/Preferences/com.bigfix.BESAgent.plist",
-        "storage": "/Library/Application Support/BigFix/BES Agent",
-        "script": "/Library/BESAgent/BESAgent.app/Contents/MacOS/BESAgentControlPanel.sh",
-        "verbs": {verb: "-" + verb for verb in VERBS},
-        "client_binary": "/Library/BESAgent/BESAgent.app/Contents/MacOS/BESAgent",
-    },
-    "aix": {
-        "settings": "besclient.config",
-        "storage": "/var/opt/BESClient",
-        "technote": "/etc/opt/BESClient",
-        "script": "/etc/rc.d/rc2.d/SBESClientd",
-        "client_binary": "/opt/BESClient/bin/BESClient",
-    },
-    "hpux": {
-        "settings": "besclient.config",
-        "storage": "/var/opt/BESClient",
-        "technote": "/etc/opt/BESClient",
-        "script": "/sbin/init.d/besclient",
-        "client_binary": "/opt/BESClient/bin/BESClient",
-    },
-    "solaris": {
-        "settings": "besclient.config",
-        "storage": "/var/opt/BESClient",
-        "technote": "/etc/opt/BESClient",
-        "script": "/etc/init.d/besclient",
-        "client_binary": "/opt/BESClient/bin/BESClient",
-    },
-    "linux": {
-        "settings": "besclient.config",
-        "storage": "/var/opt/BESClient",
-        "technote": "/etc/opt/BESClient",
-        "script": "/etc/init.d/besclient",
-        # modern packages ship only besclient.service: used when the script is absent
-        "service": "besclient",
-        "client_binary": "/opt/BESClient/bin/BESClient",
-    },
-}
-KERNELS = {"Darwin": "macos", "AIX": "aix", "HP-UX": "hpux", "SunOS": "solaris", "Linux": "linux"}
 
 
 def __virtual__():
     if iemkey_auth is None:
-        return (False, "iemkey: its utility module iemkey_auth is missing: run saltutil.sync_all")
-    if _platform_name(__grains__) is None:
+        return (False, "iemkey: its utility modules (_utils/iemkey_*.py) are missing: run saltutil.sync_all")
+    if iemkey_platforms.platform_name(__grains__) is None:
         return (False, f"iemkey: the BigFix agent has no known layout on kernel {__grains__.get('kernel')!r}")
     return __virtualname__
 
 
-# -- platform and configuration ---------------------------------------------------
-def _platform_name(grains):
-    kernel = grains.get("kernel")
-    if kernel == "Windows" or grains.get("os_family") == "Windows":
-        return "windows64" if grains.get("cpuarch", "").lower() in ("amd64", "x86_64", "arm64") else "windows32"
-    return KERNELS.get(kernel)
-
-
-def _platform():
-    return PLATFORMS[_platform_name(__grains__)]
-
-
-def _pathmod():
-    return ntpath if _platform_name(__grains__).startswith("windows") else posixpath
-
-
-def _conf(key, default=None):
-    value = __salt__["config.get"](f"iemkey:{key}", None)
-    return default if value in (None, "") else value
-
-
-def _number(key):
-    value = _conf(key, DEFAULTS[key])
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise SaltInvocationError(f"iemkey:{key} must be a number of seconds, not {value!r}") from None
-
-
-def _cache_dir():
-    path = os.path.join(__opts__["cachedir"], "iemkey")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
-
-
-# -- the client's own settings -----------------------------------------------------
-def _read_besclient_config(path):
-    """The sections of besclient.config as dicts; None when the file is absent."""
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CommandExecutionError(f"cannot read the BigFix client settings {path}: {exc.strerror}") from None
-    parser = configparser.ConfigParser(interpolation=None, strict=False, delimiters=("=",))
-    parser.optionxform = str  # keys are case-sensitive in the agent's settings
-    try:
-        parser.read_string(text, source=path)
-    except configparser.Error as exc:
-        first_line = str(exc).splitlines()[0]
-        raise CommandExecutionError(f"the BigFix client settings {path} are malformed: {first_line}") from None
-    return {name.lower(): dict(parser.items(name)) for name in parser.sections()}
-
-
-def _read_registry(keys, name):
-    """First value ``name`` found under HKLM ``keys`` (tried in order), with the key it came from."""
-    for key in keys:
-        found = __salt__["reg.read_value"]("HKLM", key, name)
-        if found.get("success") and found.get("vdata") not in (None, ""):
-            return found["vdata"], f"HKLM\\{key}\\{name}"
-    return None, None
-
-
-def _read_plist(path):
-    try:
-        with open(path, "rb") as handle:
-            return plistlib.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, plistlib.InvalidFileException, ValueError) as exc:
-        raise CommandExecutionError(f"cannot read the BigFix agent settings {path}: {exc}") from None
-
-
-def _client_settings():
-    """StoragePath, ComputerID and EnterpriseClientFolder as the client itself records them.
-
-    Returns ``{name: (value, where)}``; names the client does not record are absent.
-    """
-    platform = _platform()
-    found = {}
-    if platform["settings"] == "registry":
-        for name, subkey in (("StoragePath", "\\GlobalOptions"), ("ComputerID", "\\GlobalOptions"),
-                             ("EnterpriseClientFolder", "")):
-            value, where = _read_registry([key + subkey for key in platform["registry_keys"]], name)
-            if value is not None:
-                found[name] = (str(value), where)
-    elif platform["settings"] == "plist":
-        data = _read_plist(platform["plist"]) or {}
-        options = data.get("GlobalOptions") if isinstance(data.get("GlobalOptions"), dict) else {}
-        for name in ("StoragePath", "ComputerID"):
-            if options.get(name) not in (None, ""):
-                found[name] = (str(options[name]), f"{platform['plist']} GlobalOptions:{name}")
-    else:
-        config_file = _conf("config_file", UNIX_CONFIG_FILE)
-        sections = _read_besclient_config(config_file) or {}
-        for name, section in (("StoragePath", "global"), ("ComputerID", "global"),
-                              ("EnterpriseClientFolder", "client")):
-            value = sections.get(CONFIG_SECTIONS[section].lower(), {}).get(name)
-            if value not in (None, ""):
-                found[name] = (value, f"{config_file} {name}")
-    return found
-
-
-def _resolve_storage(settings):
-    """(storage_path, where it came from)."""
-    platform = _platform()
-    configured = _conf("storage_path")
-    if configured is not None:
-        return str(configured), "config iemkey:storage_path"
-    if "StoragePath" in settings:
-        value, where = settings["StoragePath"]
-        return value, f"setting {where}"
-    if "EnterpriseClientFolder" in settings and platform["settings"] == "registry":
-        value, where = settings["EnterpriseClientFolder"]
-        return value, f"setting {where}"
-    technote = platform.get("technote")
-    if technote and not os.path.isdir(posixpath.join(platform["storage"], KEYSTORAGE)) and os.path.isdir(
-        posixpath.join(technote, KEYSTORAGE)
-    ):
-        return technote, "default (technote 1670787, where a KeyStorage is found)"
-    return platform["storage"], "default"
-
-
-def _resolve_control():
-    """How this OS stops, starts and restarts the agent."""
-    platform = _platform()
-    script = _conf("init_script")
-    source = "config iemkey:init_script"
-    if script is None:
-        script, source = platform.get("script"), "default"
-        if platform.get("service") and (script is None or not os.path.exists(script)):
-            name = platform["service"]
-            return {
-                "type": "service",
-                "service": name,
-                "source": "default",
-                "looked_for": script,  # the script this OS uses when it has one
-                "commands": {verb: f"service.{verb} {name}" for verb in VERBS},
-            }
-    verbs = platform.get("verbs", _UNIX_VERBS)
-    return {
-        "type": "script",
-        "script": script,
-        "source": source,
-        "commands": {verb: [script, verbs[verb]] for verb in VERBS},
-    }
-
-
-def _resolve():
-    settings = _client_settings()
-    storage, storage_source = _resolve_storage(settings)
-    computer_id = settings.get("ComputerID", (None, None))[0]
-    return {
-        "storage_path": storage,
-        "storage_path_source": storage_source,
-        "keystorage": _pathmod().join(_pathmod().normpath(storage), KEYSTORAGE) if storage else None,
-        "computer_id": computer_id,
-        "control": _resolve_control(),
-    }
-
-
-# -- safety ---------------------------------------------------------------------------
-def _unsafe_reason(storage_path, live=True):
-    """Why deleting ``<storage_path>/KeyStorage`` is unsafe, or None.
-
-    ``live=False`` checks only the path itself, not what is on disk.
-    """
-    pathmod = _pathmod()
-    if not storage_path or not str(storage_path).strip():
-        return "the storage path is empty"
-    if not pathmod.isabs(storage_path):
-        return f"the storage path {storage_path!r} is not absolute"
-    if ".." in re.split(r"[\\/]", storage_path):
-        return f"the storage path {storage_path!r} contains '..'"
-    norm = pathmod.normpath(storage_path)
-    if pathmod.dirname(norm) == norm:
-        return f"the storage path {storage_path!r} is the root of a file system"
-    if not live:
-        return None
-    if not os.path.isdir(norm):
-        return f"the storage path {norm} is not a directory"
-    keystorage = pathmod.join(norm, KEYSTORAGE)
-    try:
-        mode = os.lstat(keystorage).st_mode
-    except FileNotFoundError:
-        return None
-    if stat.S_ISLNK(mode):
-        return f"{keystorage} is a symbolic link (to {os.readlink(keystorage)}); refusing to follow it"
-    if not stat.S_ISDIR(mode):
-        return f"{keystorage} is not a directory"
-    real = os.path.realpath(keystorage)
-    if os.path.dirname(real) != os.path.realpath(norm) or os.path.basename(real) != KEYSTORAGE:
-        return f"{keystorage} resolves to {real}, outside the storage path"
-    return None
-
-
-def _checked_keystorage(resolved, live=True):
-    reason = _unsafe_reason(resolved["storage_path"], live)
-    if reason:
-        raise CommandExecutionError(
-            f"KeyStorage is unsafe to delete: {reason} (storage path from {resolved['storage_path_source']}); "
-            "nothing was changed"
-        )
-    return resolved["keystorage"]
-
-
-def _delete_keystorage(keystorage):
-    """Delete KeyStorage without following links; (removed, failed) as names inside it."""
-    removed, failed = [], []
-
-    def attempt(action, path):
-        rel = os.path.relpath(path, keystorage)
-        try:
-            action(path)
-        except OSError as exc:
-            failed.append({"name": rel, "error": exc.strerror or str(exc)})
-            return False
-        if action is os.unlink:
-            removed.append(rel)
-        return True
-
-    for dirpath, dirnames, filenames in os.walk(keystorage, topdown=False, followlinks=False):
-        for name in filenames:
-            attempt(os.unlink, os.path.join(dirpath, name))
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            attempt(os.unlink if os.path.islink(path) else os.rmdir, path)
-    if not failed:
-        attempt(os.rmdir, keystorage)
-    return sorted(removed), failed
-
-
-def _key_created(files):
-    """When the current key was made: the oldest key file (a restored backup keeps old times)."""
-    return _iso(min(mtime for _path, mtime in files)) if files else None
-
-
-def _key_files(keystorage):
-    """Regular files in KeyStorage (not following links), or [] when it holds none."""
-    try:
-        if not stat.S_ISDIR(os.lstat(keystorage).st_mode):
-            return []
-    except OSError:
-        return []
-    found = []
-    for dirpath, _dirnames, filenames in os.walk(keystorage, followlinks=False):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                found.append((path, st.st_mtime))
-    return found
-
-
-# -- time --------------------------------------------------------------------------
-def _parse_time(value, name="since"):
-    """A timezone-aware UTC datetime from ISO 8601, epoch seconds or a datetime."""
-    if isinstance(value, datetime.datetime):
-        parsed = value
-    elif isinstance(value, datetime.date):
-        parsed = datetime.datetime(value.year, value.month, value.day)
-    elif isinstance(value, bool) or value is None:
-        raise SaltInvocationError(f"{name} must be an ISO 8601 time or epoch seconds, not {value!r}")
-    elif isinstance(value, (int, float)) or (isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value)):
-        try:
-            parsed = datetime.datetime.fromtimestamp(float(value), UTC)
-        except (OverflowError, OSError, ValueError):
-            raise SaltInvocationError(f"{name} {value!r} is not a usable epoch time") from None
-    elif isinstance(value, str):
-        text = value.strip()
-        if text[-1:] in ("Z", "z"):
-            text = text[:-1] + "+00:00"
-        try:
-            parsed = datetime.datetime.fromisoformat(text)
-        except ValueError:
-            raise SaltInvocationError(
-                f"{name} {value!r} is not an ISO 8601 time (2026-11-20T08:00:00Z) or epoch seconds"
-            ) from None
-    else:
-        raise SaltInvocationError(f"{name} must be an ISO 8601 time or epoch seconds, not {value!r}")
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def _iso(epoch):
-    if epoch is None:
-        return None
-    return datetime.datetime.fromtimestamp(epoch, UTC).isoformat()
-
-
-# -- rotation record (crash safety) ---------------------------------------------------
-def _record_path():
-    return os.path.join(_cache_dir(), "rotation.json")
-
-
-def _read_record():
-    try:
-        with open(_record_path(), encoding="utf-8") as handle:
-            record = json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("iemkey: ignoring unreadable rotation record %s: %s", _record_path(), exc)
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _write_record(record):
-    path = _record_path()
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _rotation_lock():
-    """One rotation at a time on this minion: an OS lock the kernel drops if its holder dies."""
-    wait = _number("lock_wait")
-    path = os.path.join(_cache_dir(), "rotate.lock")
-    with open(path, "a+", encoding="utf-8") as handle:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                if fcntl:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                else:
-                    msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    raise CommandExecutionError(
-                        f"another iemkey rotation is in progress on this minion (lock {path} held for "
-                        f"{wait:g} s, iemkey:lock_wait); nothing was changed"
-                    ) from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            if fcntl:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            else:
-                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
-
-
-# -- agent control ----------------------------------------------------------------
-def _control(verb, control, ignore_retcode=False):
-    """Run ``verb`` the OS's way; {"command", "retcode", "stdout", "stderr"}."""
-    command = control["commands"][verb]
-    if control["type"] == "service":
-        try:
-            ok = __salt__[f"service.{verb}"](control["service"])
-        except CommandExecutionError as exc:
-            return {"command": command, "retcode": 1, "stdout": "", "stderr": str(exc)}
-        return {"command": command, "retcode": 0 if ok else 1, "stdout": "", "stderr": ""}
-    script = control["script"]
-    if not os.path.isfile(script):
-        raise CommandExecutionError(f"the BigFix agent control script {script} does not exist (tried to {verb})")
-    if not os.access(script, os.X_OK):
-        raise CommandExecutionError(f"the BigFix agent control script {script} is not executable (tried to {verb})")
-    timeout = _number("command_timeout")
-    started = time.monotonic()
-    result = __salt__["cmd.run_all"](
-        command, python_shell=False, timeout=timeout, ignore_retcode=ignore_retcode, output_loglevel="debug"
-    )
-    ret = {
-        "command": _describe_cmd(control, verb),
-        "retcode": result.get("retcode"),
-        "stdout": result.get("stdout", ""),
-        "stderr": result.get("stderr", ""),
-    }
-    if time.monotonic() - started >= timeout and "Timed out after" in str(ret["stdout"]):
-        ret["retcode"] = 1
-        ret["stderr"] = f"timed out after {timeout:g} s (iemkey:command_timeout)"
-    return ret
-
-
-def _describe(result):
-    detail = (result.get("stderr") or result.get("stdout") or "").strip()
-    return f"`{result['command']}` exited {result['retcode']}" + (f": {detail}" if detail else "")
-
-
-def _service(function, name):
-    """Call Salt's ``service.<function>``. Those run systemctl (and the like) through ``cmd``, which
-    sets the job's retcode: asking about the agent's service must not fail the job by itself."""
-    saved = __context__.get("retcode")
-    try:
-        return __salt__[f"service.{function}"](name)
-    finally:
-        if saved is None:
-            __context__.pop("retcode", None)
-        else:
-            __context__["retcode"] = saved
-
-
-def _control_missing(control):
-    """Why this OS's way to stop and start the agent is not there, or None."""
-    if control["type"] == "script":
-        if os.path.exists(control["script"]):
-            return None
-        return f"no control script at {control['script']} ({control['source']})"
-    try:
-        if _service("available", control["service"]):
-            return None
-    except (CommandExecutionError, KeyError):  # no service manager Salt can ask
-        pass
-    if control.get("looked_for"):
-        return f"no {control['looked_for']} and no {control['service']} service"
-    return f"no {control['service']} service"
-
-
-def _agent_running(control):
-    """Whether the agent runs; None when there is no way to ask."""
-    if _control_missing(control):
-        return None
-    if control["type"] == "service":
-        return bool(_service("status", control["service"]))
-    return _control("status", control, ignore_retcode=True)["retcode"] == 0
-
-
-def _installed(resolved):
-    """Whether the agent's files are here (whatever controls it), and if not, where we looked."""
-    storage = resolved["storage_path"]
-    if not storage or not os.path.isdir(storage):
-        return False, f"no storage path at {storage} ({resolved['storage_path_source']})"
-    if resolved["storage_path_source"].startswith(("setting", "config")) or resolved["computer_id"]:
-        return True, None  # the client's own settings, or an operator, say where it lives
-    if os.path.lexists(resolved["keystorage"]):
-        return True, None
-    return False, f"no BigFix client settings and no KeyStorage at {resolved['keystorage']}"
-
-
-def _require_installed(resolved):
-    """Refuse, before anything changes, to work on an agent that is absent or cannot be stopped and started."""
-    installed, missing = _installed(resolved)
-    if not installed:
-        raise CommandExecutionError(f"the BigFix agent is not installed here: {missing}; nothing was changed")
-    missing = _control_missing(resolved["control"])
-    if missing:
-        raise CommandExecutionError(f"cannot stop or start the BigFix agent here: {missing}; nothing was changed")
-
-
-# -- events --------------------------------------------------------------------------
-def _masterless():
-    return __opts__.get("file_client") == "local" or __opts__.get("master_type") == "disable"
-
-
-def _signed(tag, payload):
-    """``payload`` signed with this minion's own Salt key, so the master can tell it came from here."""
-    key_path = os.path.join(__opts__["pki_dir"], "minion.pem")
-    try:
-        with open(key_path, "rb") as handle:
-            private_key = handle.read()
-        return iemkey_auth.sign(tag, __opts__["id"], payload, private_key)
-    except (OSError, ValueError, TypeError) as exc:
-        raise CommandExecutionError(f"cannot sign the {tag} event with this minion's key {key_path}: {exc}") from None
-
-
-def _fire(tag, payload):
-    """Send ``tag`` signed to the master; False in masterless mode, where no master listens."""
-    if _masterless():
-        return False
-    try:
-        return bool(__salt__["event.send"](tag, _signed(tag, payload)))
-    except Exception as exc:  # pylint: disable=broad-except
-        # the rotation itself succeeded; losing the event must not turn it into a failure
-        log.warning("iemkey: could not send %s to the master: %s", tag, exc)
-        return False
-
-
 # -- public functions -----------------------------------------------------------------
-def paths():
+def rotate(wait=0, since=None, test=False, **kwargs):
     """
-    Show where this minion's BigFix agent keeps its keys and how it is controlled.
+    Rotate the BigFix agent's private key (IBM technote 1670787): stop the agent,
+    delete KeyStorage and nothing else, start the agent, record the rotation and
+    send ``iemkey/rotated`` to the master.
 
-    Reads only; works where no agent is installed.
+    The agent then makes a new key and registers under a new computer ID; the old
+    one (``old_computer_id``) is a duplicate in the console.
+
+    wait
+        Seconds to wait for the agent to write its new key; adds ``new_computer_id``.
+
+    since
+        Rotate only if the current key predates this time (see ``iemkey.check``);
+        checked after taking the rotation lock, so queued triggers rotate once.
+
+    test
+        Say what would be done; change nothing.
+
+    A rotation interrupted after the delete (crash, failed start) is finished by the
+    next call without deleting anything new. One rotation runs at a time per
+    minion; another caller waits up to ``iemkey:lock_wait`` seconds.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt '*' iemkey.paths
+        salt '*' iemkey.rotate
+        salt '*' iemkey.rotate wait=60
+        salt '*' iemkey.rotate test=True
     """
-    resolved = _resolve()
-    control = resolved["control"]
-    commands = {verb: _describe_cmd(control, verb) for verb in VERBS}
-    return {
-        "os": _platform_name(__grains__),
-        "storage_path": resolved["storage_path"],
-        "storage_path_source": resolved["storage_path_source"],
-        "keystorage": resolved["keystorage"],
-        "keystorage_source": resolved["storage_path_source"],
-        "config_file": (
-            _conf("config_file", UNIX_CONFIG_FILE) if _platform()["settings"] == "besclient.config" else None
-        ),
-        "control": {"type": control["type"], "source": control["source"], **commands},
-        "client_binary": _client_binary(),
-    }
-
-
-def _status(probe_agent=True):
-    resolved = _resolve()
-    installed, missing = _installed(resolved)
-    keystorage = resolved["keystorage"]
-    unsafe = _unsafe_reason(resolved["storage_path"]) if installed else None
-    files = [] if unsafe or not installed else _key_files(keystorage)
-    problem = missing or unsafe or _control_missing(resolved["control"])
-    record = _read_record()
-    own = record if record and record.get("keystorage") == keystorage else None
-    pending = bool(own and own.get("step") == "deleted" and not os.path.lexists(keystorage))
-    keyless_for = None
-    if own and own.get("rotated_at") and not files:
-        keyless_for = time.time() - _parse_time(own["rotated_at"], "rotated_at").timestamp()
-    return {
-        "installed": installed,
-        "keystorage": keystorage,
-        "storage_path": resolved["storage_path"],
-        "computer_id": resolved["computer_id"],
-        "key_created": _key_created(files),
-        "key_files": len(files),
-        "last_rotated": own.get("rotated_at") if own else None,
-        "pending": pending,
-        # keyless this long after a rotation: the agent is down or cannot register
-        "stale": keyless_for is not None and keyless_for > _number("stale_after"),
-        "agent_running": _agent_running(resolved["control"]) if installed and probe_agent else None,
-        "problem": problem,
-    }
-
-
-def status():
-    """
-    Report this minion's BigFix agent key: where it is, how old, the computer ID,
-    when iemkey last rotated it and whether the agent runs. Changes nothing.
-
-    ``key_created`` is the time of the oldest file in KeyStorage (a restored backup
-    keeps its old times, so it counts as old). ``pending`` is True when a rotation
-    deleted KeyStorage but did not finish (run ``iemkey.rotate`` to finish it).
-    ``stale`` is True when the agent has written no key ``iemkey:stale_after``
-    seconds after the last rotation: it is down or cannot register.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' iemkey.status
-    """
-    return _status()
+    test = bool(test or kwargs.get("__pub_test") or __opts__.get("test"))
+    wait = _seconds(wait)
+    with _rotation_lock():
+        resolved = _agent_to_rotate()
+        keystorage, control = resolved["keystorage"], resolved["control"]
+        if since is not None:
+            verdict = check(since)
+            if verdict["compliant"]:
+                return {"rotated": False, "keystorage": keystorage, "comment": verdict["reason"]}
+        interrupted = _interrupted_rotation(keystorage)
+        if test:
+            return _plan(resolved, interrupted)
+        if interrupted:
+            deleted = _resume(interrupted)
+        else:
+            deleted = _stop_and_delete(control, keystorage, resolved["computer_id"])
+        _start_and_confirm(control, keystorage, deleted["removed"])
+        ret = {"rotated": True, "keystorage": keystorage, **deleted, "resumed": bool(interrupted)}
+        _after_the_delete(ret, "recording the rotation", _write_record, {"step": "done", **deleted,
+                                                                        "keystorage": keystorage})
+    _after_the_delete(ret, "the manual key exchange", _key_exchange, ret)
+    if wait > 0:
+        _after_the_delete(ret, "waiting for the new key", _await_new_key, ret, wait)
+    _after_the_delete(ret, "sending iemkey/rotated", _send_rotated, ret)
+    return ret
 
 
 def check(since, probe_agent=True):
@@ -722,7 +140,7 @@ def check(since, probe_agent=True):
 
         salt '*' iemkey.check since=2026-11-20T08:00:00Z
     """
-    since_dt = _parse_time(since)
+    since_dt = iemkey_time.parse_time(since)
     now = datetime.datetime.now(UTC)
     if since_dt > now:
         raise SaltInvocationError(
@@ -739,7 +157,7 @@ def check(since, probe_agent=True):
         ret.update(basis="last_rotated", key_time=current["last_rotated"], stale=current["stale"])
     else:
         return {**ret, "compliant": False, "reason": "KeyStorage holds no key and iemkey recorded no rotation"}
-    ret["compliant"] = _parse_time(ret["key_time"]) >= since_dt
+    ret["compliant"] = iemkey_time.parse_time(ret["key_time"]) >= since_dt
     relation = "at or after" if ret["compliant"] else "before"
     ret["reason"] = f"{ret['basis']} {ret['key_time']} is {relation} since {ret['since']}"
     if ret["stale"]:
@@ -748,6 +166,55 @@ def check(since, probe_agent=True):
             f"({_number('stale_after'):g} s) ago: it is down or cannot register"
         )
     return ret
+
+
+def status():
+    """
+    Report this minion's BigFix agent key: where it is, how old, the computer ID,
+    when iemkey last rotated it and whether the agent runs. Changes nothing.
+
+    ``key_created`` is the time of the oldest file in KeyStorage (a restored backup
+    keeps its old times, so it counts as old). ``pending`` is True when a rotation
+    deleted KeyStorage but did not finish (run ``iemkey.rotate`` to finish it).
+    ``stale`` is True when the agent has written no key ``iemkey:stale_after``
+    seconds after the last rotation: it is down or cannot register.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' iemkey.status
+    """
+    return _status()
+
+
+def paths():
+    """
+    Show where this minion's BigFix agent keeps its keys and how it is controlled.
+
+    Reads only; works where no agent is installed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' iemkey.paths
+    """
+    resolved = _resolve()
+    control = resolved["control"]
+    commands = {verb: _describe_cmd(control, verb) for verb in iemkey_platforms.VERBS}
+    return {
+        "os": _platform_name(),
+        "storage_path": resolved["storage_path"],
+        "storage_path_source": resolved["storage_path_source"],
+        "keystorage": resolved["keystorage"],
+        "keystorage_source": resolved["storage_path_source"],
+        "config_file": (
+            _config_file() if _platform()["settings"] == "besclient.config" else None
+        ),
+        "control": {"type": control["type"], "source": control["source"], **commands},
+        "client_binary": _client_binary(),
+    }
 
 
 def restart():
@@ -766,64 +233,6 @@ def restart():
     if result["retcode"] != 0:
         raise CommandExecutionError(f"restarting the BigFix agent failed: {_describe(result)}")
     return {**result, "result": True, "agent_running": _agent_running(resolved["control"])}
-
-
-def _client_binary():
-    return _conf("client_binary", _platform()["client_binary"])
-
-
-def _pillar_secret(key):
-    """A pillar value as it is, not masked: Salt 3008 masks the pillar values ``pillar.get`` hands out
-    unless asked (``unmask``, an argument older Salt lines do not have)."""
-    if salt.version.__saltstack_version__.info >= (3008,):
-        return __salt__["pillar.get"](key, None, unmask=True)
-    return __salt__["pillar.get"](key, None)
-
-
-def _register_password():
-    """The key-exchange password from pillar or an sdb:// URI; never from the command line."""
-    raw = _pillar_secret("iemkey:register_password")
-    if raw in (None, ""):
-        raw = _conf("register_password")
-        if raw is not None and not str(raw).startswith("sdb://"):
-            raise CommandExecutionError(
-                "iemkey:register_password is set outside pillar (minion config or grains, which other "
-                "tools read): put it in pillar or behind an sdb:// URI"
-            )
-    if isinstance(raw, str) and raw.startswith("sdb://"):
-        raw = __salt__["sdb.get"](raw)
-        if raw in (None, "") or str(raw).startswith("sdb://"):
-            raise CommandExecutionError("iemkey:register_password: the sdb:// URI did not resolve to a password")
-    if raw in (None, ""):
-        return None
-    password = str(raw)
-    if not password.isascii() or not password.isprintable():
-        raise CommandExecutionError("iemkey:register_password must be printable ASCII (BigFix relay passwords are)")
-    return password
-
-
-def _register(relay, password):
-    """Run the manual key exchange; the result without the password anywhere in it."""
-    binary = _client_binary()
-    command = [binary, "-register", password, relay]
-    if _platform_name(__grains__).startswith("windows"):
-        command = ["cmd", "/c", *command]
-    shown = " ".join(command).replace(password, "********")
-    if not os.path.isfile(binary):
-        raise CommandExecutionError(f"the BESClient program {binary} does not exist (tried: {shown})")
-    result = __salt__["cmd.run_all"](
-        command, python_shell=False, timeout=_number("command_timeout"), output_loglevel="quiet",
-        ignore_retcode=True,
-    )
-    ret = {
-        "command": shown,
-        "relay": relay,
-        "retcode": result.get("retcode"),
-        "stdout": str(result.get("stdout", "")).replace(password, "********"),
-        "stderr": str(result.get("stderr", "")).replace(password, "********"),
-    }
-    ret["registered"] = ret["retcode"] == 0
-    return ret
 
 
 def register():
@@ -891,118 +300,102 @@ def alert(reason=None):
             "reason": reason}
 
 
-def _wait_for_new_key(keystorage, old_computer_id, wait):
-    deadline = time.monotonic() + wait
-    while True:
-        files = _key_files(keystorage)
-        computer_id = _resolve()["computer_id"]
-        if files and computer_id and computer_id != old_computer_id:
-            return {"new_computer_id": computer_id, "key_created": _key_created(files)}
-        if time.monotonic() >= deadline:
-            return {"new_computer_id": None, "key_created": None}
-        time.sleep(0.2)
-
-
-def rotate(wait=0, since=None, test=False, **kwargs):
-    """
-    Rotate the BigFix agent's private key (IBM technote 1670787): stop the agent,
-    delete KeyStorage and nothing else, start the agent, record the rotation and
-    send ``iemkey/rotated`` to the master.
-
-    The agent then makes a new key and registers under a new computer ID; the old
-    one (``old_computer_id``) is a duplicate in the console.
-
-    wait
-        Seconds to wait for the agent to write its new key; adds ``new_computer_id``.
-
-    since
-        Rotate only if the current key predates this time (see ``iemkey.check``);
-        checked after taking the rotation lock, so queued triggers rotate once.
-
-    test
-        Say what would be done; change nothing.
-
-    A rotation interrupted after the delete (crash, failed start) is finished by the
-    next call without deleting anything new. One rotation runs at a time per
-    minion; another caller waits up to ``iemkey:lock_wait`` seconds.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' iemkey.rotate
-        salt '*' iemkey.rotate wait=60
-        salt '*' iemkey.rotate test=True
-    """
-    test = bool(test or kwargs.get("__pub_test") or __opts__.get("test"))
+# -- the rotation's steps, in the order rotate takes them --------------------------
+def _seconds(wait):
     try:
-        wait = float(wait or 0)
+        return float(wait or 0)
     except (TypeError, ValueError):
         raise SaltInvocationError(f"wait must be a number of seconds, not {wait!r}") from None
-    with _rotation_lock():
-        resolved = _resolve()
-        _checked_keystorage(resolved, live=False)  # a refused path is refused before anything else
-        _require_installed(resolved)
-        keystorage = _checked_keystorage(resolved)
-        if since is not None:
-            verdict = check(since)
-            if verdict["compliant"]:
-                return {"rotated": False, "keystorage": keystorage, "comment": verdict["reason"]}
-        record = _read_record()
-        resume = bool(
-            record
-            and record.get("step") == "deleted"
-            and record.get("keystorage") == keystorage
-            and not os.path.lexists(keystorage)
-        )
-        control = resolved["control"]
-        if test:
-            planned = [] if resume else [_describe_cmd(control, "stop"), f"delete {keystorage}"]
-            return {
-                "rotated": None,
-                "test": True,
-                "keystorage": keystorage,
-                "old_computer_id": record.get("old_computer_id") if resume else resolved["computer_id"],
-                "would_remove": [] if resume else sorted(
-                    os.path.relpath(path, keystorage) for path, _mtime in _key_files(keystorage)
-                ),
-                "would_run": [*planned, _describe_cmd(control, "start")],
-                "comment": "finish the interrupted rotation" if resume else "rotate the key",
-            }
-        if resume:
-            old_computer_id, removed, rotated_at = (record.get(k) for k in ("old_computer_id", "removed", "deleted_at"))
-            log.info("iemkey: finishing the rotation interrupted after deleting %s", keystorage)
-        else:
-            old_computer_id = resolved["computer_id"]
-            removed, rotated_at = _stop_and_delete(control, keystorage, old_computer_id)
+
+
+def _rotation_lock():
+    """One rotation at a time on this minion (``iemkey:lock_wait`` seconds for another to end)."""
+    return iemkey_record.lock(os.path.join(_cache_dir(), "rotate.lock"), _number("lock_wait"))
+
+
+def _agent_to_rotate():
+    """This minion's agent, once every check the delete needs has passed; refuses before anything changes."""
+    resolved = _resolve()
+    _checked_keystorage(resolved, live=False)  # a refused path is refused before anything else
+    _require_installed(resolved)
+    _checked_keystorage(resolved)
+    return resolved
+
+
+def _interrupted_rotation(keystorage):
+    """The record of a rotation of this KeyStorage that stopped after its delete, or None."""
+    record = _read_record()
+    if (
+        record
+        and record.get("step") == "deleted"
+        and record.get("keystorage") == keystorage
+        and not os.path.lexists(keystorage)
+    ):
+        return record
+    return None
+
+
+def _plan(resolved, interrupted):
+    """What rotate would do (test=True): the commands it would run and the files it would remove."""
+    keystorage, control = resolved["keystorage"], resolved["control"]
+    planned = [] if interrupted else [_describe_cmd(control, "stop"), f"delete {keystorage}"]
+    return {
+        "rotated": None,
+        "test": True,
+        "keystorage": keystorage,
+        "old_computer_id": interrupted.get("old_computer_id") if interrupted else resolved["computer_id"],
+        "would_remove": [] if interrupted else sorted(
+            os.path.relpath(path, keystorage) for path, _mtime in iemkey_storage.key_files(keystorage)
+        ),
+        "would_run": [*planned, _describe_cmd(control, "start")],
+        "comment": "finish the interrupted rotation" if interrupted else "rotate the key",
+    }
+
+
+def _resume(record):
+    """The facts of the interrupted rotation this one finishes (nothing is deleted again)."""
+    log.info("iemkey: finishing the rotation interrupted after deleting %s", record.get("keystorage"))
+    return {"old_computer_id": record.get("old_computer_id"), "rotated_at": record.get("deleted_at"),
+            "removed": record.get("removed")}
+
+
+def _stop_and_delete(control, keystorage, old_computer_id):
+    """Stop the agent and delete KeyStorage, recording each step; the rotation's facts so far."""
+    record = {"keystorage": keystorage, "old_computer_id": old_computer_id}
+    _write_record({**record, "step": "stopping"})
+    stop = _control("stop", control)
+    if stop["retcode"] != 0:
+        raise CommandExecutionError(f"stopping the BigFix agent failed: {_describe(stop)}; KeyStorage was not touched")
+    removed, failed = iemkey_storage.delete_keystorage(keystorage) if os.path.lexists(keystorage) else ([], [])
+    now = iemkey_time.now()
+    if failed:
+        _write_record({**record, "step": "failed", "removed": removed})
         start = _control("start", control)
-        if start["retcode"] != 0:
-            raise CommandExecutionError(
-                f"KeyStorage {keystorage} was deleted ({len(removed)} files) but starting the agent failed: "
-                f"{_describe(start)}. The keys are gone and the agent is down; run iemkey.rotate again to finish."
-            )
-        if _agent_running(control) is False:
-            raise CommandExecutionError(
-                f"KeyStorage {keystorage} was deleted but the agent is not running after {_describe(start)}. "
-                "The keys are gone and the agent is down; run iemkey.rotate again to finish."
-            )
-        ret = {
-            "rotated": True,
-            "keystorage": keystorage,
-            "old_computer_id": old_computer_id,
-            "rotated_at": rotated_at,
-            "removed": removed,
-            "resumed": resume,
-        }
-        _after_the_delete(ret, "recording the rotation", _write_record, {
-            "step": "done", "keystorage": keystorage, "old_computer_id": old_computer_id,
-            "rotated_at": rotated_at, "removed": removed})
-    _after_the_delete(ret, "the manual key exchange", _key_exchange, ret)
-    if wait > 0:
-        _after_the_delete(ret, "waiting for the new key", lambda: ret.update(
-            _wait_for_new_key(keystorage, old_computer_id, wait)))
-    _after_the_delete(ret, "sending iemkey/rotated", _send_rotated, ret)
-    return ret
+        restarted = (
+            "the agent was started again" if start["retcode"] == 0 else f"starting it again failed: {_describe(start)}"
+        )
+        raise CommandExecutionError(
+            f"could not delete all of {keystorage}: removed {removed or 'nothing'}; not removed "
+            + ", ".join(f"{item['name']} ({item['error']})" for item in failed)
+            + f"; {restarted}"
+        )
+    _write_record({**record, "step": "deleted", "removed": removed, "deleted_at": now})
+    return {"old_computer_id": old_computer_id, "rotated_at": now, "removed": removed}
+
+
+def _start_and_confirm(control, keystorage, removed):
+    """Start the agent again and see it run; the keys are gone by now, so a failure says how to finish."""
+    start = _control("start", control)
+    if start["retcode"] != 0:
+        raise CommandExecutionError(
+            f"KeyStorage {keystorage} was deleted ({len(removed)} files) but starting the agent failed: "
+            f"{_describe(start)}. The keys are gone and the agent is down; run iemkey.rotate again to finish."
+        )
+    if _agent_running(control) is False:
+        raise CommandExecutionError(
+            f"KeyStorage {keystorage} was deleted but the agent is not running after {_describe(start)}. "
+            "The keys are gone and the agent is down; run iemkey.rotate again to finish."
+        )
 
 
 def _after_the_delete(ret, step, action, *args):
@@ -1037,6 +430,22 @@ def _key_exchange(ret):
         __context__["retcode"] = 1  # the rotation stands, but the agent cannot register: fail the job
 
 
+def _await_new_key(ret, wait):
+    ret.update(_wait_for_new_key(ret["keystorage"], ret["old_computer_id"], wait))
+
+
+def _wait_for_new_key(keystorage, old_computer_id, wait):
+    deadline = time.monotonic() + wait
+    while True:
+        files = iemkey_storage.key_files(keystorage)
+        computer_id = _resolve()["computer_id"]
+        if files and computer_id and computer_id != old_computer_id:
+            return {"new_computer_id": computer_id, "key_created": _key_created(files)}
+        if time.monotonic() >= deadline:
+            return {"new_computer_id": None, "key_created": None}
+        time.sleep(0.2)
+
+
 def _send_rotated(ret):
     event = {key: ret[key] for key in ("old_computer_id", "rotated_at", "keystorage")}
     if "new_computer_id" in ret:
@@ -1045,30 +454,306 @@ def _send_rotated(ret):
     ret["event_sent"] = _fire("iemkey/rotated", event)
 
 
+# -- platform, configuration and the client's own settings -------------------------
+def _platform_name():
+    return iemkey_platforms.platform_name(__grains__)
+
+
+def _platform():
+    return iemkey_platforms.PLATFORMS[_platform_name()]
+
+
+def _pathmod():
+    return ntpath if _platform_name().startswith("windows") else posixpath
+
+
+def _conf(key, default=None):
+    value = __salt__["config.get"](f"iemkey:{key}", None)
+    return default if value in (None, "") else value
+
+
+def _number(key):
+    value = _conf(key, DEFAULTS[key])
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"iemkey:{key} must be a number of seconds, not {value!r}") from None
+
+
+def _cache_dir():
+    path = os.path.join(__opts__["cachedir"], "iemkey")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def _config_file():
+    return _conf("config_file", iemkey_platforms.UNIX_CONFIG_FILE)
+
+
+def _resolve():
+    platform = _platform()
+    settings = iemkey_platforms.client_settings(
+        platform, _config_file(), lambda key, name: __salt__["reg.read_value"]("HKLM", key, name)
+    )
+    storage, storage_source = iemkey_platforms.resolve_storage(platform, settings, _conf("storage_path"))
+    keystorage = _pathmod().join(_pathmod().normpath(storage), iemkey_storage.KEYSTORAGE) if storage else None
+    return {
+        "storage_path": storage,
+        "storage_path_source": storage_source,
+        "keystorage": keystorage,
+        "computer_id": settings.get("ComputerID", (None, None))[0],
+        "control": iemkey_platforms.resolve_control(platform, _conf("init_script")),
+    }
+
+
+# -- safety ---------------------------------------------------------------------------
+def _unsafe_reason(storage_path, live=True):
+    """Why deleting ``<storage_path>/KeyStorage`` is unsafe on this minion's OS, or None."""
+    return iemkey_storage.unsafe_reason(storage_path, _pathmod(), live)
+
+
+def _checked_keystorage(resolved, live=True):
+    reason = _unsafe_reason(resolved["storage_path"], live)
+    if reason:
+        raise CommandExecutionError(
+            f"KeyStorage is unsafe to delete: {reason} (storage path from {resolved['storage_path_source']}); "
+            "nothing was changed"
+        )
+    return resolved["keystorage"]
+
+
+def _key_created(files):
+    """When the current key was made: the oldest key file (a restored backup keeps old times)."""
+    return iemkey_time.iso(min(mtime for _path, mtime in files)) if files else None
+
+
+# -- rotation record (crash safety) ---------------------------------------------------
+def _record_path():
+    return os.path.join(_cache_dir(), "rotation.json")
+
+
+def _read_record():
+    return iemkey_record.read(_record_path())
+
+
+def _write_record(record):
+    iemkey_record.write(_record_path(), record)
+
+
+# -- agent control ----------------------------------------------------------------
+def _control(verb, control, ignore_retcode=False):
+    """Run ``verb`` the OS's way; {"command", "retcode", "stdout", "stderr"}."""
+    command = control["commands"][verb]
+    if control["type"] == "service":
+        try:
+            ok = __salt__[f"service.{verb}"](control["service"])
+        except CommandExecutionError as exc:
+            return {"command": command, "retcode": 1, "stdout": "", "stderr": str(exc)}
+        return {"command": command, "retcode": 0 if ok else 1, "stdout": "", "stderr": ""}
+    script = control["script"]
+    if not os.path.isfile(script):
+        raise CommandExecutionError(f"the BigFix agent control script {script} does not exist (tried to {verb})")
+    if not os.access(script, os.X_OK):
+        raise CommandExecutionError(f"the BigFix agent control script {script} is not executable (tried to {verb})")
+    timeout = _number("command_timeout")
+    started = time.monotonic()
+    result = __salt__["cmd.run_all"](
+        command, python_shell=False, timeout=timeout, ignore_retcode=ignore_retcode, output_loglevel="debug"
+    )
+    ret = {
+        "command": _describe_cmd(control, verb),
+        "retcode": result.get("retcode"),
+        "stdout": result.get("stdout", ""),
+        "stderr": result.get("stderr", ""),
+    }
+    if time.monotonic() - started >= timeout and "Timed out after" in str(ret["stdout"]):
+        ret["retcode"] = 1
+        ret["stderr"] = f"timed out after {timeout:g} s (iemkey:command_timeout)"
+    return ret
+
+
+def _describe(result):
+    detail = (result.get("stderr") or result.get("stdout") or "").strip()
+    return f"`{result['command']}` exited {result['retcode']}" + (f": {detail}" if detail else "")
+
+
 def _describe_cmd(control, verb):
     command = control["commands"][verb]
     return command if isinstance(command, str) else " ".join(command)
 
 
-def _stop_and_delete(control, keystorage, old_computer_id):
-    """Stop the agent and delete KeyStorage, recording each step; (names removed, when)."""
-    record = {"keystorage": keystorage, "old_computer_id": old_computer_id}
-    _write_record({**record, "step": "stopping"})
-    stop = _control("stop", control)
-    if stop["retcode"] != 0:
-        raise CommandExecutionError(f"stopping the BigFix agent failed: {_describe(stop)}; KeyStorage was not touched")
-    removed, failed = _delete_keystorage(keystorage) if os.path.lexists(keystorage) else ([], [])
-    now = datetime.datetime.now(UTC).isoformat()
-    if failed:
-        _write_record({**record, "step": "failed", "removed": removed})
-        start = _control("start", control)
-        restarted = (
-            "the agent was started again" if start["retcode"] == 0 else f"starting it again failed: {_describe(start)}"
-        )
-        raise CommandExecutionError(
-            f"could not delete all of {keystorage}: removed {removed or 'nothing'}; not removed "
-            + ", ".join(f"{item['name']} ({item['error']})" for item in failed)
-            + f"; {restarted}"
-        )
-    _write_record({**record, "step": "deleted", "removed": removed, "deleted_at": now})
-    return removed, now
+def _service(function, name):
+    """Call Salt's ``service.<function>``. Those run systemctl (and the like) through ``cmd``, which
+    sets the job's retcode: asking about the agent's service must not fail the job by itself."""
+    saved = __context__.get("retcode")
+    try:
+        return __salt__[f"service.{function}"](name)
+    finally:
+        if saved is None:
+            __context__.pop("retcode", None)
+        else:
+            __context__["retcode"] = saved
+
+
+def _control_missing(control):
+    """Why this OS's way to stop and start the agent is not there, or None."""
+    if control["type"] == "script":
+        if os.path.exists(control["script"]):
+            return None
+        return f"no control script at {control['script']} ({control['source']})"
+    try:
+        if _service("available", control["service"]):
+            return None
+    except (CommandExecutionError, KeyError):  # no service manager Salt can ask
+        pass
+    if control.get("looked_for"):
+        return f"no {control['looked_for']} and no {control['service']} service"
+    return f"no {control['service']} service"
+
+
+def _agent_running(control):
+    """Whether the agent runs; None when there is no way to ask."""
+    if _control_missing(control):
+        return None
+    if control["type"] == "service":
+        return bool(_service("status", control["service"]))
+    return _control("status", control, ignore_retcode=True)["retcode"] == 0
+
+
+def _installed(resolved):
+    """Whether the agent's files are here (whatever controls it), and if not, where we looked."""
+    storage = resolved["storage_path"]
+    if not storage or not os.path.isdir(storage):
+        return False, f"no storage path at {storage} ({resolved['storage_path_source']})"
+    if resolved["storage_path_source"].startswith(("setting", "config")) or resolved["computer_id"]:
+        return True, None  # the client's own settings, or an operator, say where it lives
+    if os.path.lexists(resolved["keystorage"]):
+        return True, None
+    return False, f"no BigFix client settings and no KeyStorage at {resolved['keystorage']}"
+
+
+def _require_installed(resolved):
+    """Refuse, before anything changes, to work on an agent that is absent or cannot be stopped and started."""
+    installed, missing = _installed(resolved)
+    if not installed:
+        raise CommandExecutionError(f"the BigFix agent is not installed here: {missing}; nothing was changed")
+    missing = _control_missing(resolved["control"])
+    if missing:
+        raise CommandExecutionError(f"cannot stop or start the BigFix agent here: {missing}; nothing was changed")
+
+
+# -- status ---------------------------------------------------------------------------
+def _status(probe_agent=True):
+    resolved = _resolve()
+    installed, missing = _installed(resolved)
+    keystorage = resolved["keystorage"]
+    unsafe = _unsafe_reason(resolved["storage_path"]) if installed else None
+    files = [] if unsafe or not installed else iemkey_storage.key_files(keystorage)
+    problem = missing or unsafe or _control_missing(resolved["control"])
+    record = _read_record()
+    own = record if record and record.get("keystorage") == keystorage else None
+    pending = bool(own and own.get("step") == "deleted" and not os.path.lexists(keystorage))
+    keyless_for = None
+    if own and own.get("rotated_at") and not files:
+        keyless_for = time.time() - iemkey_time.parse_time(own["rotated_at"], "rotated_at").timestamp()
+    return {
+        "installed": installed,
+        "keystorage": keystorage,
+        "storage_path": resolved["storage_path"],
+        "computer_id": resolved["computer_id"],
+        "key_created": _key_created(files),
+        "key_files": len(files),
+        "last_rotated": own.get("rotated_at") if own else None,
+        "pending": pending,
+        # keyless this long after a rotation: the agent is down or cannot register
+        "stale": keyless_for is not None and keyless_for > _number("stale_after"),
+        "agent_running": _agent_running(resolved["control"]) if installed and probe_agent else None,
+        "problem": problem,
+    }
+
+
+# -- events --------------------------------------------------------------------------
+def _masterless():
+    return __opts__.get("file_client") == "local" or __opts__.get("master_type") == "disable"
+
+
+def _signed(tag, payload):
+    """``payload`` signed with this minion's own Salt key, so the master can tell it came from here."""
+    key_path = os.path.join(__opts__["pki_dir"], "minion.pem")
+    try:
+        with open(key_path, "rb") as handle:
+            private_key = handle.read()
+        return iemkey_auth.sign(tag, __opts__["id"], payload, private_key)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CommandExecutionError(f"cannot sign the {tag} event with this minion's key {key_path}: {exc}") from None
+
+
+def _fire(tag, payload):
+    """Send ``tag`` signed to the master; False in masterless mode, where no master listens."""
+    if _masterless():
+        return False
+    try:
+        return bool(__salt__["event.send"](tag, _signed(tag, payload)))
+    except Exception as exc:  # pylint: disable=broad-except
+        # the rotation itself succeeded; losing the event must not turn it into a failure
+        log.warning("iemkey: could not send %s to the master: %s", tag, exc)
+        return False
+
+
+# -- the manual key exchange -------------------------------------------------------
+def _client_binary():
+    return _conf("client_binary", _platform()["client_binary"])
+
+
+def _pillar_secret(key):
+    """A pillar value as it is, not masked: Salt 3008 masks the pillar values ``pillar.get`` hands out
+    unless asked (``unmask``, an argument older Salt lines do not have)."""
+    if salt.version.__saltstack_version__.info >= (3008,):
+        return __salt__["pillar.get"](key, None, unmask=True)
+    return __salt__["pillar.get"](key, None)
+
+
+def _register_password():
+    """The key-exchange password from pillar or an sdb:// URI; never from the command line."""
+    raw = _pillar_secret("iemkey:register_password")
+    if raw in (None, ""):
+        raw = _conf("register_password")
+        if raw is not None and not str(raw).startswith("sdb://"):
+            raise CommandExecutionError(
+                "iemkey:register_password is set outside pillar (minion config or grains, which other "
+                "tools read): put it in pillar or behind an sdb:// URI"
+            )
+    if isinstance(raw, str) and raw.startswith("sdb://"):
+        raw = __salt__["sdb.get"](raw)
+        if raw in (None, "") or str(raw).startswith("sdb://"):
+            raise CommandExecutionError("iemkey:register_password: the sdb:// URI did not resolve to a password")
+    if raw in (None, ""):
+        return None
+    password = str(raw)
+    if not password.isascii() or not password.isprintable():
+        raise CommandExecutionError("iemkey:register_password must be printable ASCII (BigFix relay passwords are)")
+    return password
+
+
+def _register(relay, password):
+    """Run the manual key exchange; the result without the password anywhere in it."""
+    binary = _client_binary()
+    command = [binary, "-register", password, relay]
+    if _platform_name().startswith("windows"):
+        command = ["cmd", "/c", *command]
+    shown = " ".join(command).replace(password, "********")
+    if not os.path.isfile(binary):
+        raise CommandExecutionError(f"the BESClient program {binary} does not exist (tried: {shown})")
+    result = __salt__["cmd.run_all"](
+        command, python_shell=False, timeout=_number("command_timeout"), output_loglevel="quiet",
+        ignore_retcode=True,
+    )
+    ret = {
+        "command": shown,
+        "relay": relay,
+        "retcode": result.get("retcode"),
+        "stdout": str(result.get("stdout", "")).replace(password, "********"),
+        "stderr": str(result.get("stderr", "")).replace(password, "********"),
+    }
+    ret["registered"] = ret["retcode"] == 0
+    return ret

@@ -2,6 +2,8 @@
 
 import time
 
+from helpers import REPO
+
 
 def test_sys_doc_has_a_cli_example_for_every_public_function(salt_cli, salt_minion):
     ret = salt_cli.run("sys.doc", "iemkey", minion_tgt=salt_minion.id)
@@ -77,3 +79,29 @@ def test_no_agent_makes_rotate_exit_non_zero_and_status_zero(salt_cli, salt_mini
     assert status.returncode == 0 and status.data["installed"] is False, status
     ret = salt_cli.run("iemkey.rotate", minion_tgt=salt_minion.id)
     assert ret.returncode != 0 and "not installed here" in ret.stdout, ret
+
+
+def test_a_changed_utility_module_is_used_after_sync_all_without_a_restart(salt_cli, salt_minion, state_root):
+    """_utils/iemkey_*.py hold the logic: an operator who updates them runs saltutil.sync_all, and
+    the running minion uses them from its next job on (no restart)."""
+    original = (REPO / "_utils" / "iemkey_time.py").read_text()
+    said, changed = "is not an ISO 8601 time", "is not a time iemkey reads (the synced change)"
+    shadow = state_root / "_utils" / "iemkey_time.py"  # the master's first file root: it wins the sync
+
+    def refusal():
+        ret = salt_cli.run("iemkey.check", "since=yesterday", minion_tgt=salt_minion.id)
+        assert ret.returncode != 0, ret
+        return ret.stdout
+
+    assert said in refusal()
+    shadow.parent.mkdir(exist_ok=True)
+    shadow.write_text(original.replace(said, changed))
+    try:
+        synced = salt_cli.run("saltutil.sync_all", minion_tgt=salt_minion.id)
+        assert "utils.iemkey_time" in synced.data["utils"], synced
+        assert changed in refusal()
+    finally:
+        shadow.unlink()
+        synced = salt_cli.run("saltutil.sync_all", minion_tgt=salt_minion.id)
+    assert "utils.iemkey_time" in synced.data["utils"], synced
+    assert said in refusal()

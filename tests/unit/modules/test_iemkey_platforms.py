@@ -10,6 +10,7 @@ import plistlib
 import textwrap
 from unittest.mock import MagicMock, patch
 
+import iemkey_platforms
 import pytest
 from helpers import load_source
 from salt.exceptions import CommandExecutionError
@@ -157,7 +158,7 @@ def test_windows_restart_uses_the_service_module(on, salt_mods, tmp_path, config
 def plist_file(tmp_path, monkeypatch):
     """macOS's settings file, written for real with plistlib where the module reads it."""
     path = tmp_path / "com.bigfix.BESAgent.plist"
-    monkeypatch.setitem(iemkey.PLATFORMS["macos"], "plist", str(path))
+    monkeypatch.setitem(iemkey_platforms.PLATFORMS["macos"], "plist", str(path))
     return path
 
 

@@ -9,6 +9,7 @@ import os
 import stat
 from unittest.mock import MagicMock
 
+import iemkey_storage
 import pytest
 from helpers import load_source
 from salt.exceptions import SaltInvocationError
@@ -85,7 +86,7 @@ def test_key_files_are_the_regular_files_inside_keystorage_only(tmp_path):
     (outside / "old-backup.pvk").write_text("someone else's")
     (keystorage / "linked-dir").symlink_to(outside, target_is_directory=True)
     (keystorage / "linked-file").symlink_to(outside / "old-backup.pvk")
-    found = sorted(os.path.relpath(path, keystorage) for path, _mtime in iemkey._key_files(str(keystorage)))
+    found = sorted(os.path.relpath(path, keystorage) for path, _mtime in iemkey_storage.key_files(str(keystorage)))
     assert found == ["ClientKey.pvk", os.path.join("sub", "nested.crt")]
 
 
@@ -103,14 +104,14 @@ def test_a_key_file_that_vanishes_while_listed_is_skipped_not_the_rest(tmp_path,
         return real_lstat(path, *args, **kwargs)
 
     monkeypatch.setattr(iemkey.os, "lstat", lstat)
-    found = sorted(os.path.basename(path) for path, _mtime in iemkey._key_files(str(keystorage)))
+    found = sorted(os.path.basename(path) for path, _mtime in iemkey_storage.key_files(str(keystorage)))
     assert len(gone) == 1 and found == sorted({"a.pvk", "b.crt", "c.crt"} - set(gone))
 
 
 def test_no_keystorage_no_key_files(tmp_path):
-    assert iemkey._key_files(str(tmp_path / "absent")) == []
+    assert iemkey_storage.key_files(str(tmp_path / "absent")) == []
     (tmp_path / "file").write_text("not a directory")
-    assert iemkey._key_files(str(tmp_path / "file")) == []
+    assert iemkey_storage.key_files(str(tmp_path / "file")) == []
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]"])

@@ -1,12 +1,11 @@
-"""Times: ISO 8601 with any offset, naive means UTC, epoch seconds; anything else is refused."""
+"""Times (_utils/iemkey_time.py): ISO 8601 with any offset, naive means UTC, epoch seconds; anything else is refused."""
 
 import datetime
 
+import iemkey_time
 import pytest
-from helpers import load_source
 from salt.exceptions import SaltInvocationError
 
-iemkey = load_source("_modules", "iemkey_module_times")
 UTC = datetime.timezone.utc
 T = datetime.datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 
@@ -30,13 +29,13 @@ T = datetime.datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
     ],
 )
 def test_accepted_forms_mean_the_same_instant(value):
-    parsed = iemkey._parse_time(value)
+    parsed = iemkey_time.parse_time(value)
     assert parsed == T
     assert parsed.tzinfo == UTC
 
 
 def test_a_date_means_midnight_utc():
-    assert iemkey._parse_time(datetime.date(2026, 11, 20)) == T.replace(hour=0)
+    assert iemkey_time.parse_time(datetime.date(2026, 11, 20)) == T.replace(hour=0)
 
 
 @pytest.mark.parametrize(
@@ -46,10 +45,10 @@ def test_a_date_means_midnight_utc():
 )
 def test_malformed_times_are_refused_with_the_value_named(value):
     with pytest.raises(SaltInvocationError) as err:
-        iemkey._parse_time(value)
+        iemkey_time.parse_time(value)
     assert "since" in str(err.value)
 
 
 def test_iso_output_is_utc_with_an_explicit_offset():
-    assert iemkey._iso(T.timestamp()) == "2026-11-20T08:00:00+00:00"
-    assert iemkey._iso(None) is None
+    assert iemkey_time.iso(T.timestamp()) == "2026-11-20T08:00:00+00:00"
+    assert iemkey_time.iso(None) is None

@@ -7,6 +7,7 @@ loader-mocked. Each rotation asserts the order the technote needs: stop, then de
 import posixpath
 from unittest.mock import MagicMock, patch
 
+import iemkey_record
 import pytest
 from helpers import load_source
 from salt.exceptions import CommandExecutionError
@@ -151,13 +152,13 @@ class FakeMsvcrt:
 def test_windows_locks_with_msvcrt(monkeypatch, config):
     _grains(kernel="Windows", os_family="Windows", cpuarch="AMD64")
     fake = FakeMsvcrt()
-    monkeypatch.setattr(iemkey, "fcntl", None)
-    monkeypatch.setattr(iemkey, "msvcrt", fake)
+    monkeypatch.setattr(iemkey_record, "fcntl", None)
+    monkeypatch.setattr(iemkey_record, "msvcrt", fake)
     with iemkey._rotation_lock():
         assert fake.calls == [(fake.LK_NBLCK, 1)]
     assert fake.calls == [(fake.LK_NBLCK, 1), (fake.LK_UNLCK, 1)]
     busy = FakeMsvcrt(busy=True)
-    monkeypatch.setattr(iemkey, "msvcrt", busy)
+    monkeypatch.setattr(iemkey_record, "msvcrt", busy)
     config["lock_wait"] = 0.3
     with pytest.raises(CommandExecutionError) as err, iemkey._rotation_lock():
         pass
