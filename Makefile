@@ -4,7 +4,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 REQS   := requirements/salt-3008.txt
 STAMP  := $(VENV)/.installed-$(shell cksum < $(REQS) | cut -d' ' -f1)
-SLS    := $(shell find salt -name '*.sls' | sort)
 
 .PHONY: demo examples test lint unit functional integration matrix mutation bench clean
 
@@ -21,9 +20,10 @@ demo: $(STAMP)
 examples: $(STAMP)
 	$(BIN)/python demo/examples.py
 
+# .pre-commit-config.yaml: ruff check, ruff format, salt-lint on the SLS files, yamllint on pillar.example
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/salt-lint $(SLS)
+	PATH="$(abspath $(BIN)):$$PATH" PRE_COMMIT_HOME="$(abspath $(VENV))/pre-commit" \
+	  $(BIN)/pre-commit run --all-files --show-diff-on-failure
 
 test: lint
 	$(BIN)/python -m pytest tests

@@ -34,9 +34,15 @@ def _functions(filename):
     if filename not in _FUNCTIONS:
         tree = ast.parse((HERE / filename).read_text())
         _FUNCTIONS[filename] = [
-            (min([node.lineno] + [d.lineno for d in node.decorator_list]), node.body[0].lineno, node.end_lineno,
-             node.name)
-            for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            (
+                min([node.lineno] + [d.lineno for d in node.decorator_list]),
+                node.body[0].lineno,
+                node.end_lineno,
+                node.name,
+            )
+            for node in tree.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
     return _FUNCTIONS[filename]
 
 
@@ -71,10 +77,14 @@ def pre_mutation(context):
         return
     # a mutant can make a test hang (endless retries): the step ends itself before mutmut's own timeout
     # (make mutation sets it to 60 s + 3 x the baseline), which kills only this shell, not its pytest
-    pytest = shlex.join(["timeout", "-k", "5", STEP_TIMEOUT, sys.executable, "-m", "pytest", "-x", "-q", "-p",
-                         "no:cacheprovider"])
-    steps = [f"{pytest} {shlex.join(sorted(t for t in tests if t.startswith(layer)))}"
-             for layer in ("tests/unit/", "tests/functional/") if any(t.startswith(layer) for t in tests)]
+    pytest = shlex.join(
+        ["timeout", "-k", "5", STEP_TIMEOUT, sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    )
+    steps = [
+        f"{pytest} {shlex.join(sorted(t for t in tests if t.startswith(layer)))}"
+        for layer in ("tests/unit/", "tests/functional/")
+        if any(t.startswith(layer) for t in tests)
+    ]
     # unit tests first (seconds), the functional ones only if the unit tests let the mutant live.
     # mutmut 2 counts only exit status 1 as "the tests failed": a step that errors (2: the mutant
     # broke an import) or hangs (124 from timeout) noticed the mutant too, so every failure exits 1

@@ -109,8 +109,9 @@ def rotate(wait=0, since=None, test=False, **kwargs):
             deleted = _stop_and_delete(control, keystorage, resolved["computer_id"])
         _start_and_confirm(control, keystorage, deleted["removed"])
         ret = {"rotated": True, "keystorage": keystorage, **deleted, "resumed": bool(interrupted)}
-        _after_the_delete(ret, "recording the rotation", _write_record, {"step": "done", **deleted,
-                                                                        "keystorage": keystorage})
+        _after_the_delete(
+            ret, "recording the rotation", _write_record, {"step": "done", **deleted, "keystorage": keystorage}
+        )
     _after_the_delete(ret, "the manual key exchange", _key_exchange, ret)
     if wait > 0:
         _after_the_delete(ret, "waiting for the new key", _await_new_key, ret, wait)
@@ -209,9 +210,7 @@ def paths():
         "storage_path_source": resolved["storage_path_source"],
         "keystorage": resolved["keystorage"],
         "keystorage_source": resolved["storage_path_source"],
-        "config_file": (
-            _config_file() if _platform()["settings"] == "besclient.config" else None
-        ),
+        "config_file": (_config_file() if _platform()["settings"] == "besclient.config" else None),
         "control": {"type": control["type"], "source": control["source"], **commands},
         "client_binary": _client_binary(),
     }
@@ -256,8 +255,9 @@ def register():
     relay = _conf("relay")
     password = _register_password()
     if not relay or not password:
-        missing = " and ".join(name for name, value in (("iemkey:relay", relay),
-                                                        ("iemkey:register_password", password)) if not value)
+        missing = " and ".join(
+            name for name, value in (("iemkey:relay", relay), ("iemkey:register_password", password)) if not value
+        )
         raise CommandExecutionError(f"the manual key exchange needs {missing}")
     ret = _register(relay, password)
     if not ret["registered"]:
@@ -296,8 +296,13 @@ def alert(reason=None):
     if not sent:
         raise CommandExecutionError("could not send iemkey/compromised to the master (event.send returned False)")
     envelope = data[iemkey_auth.SIGNATURE]
-    return {"sent": True, "tag": "iemkey/compromised", "id": envelope["id"], "signed_at": envelope["time"],
-            "reason": reason}
+    return {
+        "sent": True,
+        "tag": "iemkey/compromised",
+        "id": envelope["id"],
+        "signed_at": envelope["time"],
+        "reason": reason,
+    }
 
 
 # -- the rotation's steps, in the order rotate takes them --------------------------
@@ -344,9 +349,9 @@ def _plan(resolved, interrupted):
         "test": True,
         "keystorage": keystorage,
         "old_computer_id": interrupted.get("old_computer_id") if interrupted else resolved["computer_id"],
-        "would_remove": [] if interrupted else sorted(
-            os.path.relpath(path, keystorage) for path, _mtime in iemkey_storage.key_files(keystorage)
-        ),
+        "would_remove": []
+        if interrupted
+        else sorted(os.path.relpath(path, keystorage) for path, _mtime in iemkey_storage.key_files(keystorage)),
         "would_run": [*planned, _describe_cmd(control, "start")],
         "comment": "finish the interrupted rotation" if interrupted else "rotate the key",
     }
@@ -355,8 +360,11 @@ def _plan(resolved, interrupted):
 def _resume(record):
     """The facts of the interrupted rotation this one finishes (nothing is deleted again)."""
     log.info("iemkey: finishing the rotation interrupted after deleting %s", record.get("keystorage"))
-    return {"old_computer_id": record.get("old_computer_id"), "rotated_at": record.get("deleted_at"),
-            "removed": record.get("removed")}
+    return {
+        "old_computer_id": record.get("old_computer_id"),
+        "rotated_at": record.get("deleted_at"),
+        "removed": record.get("removed"),
+    }
 
 
 def _stop_and_delete(control, keystorage, old_computer_id):
@@ -745,7 +753,10 @@ def _register(relay, password):
     if not os.path.isfile(binary):
         raise CommandExecutionError(f"the BESClient program {binary} does not exist (tried: {shown})")
     result = __salt__["cmd.run_all"](
-        command, python_shell=False, timeout=_number("command_timeout"), output_loglevel="quiet",
+        command,
+        python_shell=False,
+        timeout=_number("command_timeout"),
+        output_loglevel="quiet",
         ignore_retcode=True,
     )
     ret = {

@@ -174,8 +174,9 @@ def _gather(tgt, tgt_type, since, timeout):
     answers = {}
     deadline = time.monotonic() + timeout
     with salt.client.get_local_client(mopts=__opts__) as client:
-        for reply in client.cmd_iter_no_block(tgt, "iemkey.check", [str(since)], tgt_type=tgt_type,
-                                              timeout=timeout, full_return=True):
+        for reply in client.cmd_iter_no_block(
+            tgt, "iemkey.check", [str(since)], tgt_type=tgt_type, timeout=timeout, full_return=True
+        ):
             if reply:
                 answers.update(reply)
             if time.monotonic() >= deadline:
@@ -217,11 +218,20 @@ def report(since, tgt="*", tgt_type="glob", timeout=None):
         return _fail({}, f"timeout must be a number of seconds, not {timeout!r}")
     expected = set(_targets(tgt, tgt_type))
     if not expected:
-        return _fail({"since": str(since), "tgt": tgt, "tgt_type": tgt_type},
-                     f"the target {tgt!r} ({tgt_type}) matches no accepted minion: nothing to report on")
+        return _fail(
+            {"since": str(since), "tgt": tgt, "tgt_type": tgt_type},
+            f"the target {tgt!r} ({tgt_type}) matches no accepted minion: nothing to report on",
+        )
     answers = _gather(tgt, tgt_type, since, timeout)
-    ret = {"since": str(since), "compliant": [], "noncompliant": [], "not_installed": [], "errors": [],
-           "unreachable": sorted(expected - set(answers)), "minions": {}}
+    ret = {
+        "since": str(since),
+        "compliant": [],
+        "noncompliant": [],
+        "not_installed": [],
+        "errors": [],
+        "unreachable": sorted(expected - set(answers)),
+        "minions": {},
+    }
     for minion, reply in sorted(answers.items()):
         verdict = reply.get("ret")
         if not isinstance(verdict, dict) or reply.get("retcode", 0) != 0:
@@ -241,8 +251,10 @@ def report(since, tgt="*", tgt_type="glob", timeout=None):
     for minion in ret["unreachable"]:
         ret["minions"][minion] = {"error": f"no answer within {timeout:g} s"}
     cleanups = _cleanups()
-    ret["cleanup"] = {kind: sorted(entries.values(), key=lambda e: (e["minion"], e["old_computer_id"]))
-                      for kind, entries in cleanups.items()}
+    ret["cleanup"] = {
+        kind: sorted(entries.values(), key=lambda e: (e["minion"], e["old_computer_id"]))
+        for kind, entries in cleanups.items()
+    }
     failing = ret["noncompliant"] + ret["unreachable"] + ret["not_installed"] + ret["errors"]
     ret["summary"] = (
         f"{len(ret['compliant'])} compliant, {len(ret['noncompliant'])} noncompliant, "
@@ -266,7 +278,8 @@ def _api():
     missing = [key for key in ("url", "user", "password") if not conf.get(key)]
     if missing:
         raise SaltInvocationError(
-            "the BigFix REST API is not configured: set iemkey:api:" + ", iemkey:api:".join(missing)
+            "the BigFix REST API is not configured: set iemkey:api:"
+            + ", iemkey:api:".join(missing)
             + " in the master config"
         )
     api = {**API_DEFAULTS, **conf}
@@ -288,9 +301,19 @@ def _session(api):
     from urllib3.util.retry import Retry
 
     retries = max(1, int(api["retries"])) - 1
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries, other=0,
-                  status_forcelist=(500, 502, 503, 504), allowed_methods=frozenset({"GET", "DELETE"}),
-                  backoff_factor=0.5, backoff_max=8, respect_retry_after_header=True, raise_on_status=False)
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        other=0,
+        status_forcelist=(500, 502, 503, 504),
+        allowed_methods=frozenset({"GET", "DELETE"}),
+        backoff_factor=0.5,
+        backoff_max=8,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
     with requests.Session() as session:
         session.auth = (api["user"], api["password"])
         session.verify = api["verify"]
@@ -310,8 +333,9 @@ def _call(api, session, method, path):
         kind = type(reason).__name__ if isinstance(reason, Exception) else type(exc).__name__
         raise _ApiError(f"{kind} talking to {api['url']} ({method} {path})") from None
     if response.status_code in (401, 403):
-        raise _ApiError(f"authentication failed: the BigFix server refused user {api['user']!r} "
-                        f"(HTTP {response.status_code})")
+        raise _ApiError(
+            f"authentication failed: the BigFix server refused user {api['user']!r} (HTTP {response.status_code})"
+        )
     return response
 
 
@@ -436,14 +460,18 @@ def _decide(api, session, entry):
     if old is None:
         return "gone", f"BigFix has no computer {old_id} (already removed)"
     if not old["name"] or old["name"] != new["name"]:
-        return "review", (f"BigFix names the old computer {old_id} {old['name']!r} and the new computer "
-                          f"{new_id} {new['name']!r}: not a duplicate of this rotation")
+        return "review", (
+            f"BigFix names the old computer {old_id} {old['name']!r} and the new computer "
+            f"{new_id} {new['name']!r}: not a duplicate of this rotation"
+        )
     rotated_at = datetime.datetime.fromisoformat(entry["rotated_at"])
     if old["last_report"] is None:
         return "review", f"BigFix gives no Last Report Time for the old computer {old_id}"
     if old["last_report"] > rotated_at:
-        return "review", (f"the old computer {old_id} reported at {old['last_report'].isoformat()}, after the "
-                          f"rotation at {entry['rotated_at']}: it is still alive")
+        return "review", (
+            f"the old computer {old_id} reported at {old['last_report'].isoformat()}, after the "
+            f"rotation at {entry['rotated_at']}: it is still alive"
+        )
     deleted = _delete(api, session, old_id)
     if not deleted["result"]:
         return "pending", deleted["detail"]
@@ -518,8 +546,9 @@ def _key(entry):
 def _log_outcome(outcome, entry):
     where = f"computer {entry['old_computer_id']} (rotation of minion {entry['minion']})"
     if outcome == "review":
-        log.warning("iemkey cleanup: not deleting %s: %s; listed for review (salt-run iemkey.report)",
-                    where, entry["detail"])
+        log.warning(
+            "iemkey cleanup: not deleting %s: %s; listed for review (salt-run iemkey.report)", where, entry["detail"]
+        )
     elif outcome in ("deleted", "gone"):
         log.warning("iemkey cleanup: removed %s from the BigFix console: %s", where, entry["detail"])
     else:
@@ -564,8 +593,10 @@ def cleanup(dismiss=None):
     review = _cleanups()["review"]
     ret = {kind: outcomes[kind] for kind in ("deleted", "gone", "pending")}
     ret.update(review=sorted(review.values(), key=_key), retcode=0)
-    ret["summary"] = (f"{len(ret['deleted'])} deleted, {len(ret['gone'])} already gone, "
-                      f"{len(ret['pending'])} pending, {len(review)} for review")
+    ret["summary"] = (
+        f"{len(ret['deleted'])} deleted, {len(ret['gone'])} already gone, "
+        f"{len(ret['pending'])} pending, {len(review)} for review"
+    )
     if outcomes["busy"]:
         ret["summary"] = "another iemkey clean-up is running; nothing was decided by this one"
     if outcomes["error"]:
@@ -626,7 +657,8 @@ def _verified(tag, event):
         max_age = _setting("reactor", "max_age", REACTOR_DEFAULTS)
         max_skew = _setting("reactor", "max_skew", REACTOR_DEFAULTS)
         minion_id, payload, signed_at, nonce = iemkey_auth.verify(
-            tag, data, _accepted_key(envelope_id) if envelope_id else None, _now(), max_age, max_skew)
+            tag, data, _accepted_key(envelope_id) if envelope_id else None, _now(), max_age, max_skew
+        )
     except iemkey_auth.Refused as exc:
         hint = " (a detector sends it with `salt-call iemkey.alert`)" if tag == COMPROMISED_TAG else ""
         raise _Refused(f"{exc}{hint}") from None
@@ -641,9 +673,11 @@ def _verified(tag, event):
 def _hook_secret():
     secret = salt.utils.data.traverse_dict_and_list(__opts__, "iemkey:reactor:hook_secret", None)
     if secret in (None, ""):
-        raise _Refused("iemkey:reactor:hook_secret is not set in the master config (an sdb:// URI that "
-                       "resolved to nothing when the master started counts as not set); the webhook is refused "
-                       "until it is")
+        raise _Refused(
+            "iemkey:reactor:hook_secret is not set in the master config (an sdb:// URI that "
+            "resolved to nothing when the master started counts as not set); the webhook is refused "
+            "until it is"
+        )
     if isinstance(secret, str) and secret.startswith("sdb://"):
         uri, secret = secret, salt.utils.sdb.sdb_get(secret, __opts__)
         if secret in (None, "") or secret == uri:
@@ -682,11 +716,24 @@ def _rotate_minion(tag, minion_id, reason, since):
     cooldown = _setting("reactor", "cooldown", REACTOR_DEFAULTS)
     since = (since - datetime.timedelta(seconds=cooldown)).isoformat()
     with salt.client.get_local_client(mopts=__opts__) as client:
-        jid = client.cmd_async([minion_id], "state.single", ["iemkey.rotated"], tgt_type="list",
-                               kwarg={"name": STATE_NAME, "since": since, "queue": True})
-    log.warning("iemkey reactor: %s for %s (reason: %s): asking %s to ensure BigFix keys made after %s "
-                "(job %s: salt-run jobs.lookup_jid %s)", tag, minion_id,
-                str(reason)[:200] if reason else "none given", minion_id, since, jid, jid)
+        jid = client.cmd_async(
+            [minion_id],
+            "state.single",
+            ["iemkey.rotated"],
+            tgt_type="list",
+            kwarg={"name": STATE_NAME, "since": since, "queue": True},
+        )
+    log.warning(
+        "iemkey reactor: %s for %s (reason: %s): asking %s to ensure BigFix keys made after %s "
+        "(job %s: salt-run jobs.lookup_jid %s)",
+        tag,
+        minion_id,
+        str(reason)[:200] if reason else "none given",
+        minion_id,
+        since,
+        jid,
+        jid,
+    )
     return {"result": bool(jid), "action": "rotate", "minion": minion_id, "since": since, "jid": jid}
 
 
@@ -694,16 +741,24 @@ def _record_rotation(minion_id, payload):
     old = str(payload.get("old_computer_id") or "")
     new = str(payload.get("new_computer_id") or "")
     if not COMPUTER_ID.fullmatch(old):
-        raise _Refused(f"{minion_id} rotated with no usable old computer ID ({payload.get('old_computer_id')!r}): "
-                       "nothing to clean up")
+        raise _Refused(
+            f"{minion_id} rotated with no usable old computer ID ({payload.get('old_computer_id')!r}): "
+            "nothing to clean up"
+        )
     if new and (not COMPUTER_ID.fullmatch(new) or new == old):
         raise _Refused(f"{minion_id} reports the new computer ID {new!r} for the old {old}: not cleaning up")
     try:
         rotated_at = datetime.datetime.fromisoformat(str(payload.get("rotated_at")))
     except ValueError:
         raise _Refused(f"{minion_id} sent no usable rotated_at ({payload.get('rotated_at')!r})") from None
-    entry = {"minion": minion_id, "old_computer_id": old, "new_computer_id": new or None,
-             "rotated_at": rotated_at.astimezone(UTC).isoformat(), "received": _now().isoformat(), "attempts": 0}
+    entry = {
+        "minion": minion_id,
+        "old_computer_id": old,
+        "new_computer_id": new or None,
+        "rotated_at": rotated_at.astimezone(UTC).isoformat(),
+        "received": _now().isoformat(),
+        "attempts": 0,
+    }
     with _stored("cleanup") as document:
         if any(_key(entry) in (document.get(kind) or {}) for kind in ("pending", "review")):
             return None
@@ -752,10 +807,18 @@ def _react(event_tag, event):
         key = _record_rotation(minion_id, payload)
         if key is None:
             return {"result": True, "action": "none", "detail": "this clean-up is already recorded"}
-        log.warning("iemkey reactor: %s rotated its BigFix key; the clean-up of its old computer %s is "
-                    "recorded and tried now", minion_id, payload.get("old_computer_id"))
+        log.warning(
+            "iemkey reactor: %s rotated its BigFix key; the clean-up of its old computer %s is recorded and tried now",
+            minion_id,
+            payload.get("old_computer_id"),
+        )
         outcomes = _cleanup_pass(keys={key}, wait=False)
         decided = next((kind for kind in ("deleted", "gone", "review") if outcomes[kind]), "pending")
-        return {"result": True, "action": "cleanup", "minion": minion_id, "outcome": decided,
-                "error": outcomes["error"]}
+        return {
+            "result": True,
+            "action": "cleanup",
+            "minion": minion_id,
+            "outcome": decided,
+            "error": outcomes["error"],
+        }
     raise _Refused(f"its tag is not {COMPROMISED_TAG}, {ROTATED_TAG} or {HOOK_TAG}")

@@ -81,11 +81,15 @@ def rotated(name, since, wait=0, **kwargs):
         "key": {
             "old": {**old, "computer_id": rotation["old_computer_id"]},
             # the new key and computer ID are known only when the state waited for them (``wait``)
-            "new": {key: value for key, value in (
-                ("rotated_at", rotation["rotated_at"]),
-                ("key_created", rotation.get("key_created")),
-                ("computer_id", rotation.get("new_computer_id")),
-            ) if value is not None},
+            "new": {
+                key: value
+                for key, value in (
+                    ("rotated_at", rotation["rotated_at"]),
+                    ("key_created", rotation.get("key_created")),
+                    ("computer_id", rotation.get("new_computer_id")),
+                )
+                if value is not None
+            },
         },
         "removed": rotation["removed"],
     }

@@ -58,8 +58,14 @@ def sign(tag, minion_id, payload, private_key_pem, now=None):
     nonce = secrets.token_hex(16)
     key = serialization.load_pem_private_key(private_key_pem, password=None)
     signature = key.sign(canonical(tag, minion_id, payload, when, nonce), padding.PKCS1v15(), hashes.SHA256())
-    envelope = {"v": VERSION, "alg": ALGORITHM, "id": minion_id, "time": when, "nonce": nonce,
-                "sig": base64.b64encode(signature).decode("ascii")}
+    envelope = {
+        "v": VERSION,
+        "alg": ALGORITHM,
+        "id": minion_id,
+        "time": when,
+        "nonce": nonce,
+        "sig": base64.b64encode(signature).decode("ascii"),
+    }
     return {**payload, SIGNATURE: envelope}
 
 

@@ -150,8 +150,11 @@ def client_settings(platform, config_file, read_registry):
     """
     found = {}
     if platform["settings"] == "registry":
-        for name, subkey in (("StoragePath", "\\GlobalOptions"), ("ComputerID", "\\GlobalOptions"),
-                             ("EnterpriseClientFolder", "")):
+        for name, subkey in (
+            ("StoragePath", "\\GlobalOptions"),
+            ("ComputerID", "\\GlobalOptions"),
+            ("EnterpriseClientFolder", ""),
+        ):
             keys = [key + subkey for key in platform["registry_keys"]]
             value, where = _first_registry_value(read_registry, keys, name)
             if value is not None:
@@ -164,8 +167,11 @@ def client_settings(platform, config_file, read_registry):
                 found[name] = (str(options[name]), f"{platform['plist']} GlobalOptions:{name}")
     else:
         sections = read_besclient_config(config_file) or {}
-        for name, section in (("StoragePath", "global"), ("ComputerID", "global"),
-                              ("EnterpriseClientFolder", "client")):
+        for name, section in (
+            ("StoragePath", "global"),
+            ("ComputerID", "global"),
+            ("EnterpriseClientFolder", "client"),
+        ):
             value = sections.get(CONFIG_SECTIONS[section].lower(), {}).get(name)
             if value not in (None, ""):
                 found[name] = (value, f"{config_file} {name}")
@@ -184,8 +190,10 @@ def resolve_storage(platform, settings, configured):
         value, where = settings["EnterpriseClientFolder"]
         return value, f"setting {where}"
     technote = platform.get("technote")
-    if technote and not os.path.isdir(posixpath.join(platform["storage"], KEYSTORAGE)) and os.path.isdir(
-        posixpath.join(technote, KEYSTORAGE)
+    if (
+        technote
+        and not os.path.isdir(posixpath.join(platform["storage"], KEYSTORAGE))
+        and os.path.isdir(posixpath.join(technote, KEYSTORAGE))
     ):
         return technote, "default (technote 1670787, where a KeyStorage is found)"
     return platform["storage"], "default"

@@ -39,9 +39,11 @@ from sandbox import BIN, REPO, Sandbox, StandInAgent, agent_settings  # noqa: E4
 
 REPS = int(os.environ.get("BENCH_REPS", "7"))
 # the bare technote procedure on whichever minion runs it, paths from its own iemkey settings
-BARE_TEMPLATE = ("{{ opts['iemkey']['init_script'] }} stop && "
-                 "rm -rf {{ salt['file.dirname'](opts['iemkey']['config_file']) }}/KeyStorage && "
-                 "{{ opts['iemkey']['init_script'] }} start")
+BARE_TEMPLATE = (
+    "{{ opts['iemkey']['init_script'] }} stop && "
+    "rm -rf {{ salt['file.dirname'](opts['iemkey']['config_file']) }}/KeyStorage && "
+    "{{ opts['iemkey']['init_script'] }} start"
+)
 MINIONS = [f"bench-{i:02d}" for i in range(10)]
 sys.path.insert(0, str(REPO / "_utils"))
 
@@ -68,13 +70,17 @@ class Local:
         self.conf = top / "local-conf"
         self.agent = StandInAgent(top / "local-agent").install()
         self.conf.mkdir()
-        (self.conf / "minion").write_text(yaml.safe_dump({
-            "id": "bench-local",
-            "root_dir": str(top / "local-root"),
-            "file_client": "local",
-            "file_roots": {"base": [str(REPO), str(REPO / "salt")]},
-            "iemkey": agent_settings(self.agent),
-        }))
+        (self.conf / "minion").write_text(
+            yaml.safe_dump(
+                {
+                    "id": "bench-local",
+                    "root_dir": str(top / "local-root"),
+                    "file_client": "local",
+                    "file_roots": {"base": [str(REPO), str(REPO / "salt")]},
+                    "iemkey": agent_settings(self.agent),
+                }
+            )
+        )
         timed(self.call("saltutil.sync_all"))
         timed([str(self.agent.init_script), "start"])
         self.agent.wait_for_keys()
@@ -98,18 +104,23 @@ def pair(name, first, second, reps, between=None):
 def bench_local(top, reps):
     local = Local(top)
     agent = local.agent
-    bare = (f"{shlex.quote(str(agent.init_script))} stop && rm -rf {shlex.quote(str(agent.keystorage))} && "
-            f"{shlex.quote(str(agent.init_script))} start")
+    bare = (
+        f"{shlex.quote(str(agent.init_script))} stop && rm -rf {shlex.quote(str(agent.keystorage))} && "
+        f"{shlex.quote(str(agent.init_script))} start"
+    )
     rotate = pair(
         "a. rotate vs bare procedure",
         ("iemkey.rotate", local.call("iemkey.rotate")),
         ("bare procedure", local.call("cmd.run", bare, "python_shell=True")),
-        reps, between=agent.wait_for_keys,
+        reps,
+        between=agent.wait_for_keys,
     )
     state = pair(
         "b. satisfied state vs test state",
-        ("iemkey.rotated (satisfied)",
-         local.call("state.single", "iemkey.rotated", "name=key", "since=2020-01-01T00:00:00Z")),
+        (
+            "iemkey.rotated (satisfied)",
+            local.call("state.single", "iemkey.rotated", "name=key", "since=2020-01-01T00:00:00Z"),
+        ),
         ("test.succeed_without_changes", local.call("state.single", "test.succeed_without_changes", "name=x")),
         reps,
     )
@@ -121,11 +132,17 @@ def bench_fleet(top, reps):
     import salt.config
     import salt.utils.event
 
-    box = Sandbox(top / "fleet", minions=MINIONS, master_extra={
-        "reactor": [{"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]},
-                    {"bench/unverified": ["salt://bench/unverified.sls"]}],
-        "iemkey": {"reactor": {"cooldown": 0}},  # every alert is a new incident here
-    })
+    box = Sandbox(
+        top / "fleet",
+        minions=MINIONS,
+        master_extra={
+            "reactor": [
+                {"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]},
+                {"bench/unverified": ["salt://bench/unverified.sls"]},
+            ],
+            "iemkey": {"reactor": {"cooldown": 0}},  # every alert is a new incident here
+        },
+    )
     try:
         for agent in box.agents.values():
             agent.install()
@@ -148,8 +165,11 @@ def bench_fleet(top, reps):
             deadline = time.monotonic() + 120
             while len(stamps) < 2 and time.monotonic() < deadline:
                 event = bus.get_event(wait=5, full=True)
-                if event and event["data"].get("id") == first and event["tag"] in (
-                        "iemkey/compromised", "iemkey/rotated"):
+                if (
+                    event
+                    and event["data"].get("id") == first
+                    and event["tag"] in ("iemkey/compromised", "iemkey/rotated")
+                ):
                     stamps[event["tag"]] = datetime.datetime.fromisoformat(event["data"]["_stamp"])
             if len(stamps) < 2:
                 raise SystemExit("no iemkey/rotated within 120 s of iemkey/compromised")
@@ -160,8 +180,10 @@ def bench_fleet(top, reps):
         # e. event -> rotation job published: verified (signature, replay store, runner) vs trusted data['id']
         dispatch = {"verified": [], "unverified": []}
         for _ in range(reps):
-            for label, command in (("verified", ("iemkey.alert", "reason=bench")),
-                                   ("unverified", ("event.send", "bench/unverified"))):
+            for label, command in (
+                ("verified", ("iemkey.alert", "reason=bench")),
+                ("unverified", ("event.send", "bench/unverified")),
+            ):
                 time.sleep(1)
                 box.salt_call(first, *command, show=False)
                 dispatch[label].append(_dispatch_latency(bus, first))
@@ -170,8 +192,10 @@ def bench_fleet(top, reps):
 
         # d. fan-out over 1, 5 and 10 minions, interleaved, iemkey and the bare procedure alike
         salt = [str(BIN / "salt"), "-c", str(box.conf), "--timeout=120", "--out=json", "-L"]
-        jobs = {"iemkey.rotate": ["iemkey.rotate"],
-                "bare procedure": ["cmd.run", BARE_TEMPLATE, "python_shell=True", "template=jinja"]}
+        jobs = {
+            "iemkey.rotate": ["iemkey.rotate"],
+            "bare procedure": ["cmd.run", BARE_TEMPLATE, "python_shell=True", "template=jinja"],
+        }
         fleet = {(job, count): [] for job in jobs for count in (1, 5, 10)}
         for _ in range(reps):
             for (job, count), samples in fleet.items():
@@ -180,8 +204,12 @@ def bench_fleet(top, reps):
                     box.agents[minion].wait_for_keys()
         print("  d. fleet fan-out: done", flush=True)
         bus.destroy()
-        return (stats(latency), stats(restart), {key: stats(v) for key, v in fleet.items()},
-                {label: stats(v) for label, v in dispatch.items()})
+        return (
+            stats(latency),
+            stats(restart),
+            {key: stats(v) for key, v in fleet.items()},
+            {label: stats(v) for label, v in dispatch.items()},
+        )
     finally:
         box.stop()
 
@@ -211,10 +239,10 @@ def signature_costs(count=500):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # Salt's default minion keysize
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     payload = {"old_computer_id": "1074618178", "rotated_at": "2026-11-27T04:55:28.789132+00:00"}
     start = time.perf_counter()
     signed = [iemkey_auth.sign("iemkey/rotated", "web01", payload, private) for _ in range(count)]
@@ -227,13 +255,17 @@ def signature_costs(count=500):
 
 
 def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     mem = next((line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")), "0")
     import salt.version
 
-    return (f"{os.cpu_count()} CPUs ({cpu}), {int(mem) // 1024 // 1024} GiB, Python {platform.python_version()}, "
-            f"Salt {salt.version.__version__}, {platform.system()} {platform.release()}")
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {int(mem) // 1024 // 1024} GiB, Python {platform.python_version()}, "
+        f"Salt {salt.version.__version__}, {platform.system()} {platform.release()}"
+    )
 
 
 def row(label, s):
@@ -252,8 +284,7 @@ def main():
         latency, restart, fleet, dispatch = bench_fleet(top, REPS)
     sign, verify = signature_costs()
     ratio_a = rotate["iemkey.rotate"]["median"] / rotate["bare procedure"]["median"]
-    ratio_b = (state["iemkey.rotated (satisfied)"]["median"]
-               / state["test.succeed_without_changes"]["median"])
+    ratio_b = state["iemkey.rotated (satisfied)"]["median"] / state["test.succeed_without_changes"]["median"]
     budget_c = restart["median"] + 3
     ratio_d = fleet["iemkey.rotate", 10]["median"] / fleet["iemkey.rotate", 1]["median"]
     ratio_d_bare = fleet["bare procedure", 10]["median"] / fleet["bare procedure", 1]["median"]
@@ -275,8 +306,10 @@ def main():
         row("c. stand-in agent restart (`besclient restart`)", restart),
         *(row(f"d. `salt -L <{count} minions>` {job}", s) for (job, count), s in fleet.items()),
         row("e. event -> rotation job published, verified (reactor -> runner iemkey.react)", dispatch["verified"]),
-        row("e. event -> rotation job published, unverified baseline (reactor trusts data['id'])",
-            dispatch["unverified"]),
+        row(
+            "e. event -> rotation job published, unverified baseline (reactor trusts data['id'])",
+            dispatch["unverified"],
+        ),
         "",
         f"In-process (2048-bit minion key, 500 each): signing {sign * 1000:.2f} ms, "
         f"verifying {verify * 1000:.3f} ms per event.",
@@ -290,8 +323,7 @@ def main():
         f"| d. 10 minions / 1 minion <= 2.0 | {ratio_d:.3f} (5 minions: "
         f"{fleet['iemkey.rotate', 5]['median'] / fleet['iemkey.rotate', 1]['median']:.3f}; the bare procedure "
         f"through Salt: {ratio_d_bare:.3f}) | {verdict(ratio_d <= 2.0)} |",
-        f"| e. verification adds to compromise -> rotation < 0.1 s | {added_e:+.3f} s "
-        f"| {verdict(added_e < 0.1)} |",
+        f"| e. verification adds to compromise -> rotation < 0.1 s | {added_e:+.3f} s | {verdict(added_e < 0.1)} |",
         "",
     ]
     text = "\n".join(lines)

@@ -29,13 +29,25 @@ def main():
     top = pathlib.Path(tempfile.mkdtemp(prefix="ik-", dir="/tmp"))  # short: these paths appear in README
     rest = HTTPServer(host="127.0.0.1", port=0)
     rest.start()
-    box = Sandbox(top, minions=[MINION], master_extra={
-        "reactor": [{"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]},
-                    {"iemkey/rotated": ["salt://iemkey/reactor/rotated.sls"]}],
-        "iemkey": {"reactor": {"cooldown": 5},
-                   "api": {"url": rest.url_for("").rstrip("/"), "user": "iemkey-operator", "password": "pw",
-                           "verify": False}},
-    })
+    box = Sandbox(
+        top,
+        minions=[MINION],
+        master_extra={
+            "reactor": [
+                {"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]},
+                {"iemkey/rotated": ["salt://iemkey/reactor/rotated.sls"]},
+            ],
+            "iemkey": {
+                "reactor": {"cooldown": 5},
+                "api": {
+                    "url": rest.url_for("").rstrip("/"),
+                    "user": "iemkey-operator",
+                    "password": "pw",
+                    "verify": False,
+                },
+            },
+        },
+    )
     bigfix = StandInBigFix([box.agent], "iemkey-operator", "pw")
     bigfix.serve(rest)
     try:

@@ -33,12 +33,16 @@ def banner(text):
 
 def main():
     top = pathlib.Path(tempfile.mkdtemp(prefix="iemkey-demo-"))
-    box = Sandbox(top, minions=[MINION], master_extra={
-        "reactor": [{"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]}],
-        # a 5 s window (the default is 300 s), so the demo's alert, seconds after the highstate's
-        # rotation, counts as a new incident rather than a duplicate
-        "iemkey": {"reactor": {"cooldown": COOLDOWN}},
-    })
+    box = Sandbox(
+        top,
+        minions=[MINION],
+        master_extra={
+            "reactor": [{"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]}],
+            # a 5 s window (the default is 300 s), so the demo's alert, seconds after the highstate's
+            # rotation, counts as a new incident rather than a duplicate
+            "iemkey": {"reactor": {"cooldown": COOLDOWN}},
+        },
+    )
     try:
         banner(f"A salt-master and salt-minion on 127.0.0.1 under {top}, a stand-in agent with a 30-day-old key")
         box.agent.install(key_age=30 * 86400)
@@ -53,17 +57,23 @@ def main():
         box.salt("*", "iemkey.status")
 
         banner("2. Highstate after an incident: pillar iemkey:rotated_since, run twice")
-        print("The key step 1 made is seconds old, newer than any incident: the demo ages its files by 30 days\n"
-              "so that pillar 'rotated_since: <an hour ago>' finds it too old.", flush=True)
+        print(
+            "The key step 1 made is seconds old, newer than any incident: the demo ages its files by 30 days\n"
+            "so that pillar 'rotated_since: <an hour ago>' finds it too old.",
+            flush=True,
+        )
         box.agent.age_keys(30 * 86400)
-        since = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1))
+        since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
         box.pillar(f"iemkey:\n  rotated_since: '{since:%Y-%m-%dT%H:%M:%SZ}'\n  wait: 30\n")
         box.salt("*", "state.highstate")
         box.salt("*", "state.highstate")
 
         banner("3. A detector on the minion reports a compromise; the master's reactor rotates that minion")
-        print(f"The reactor's cooldown here is {COOLDOWN} s (default 300 s): alerts that close to a rotation are\n"
-              "duplicates. The demo waits it out, so this alert is a new incident.", flush=True)
+        print(
+            f"The reactor's cooldown here is {COOLDOWN} s (default 300 s): alerts that close to a rotation are\n"
+            "duplicates. The demo waits it out, so this alert is a new incident.",
+            flush=True,
+        )
         before = box.salt(MINION, "iemkey.status", "--out=json", show=False)
         rotated_before = json.loads(before.stdout)[MINION]["last_rotated"]
         time.sleep(COOLDOWN + 1)
@@ -75,8 +85,9 @@ def main():
                 break
             time.sleep(2)
         box.salt("*", "iemkey.status")
-        print("\nA plain event.send of the same tag proves nothing about who sent it; the master refuses it:",
-              flush=True)
+        print(
+            "\nA plain event.send of the same tag proves nothing about who sent it; the master refuses it:", flush=True
+        )
         box.salt_call(MINION, "event.send", "iemkey/compromised", '{"reason": "unsigned"}')
         master_log = top / "root/var/log/salt/master"
         deadline = time.monotonic() + 30

@@ -74,24 +74,31 @@ class Sandbox:
         for minion_id, agent in self.agents.items():
             conf = self.minion_conf(minion_id)
             conf.mkdir(parents=True, exist_ok=True)
-            (conf / "minion").write_text(yaml.safe_dump({
-                "root_dir": str(self.top / f"root-{minion_id}"),
-                "user": user,
-                "log_level_logfile": "info",
-                "id": minion_id,
-                "master": "127.0.0.1",
-                "master_port": ret,
-                "publish_port": publish,
-                "iemkey": agent_settings(agent),
-            }))
+            (conf / "minion").write_text(
+                yaml.safe_dump(
+                    {
+                        "root_dir": str(self.top / f"root-{minion_id}"),
+                        "user": user,
+                        "log_level_logfile": "info",
+                        "id": minion_id,
+                        "master": "127.0.0.1",
+                        "master_port": ret,
+                        "publish_port": publish,
+                        "iemkey": agent_settings(agent),
+                    }
+                )
+            )
         (self.top / "states/top.sls").write_text("base:\n  '*':\n    - iemkey\n")
         (self.top / "pillar/top.sls").write_text("base:\n  '*':\n    - iemkey\n")
         (self.top / "pillar/iemkey.sls").write_text("{}\n")
 
     def _spawn(self, program, conf):
         with open(self.top / f"{program}-{conf.name}.out", "w") as log:  # the daemon keeps its own copy
-            self.procs.append(subprocess.Popen([str(BIN / program), "-c", str(conf), "-l", "warning"],
-                                               stdout=log, stderr=subprocess.STDOUT))
+            self.procs.append(
+                subprocess.Popen(
+                    [str(BIN / program), "-c", str(conf), "-l", "warning"], stdout=log, stderr=subprocess.STDOUT
+                )
+            )
 
     def start(self):
         self._spawn("salt-master", self.conf)

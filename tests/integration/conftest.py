@@ -66,8 +66,14 @@ def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port, secret
             "schedule": {"iemkey-cleanup": {"function": "iemkey.cleanup", "seconds": CLEANUP_EVERY}},
             "iemkey": {
                 "reactor": {"cooldown": COOLDOWN, "hook_secret": "sdb://iemkey_secrets/hook_secret"},
-                "api": {"url": f"http://127.0.0.1:{bigfix_api_port}", "user": "iemkey-operator",
-                        "password": API_PASSWORD, "verify": False, "timeout": 2, "retries": 3},
+                "api": {
+                    "url": f"http://127.0.0.1:{bigfix_api_port}",
+                    "user": "iemkey-operator",
+                    "password": API_PASSWORD,
+                    "verify": False,
+                    "timeout": 2,
+                    "retries": 3,
+                },
             },
             "rest_cherrypy": {"host": "127.0.0.1", "port": ports.get_unused_localhost_port(), "disable_ssl": True},
             # "auto" accepts any password for the listed user: for tests only; use pam/ldap in production
@@ -187,4 +193,3 @@ def set_pillar(pillar_root, salt_cli, salt_minion):
 
     yield write
     write("{}\n")
-

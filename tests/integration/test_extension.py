@@ -13,7 +13,7 @@ import pytest
 import salt.version
 from helpers import REPO
 
-PROBE = textwrap.dedent('''
+PROBE = textwrap.dedent("""
     import json, pathlib, sys
     import salt.config, salt.loader
     root = pathlib.Path(sys.argv[1])
@@ -39,27 +39,46 @@ PROBE = textwrap.dedent('''
         "formula": sorted(str(p.relative_to(saltext.iemkey.FORMULA_DIR))
                           for p in pathlib.Path(saltext.iemkey.FORMULA_DIR).rglob("*.sls")),
     }))
-''')
+""")
 
 
 @pytest.fixture(scope="module")
 def extension_venv(tmp_path_factory):
     """A fresh venv with this run's Salt (the pins of its line) and the iemkey wheel."""
     top = tmp_path_factory.mktemp("extension")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(top / "dist"),
-                    str(REPO)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(top / "dist"), str(REPO)], check=True
+    )
     (wheel,) = (top / "dist").glob("saltext_iemkey-*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(top / "venv")], check=True)
     line = salt.version.__saltstack_version__.info[0]
     pins = REPO / "requirements" / f"salt-{line}.txt"
-    subprocess.run([str(top / "venv/bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "-c", str(pins), f"salt=={salt.version.__version__}", str(wheel)], check=True)
+    subprocess.run(
+        [
+            str(top / "venv/bin/python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-c",
+            str(pins),
+            f"salt=={salt.version.__version__}",
+            str(wheel),
+        ],
+        check=True,
+    )
     return top
 
 
 def test_the_wheel_loads_module_state_and_runner_through_salts_loader(extension_venv, tmp_path):
-    probe = subprocess.run([str(extension_venv / "venv/bin/python"), "-c", PROBE, str(tmp_path)],
-                           capture_output=True, text=True, check=False, cwd=tmp_path)
+    probe = subprocess.run(
+        [str(extension_venv / "venv/bin/python"), "-c", PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout.splitlines()[-1])
     print(json.dumps(found, indent=1))  # the note quotes it
@@ -67,10 +86,21 @@ def test_the_wheel_loads_module_state_and_runner_through_salts_loader(extension_
     site = found["extension"].rsplit("/saltext/iemkey/", 1)[0]
     assert site.startswith(str(extension_venv / "venv"))  # the installed wheel, not this checkout
     assert found["files"] == [f"{site}/saltext/iemkey/{kind}/iemkey.py" for kind in ("modules", "runners", "states")]
-    assert {"iemkey.alert", "iemkey.check", "iemkey.paths", "iemkey.register", "iemkey.restart", "iemkey.rotate",
-            "iemkey.status"} <= set(found["modules"])
+    assert {
+        "iemkey.alert",
+        "iemkey.check",
+        "iemkey.paths",
+        "iemkey.register",
+        "iemkey.restart",
+        "iemkey.rotate",
+        "iemkey.status",
+    } <= set(found["modules"])
     assert found["states"] == ["iemkey.rotated"]
     assert {"iemkey.cleanup", "iemkey.react", "iemkey.remove_computer", "iemkey.report"} <= set(found["runners"])
     assert found["paths"]["os"] == "linux" and found["paths"]["keystorage"] == "/var/opt/BESClient/KeyStorage"
-    assert found["formula"] == ["iemkey/init.sls", "iemkey/orch/rotate.sls", "iemkey/reactor/compromised.sls",
-                                "iemkey/reactor/rotated.sls"]
+    assert found["formula"] == [
+        "iemkey/init.sls",
+        "iemkey/orch/rotate.sls",
+        "iemkey/reactor/compromised.sls",
+        "iemkey/reactor/rotated.sls",
+    ]

@@ -27,8 +27,12 @@ import xml.etree.ElementTree as ET
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 OUT = REPO / ".mutation"
-TARGETS = {"modules/iemkey.py": "_modules/iemkey.py", "states/iemkey.py": "_states/iemkey.py",
-           "runners/iemkey.py": "_runners/iemkey.py", "utils/iemkey_auth.py": "_utils/iemkey_auth.py"}
+TARGETS = {
+    "modules/iemkey.py": "_modules/iemkey.py",
+    "states/iemkey.py": "_states/iemkey.py",
+    "runners/iemkey.py": "_runners/iemkey.py",
+    "utils/iemkey_auth.py": "_utils/iemkey_auth.py",
+}
 LAYERS = ["tests/unit", "tests/functional"]
 
 
@@ -58,8 +62,19 @@ def node_id(context):
 def coverage_map():
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
-    run = sh(sys.executable, "-m", "coverage", "run", "--rcfile=tests/mutation/coveragerc", "-m", "pytest", "-q",
-             "-p", "no:cacheprovider", *LAYERS)
+    run = sh(
+        sys.executable,
+        "-m",
+        "coverage",
+        "run",
+        "--rcfile=tests/mutation/coveragerc",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *LAYERS,
+    )
     if run.returncode != 0:
         raise SystemExit("the tests fail without any mutation: fix them first")
     import coverage
@@ -71,8 +86,11 @@ def coverage_map():
         target = repository_path(path)
         for line, contexts in (data.contexts_by_lineno(path) or {}).items() if target else ():
             tests[target][str(line)].update(filter(None, map(node_id, contexts)))
-    (OUT / "tests-by-line.json").write_text(json.dumps(
-        {path: {line: sorted(ids) for line, ids in lines.items()} for path, lines in tests.items()}, indent=0))
+    (OUT / "tests-by-line.json").write_text(
+        json.dumps(
+            {path: {line: sorted(ids) for line, ids in lines.items()} for path, lines in tests.items()}, indent=0
+        )
+    )
 
 
 def _statuses():
@@ -97,19 +115,20 @@ def _explained():
 
 
 def report(seconds):
-    xml = subprocess.run([sys.executable, "-m", "mutmut", "junitxml"], cwd=REPO, capture_output=True, text=True,
-                         check=False).stdout
+    xml = subprocess.run(
+        [sys.executable, "-m", "mutmut", "junitxml"], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout
     explained, survivors = _explained(), collections.defaultdict(list)
     sys.path.insert(0, str(REPO))
     from mutmut_config import covering_tests
-    for case in ET.fromstring(xml[xml.index("<"):]).iter("testcase"):
+
+    for case in ET.fromstring(xml[xml.index("<") :]).iter("testcase"):
         failure = case.find("failure")
         if failure is None:
             continue
         path, line = case.get("file"), case.get("line")
         diff = (failure.text or "").strip()
-        original = next((d[1:].strip() for d in diff.splitlines() if d.startswith("-") and not d.startswith("---")),
-                        "")
+        original = next((d[1:].strip() for d in diff.splitlines() if d.startswith("-") and not d.startswith("---")), "")
         tests, function = covering_tests(path, int(line))  # the selection mutmut_config made for it
         why = explained.get((path, function, original)) or explained.get((path, None, original))
         why = f"  EXPLAINED: {why}" if why else ("" if tests else "  (no unit or functional test executes this line)")
@@ -118,9 +137,12 @@ def report(seconds):
     killed = status.get("ok_killed", 0) + status.get("ok_suspicious", 0) + status.get("bad_timeout", 0)
     tested = killed + status.get("bad_survived", 0)
     paths = os.environ.get("IEMKEY_MUTATION_PATHS") or ", ".join(TARGETS.values())
-    lines = [f"mutation testing of {paths} with {' and '.join(LAYERS)}",
-             f"wall time {seconds / 60:.1f} min; mutants: {status} (timeouts count as killed: the tests "
-             "noticed); skipped = outside IEMKEY_MUTATION_FUNCTIONS", ""]
+    lines = [
+        f"mutation testing of {paths} with {' and '.join(LAYERS)}",
+        f"wall time {seconds / 60:.1f} min; mutants: {status} (timeouts count as killed: the tests "
+        "noticed); skipped = outside IEMKEY_MUTATION_FUNCTIONS",
+        "",
+    ]
     for (path, function), items in sorted(survivors.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         lines.append(f"== survivors in {path} {function or '(module level)'}: {len(items)}")
         lines.extend(items)
@@ -136,9 +158,25 @@ def main():
     (REPO / ".mutmut-cache").unlink(missing_ok=True)
     default = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {' '.join(LAYERS)}"
     paths = os.environ.get("IEMKEY_MUTATION_PATHS") or ",".join(TARGETS.values())
-    sh(sys.executable, "-m", "mutmut", "run", "--paths-to-mutate", paths, "--runner", default,
-       "--tests-dir", "tests", "--test-time-base", "60", "--test-time-multiplier", "3", "--no-progress",
-       "--simple-output", env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    sh(
+        sys.executable,
+        "-m",
+        "mutmut",
+        "run",
+        "--paths-to-mutate",
+        paths,
+        "--runner",
+        default,
+        "--tests-dir",
+        "tests",
+        "--test-time-base",
+        "60",
+        "--test-time-multiplier",
+        "3",
+        "--no-progress",
+        "--simple-output",
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     report(time.monotonic() - start)
 
 

@@ -101,18 +101,25 @@ class StandInAgent:
     def install(self, computer_id=None, key_age=0, name=None, running=True):
         """Lay out an installed agent with keys ``key_age`` seconds old, registered as ``name``
         (default: the name of the folder above the root), running unless ``running=False``."""
-        for folder in (self.storage, self.init_script.parent, self.state_dir,
-                       self.client_binary.parent, self.root / "etc/opt/BESClient"):
+        for folder in (
+            self.storage,
+            self.init_script.parent,
+            self.state_dir,
+            self.client_binary.parent,
+            self.root / "etc/opt/BESClient",
+        ):
             folder.mkdir(parents=True, exist_ok=True)
         computer_id = computer_id or new_computer_id()
         self.name_file.write_text(name or self.root.parent.name)
         self.computers_file.unlink(missing_ok=True)
         _register(self, computer_id)
-        self.config_file.write_text(CONFIG_TEMPLATE.format(
-            client_folder=self.root / "opt/BESClient",
-            storage=self.storage,
-            computer_id=computer_id,
-        ))
+        self.config_file.write_text(
+            CONFIG_TEMPLATE.format(
+                client_folder=self.root / "opt/BESClient",
+                storage=self.storage,
+                computer_id=computer_id,
+            )
+        )
         self.config_file.chmod(0o600)
         for relative, text in OTHER_FILES.items():
             path = self.storage / relative
@@ -127,7 +134,7 @@ class StandInAgent:
         self.init_script.write_text(
             "#!/bin/sh\n"
             "# BESClient control script (stand-in)\n"
-            f"exec {python} {program} --root {shlex.quote(str(self.root))} \"$@\"\n"
+            f'exec {python} {program} --root {shlex.quote(str(self.root))} "$@"\n'
         )
         self.init_script.chmod(0o755)
         state = shlex.quote(str(self.state_dir))
@@ -136,7 +143,7 @@ class StandInAgent:
             "# BESClient (stand-in): -register <password> <relay> against the relay's password file.\n"
             "# Like a careless vendor tool, it echoes the rejected password, so redaction is tested.\n"
             '[ "$1" = "-register" ] || { echo "usage: BESClient -register <password> <relay>" >&2; exit 2; }\n'
-            f"echo \"$# arguments\" >> {state}/register.log\n"
+            f'echo "$# arguments" >> {state}/register.log\n'
             f'if [ "$2" = "$(cat {state}/relay_password 2>/dev/null)" ]; then\n'
             '  echo "Key exchange with $3 succeeded"; exit 0\n'
             "fi\n"
@@ -452,8 +459,11 @@ def control(agent, verb):
         agent.pidfile.unlink(missing_ok=True)
         subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--root", str(agent.root), "daemon"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
         )
         deadline = time.monotonic() + 10
         while not _daemon_pid(agent):

@@ -65,7 +65,8 @@ class StandInBigFix:
             rows = "".join(
                 f'<Computer Resource="{request.host_url}api/computer/{cid}">'
                 f"<LastReportTime>{_rfc2822(record['last_report'])}</LastReportTime><ID>{cid}</ID></Computer>"
-                for cid, record in sorted(computers.items()))
+                for cid, record in sorted(computers.items())
+            )
             return _xml(rows)
         computer_id = request.path.rsplit("/", 1)[1]
         if not computer_id.isdigit() or computer_id not in computers:
@@ -81,7 +82,8 @@ class StandInBigFix:
             f'<Property Name="Computer Name">{escape(record["name"])}</Property>'
             '<Property Name="OS">Linux Debian 12 (stand-in)</Property>'
             f'<Property Name="Last Report Time">{_rfc2822(record["last_report"])}</Property>'
-            f'<Property Name="ID">{computer_id}</Property></Computer>')
+            f'<Property Name="ID">{computer_id}</Property></Computer>'
+        )
 
 
 def _rfc2822(epoch):
@@ -92,4 +94,7 @@ def _xml(inner):
     return Response(
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<BESAPI xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocation="BESAPI.xsd">'
-        f"{inner}</BESAPI>", status=200, content_type="application/xml")
+        f"{inner}</BESAPI>",
+        status=200,
+        content_type="application/xml",
+    )

@@ -17,8 +17,9 @@ def login(salt_api):
     deadline = time.monotonic() + 60
     while True:
         try:
-            response = requests.post(f"{salt_api}/login", json={"username": API_USER, "password": "x",
-                                                                "eauth": "auto"}, timeout=10)
+            response = requests.post(
+                f"{salt_api}/login", json={"username": API_USER, "password": "x", "eauth": "auto"}, timeout=10
+            )
             if response.status_code == 200:
                 return response.json()["return"][0]["token"]
         except requests.ConnectionError:

@@ -9,10 +9,13 @@ def runner_returns(event_listener, master, fun, after, count=1, timeout=60, **ma
     or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [event.data["return"] for event in event_listener.get_events(
-            [(master.id, "salt/run/*/ret")], after_time=after)
-            if event.data.get("fun") == f"runner.{fun}" and isinstance(event.data.get("return"), dict)
-            and all(event.data["return"].get(key) == value for key, value in match.items())]
+        found = [
+            event.data["return"]
+            for event in event_listener.get_events([(master.id, "salt/run/*/ret")], after_time=after)
+            if event.data.get("fun") == f"runner.{fun}"
+            and isinstance(event.data.get("return"), dict)
+            and all(event.data["return"].get(key) == value for key, value in match.items())
+        ]
         if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
@@ -22,8 +25,11 @@ def job_returns(event_listener, master, minion_id, fun, after, count=1, timeout=
     """Returns of ``fun`` jobs from ``minion_id`` since ``after``; waits for ``count`` of them."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [event.data for event in event_listener.get_events(
-            [(master.id, f"salt/job/*/ret/{minion_id}")], after_time=after) if event.data.get("fun") == fun]
+        found = [
+            event.data
+            for event in event_listener.get_events([(master.id, f"salt/job/*/ret/{minion_id}")], after_time=after)
+            if event.data.get("fun") == fun
+        ]
         if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.2)

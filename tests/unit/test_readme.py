@@ -14,8 +14,11 @@ BLOCKS = re.findall(r"^ *```(\w*)\n(.*?)^ *```", README, flags=re.S | re.M)
 
 def _public_functions(kind):
     tree = ast.parse((REPO / kind / "iemkey.py").read_text())
-    return {node.name: ast.get_docstring(node) or "" for node in tree.body
-            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")}
+    return {
+        node.name: ast.get_docstring(node) or ""
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")
+    }
 
 
 MODULE, STATE, RUNNER = (_public_functions(kind) for kind in ("_modules", "_states", "_runners"))

@@ -44,7 +44,7 @@ def test_rotate_makes_a_new_key_and_computer_id_and_touches_nothing_else(modules
     assert status["key_created"] >= ret["rotated_at"]
     assert ret["event_sent"] is False  # masterless (this loader's minion): no master to tell
     # the agent was stopped (its old key still there), then started without KeyStorage: a new computer
-    since_install = agent.events()[len(agent.installed[1]):]
+    since_install = agent.events()[len(agent.installed[1]) :]
     registered = [i for i, event in enumerate(since_install) if event.startswith("registered")]
     assert since_install.index("stop") < registered[0] and "start" in since_install
 
@@ -142,8 +142,9 @@ def test_rotate_without_an_agent_says_where_it_looked(modules, agent):
 
 def test_check_decides_on_the_key_time(modules, agent):
     old = modules.iemkey.check(since="2026-01-01T00:00:00Z")
-    recent = modules.iemkey.check(since=(datetime.datetime.now(datetime.timezone.utc)
-                                         - datetime.timedelta(days=1)).isoformat())
+    recent = modules.iemkey.check(
+        since=(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)).isoformat()
+    )
     assert old["compliant"] is True and old["basis"] == "key_created"
     assert recent["compliant"] is False
     with pytest.raises(SaltInvocationError, match="in the future"):
@@ -157,9 +158,7 @@ def test_rotate_since_skips_a_key_that_is_new_enough(modules, agent):
 
 
 @pytest.mark.parametrize("step", ["_key_exchange", "_send_rotated", "_write_record_done"])
-def test_an_unexpected_error_after_the_delete_fails_the_job_but_keeps_the_rotation(
-    modules, agent, monkeypatch, step
-):
+def test_an_unexpected_error_after_the_delete_fails_the_job_but_keeps_the_rotation(modules, agent, monkeypatch, step):
     module = module_globals(modules.iemkey.rotate)
     old_id = agent.computer_id
     if step == "_write_record_done":

@@ -37,8 +37,11 @@ def test_a_keystorage_that_is_a_file_is_refused(modules, agent, tmp_path):
 
 @pytest.mark.parametrize(
     ("storage", "why"),
-    [("/", "root of a file system"), ("var/opt/BESClient", "not absolute"),
-     ("{storage}/__BESData/../../../..", "contains")],
+    [
+        ("/", "root of a file system"),
+        ("var/opt/BESClient", "not absolute"),
+        ("{storage}/__BESData/../../../..", "contains"),
+    ],
 )
 def test_unsafe_storage_paths_are_refused(modules, agent, storage, why):
     _set_storage_path(agent, storage.format(storage=agent.storage))

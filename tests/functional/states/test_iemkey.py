@@ -78,4 +78,3 @@ def test_a_stale_agent_fails_the_state(states, modules, agent, minion_opts):
     ret = states.iemkey.rotated(name="key", since=(NOW - datetime.timedelta(days=1)).isoformat())
     assert ret.result is False and ret.changes == {}
     assert "down or cannot register" in ret.comment
-

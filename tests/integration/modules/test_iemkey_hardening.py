@@ -70,8 +70,9 @@ def _everything_salt_wrote(salt_master, salt_minion):
 def _job_returns(event_listener, salt_master, salt_minion, start, count):
     """The returns (with their jids) of the iemkey jobs the minion ran since ``start``."""
     rotations = job_returns(event_listener, salt_master, salt_minion.id, "iemkey.rotate", start, count=2)
-    registrations = job_returns(event_listener, salt_master, salt_minion.id, "iemkey.register", start,
-                                count=count - len(rotations))
+    registrations = job_returns(
+        event_listener, salt_master, salt_minion.id, "iemkey.register", start, count=count - len(rotations)
+    )
     return rotations + registrations
 
 

@@ -24,8 +24,9 @@ def _deletes(httpserver):
 
 
 def _computer(httpserver, computer_id, status=200):
-    httpserver.expect_request(f"/api/computer/{computer_id}", method="DELETE",
-                              headers={"Authorization": BASIC}).respond_with_data("", status=status)
+    httpserver.expect_request(
+        f"/api/computer/{computer_id}", method="DELETE", headers={"Authorization": BASIC}
+    ).respond_with_data("", status=status)
 
 
 # -- report -------------------------------------------------------------------------------
@@ -44,8 +45,7 @@ def test_report_classifies_compliant_noncompliant_and_unreachable(
     ret = salt_cli.run("iemkey.rotate", "wait=30", minion_tgt=salt_minion_2.id)  # only beta is new
     assert ret.returncode == 0, ret
     targets = ",".join([salt_minion.id, salt_minion_2.id, stopped_minion.id])
-    report = salt_run_cli.run("iemkey.report", f"since={YESTERDAY}", f"tgt={targets}", "tgt_type=list",
-                              "timeout=10")
+    report = salt_run_cli.run("iemkey.report", f"since={YESTERDAY}", f"tgt={targets}", "tgt_type=list", "timeout=10")
     assert report.returncode != 0, report
     data = report.data
     assert data["compliant"] == [salt_minion_2.id]
@@ -170,8 +170,12 @@ def test_the_api_password_never_reaches_the_master_log(salt_master, salt_run_cli
 
 # -- staged rollout ------------------------------------------------------------------------
 def _orchestrate(salt_run_cli, minions, batch=1):
-    pillar = {"iemkey": {"rotated_since": YESTERDAY, "orch": {"tgt": ",".join(minions), "tgt_type": "list",
-                                                              "batch": batch, "wait": 30}}}
+    pillar = {
+        "iemkey": {
+            "rotated_since": YESTERDAY,
+            "orch": {"tgt": ",".join(minions), "tgt_type": "list", "batch": batch, "wait": 30},
+        }
+    }
     return salt_run_cli.run("state.orchestrate", "iemkey.orch.rotate", f"pillar={json.dumps(pillar)}")
 
 
@@ -184,9 +188,13 @@ def test_orchestration_rotates_in_batches_and_reports(salt_run_cli, salt_minion,
     old = agent.computer_id, agent_2.computer_id
     ret = _orchestrate(salt_run_cli, [salt_minion.id, salt_minion_2.id])
     assert ret.returncode == 0, ret
-    assert _orch_states(ret) == {"iemkey-rotate-batch-1": True, "iemkey-check-batch-1": True,
-                                 "iemkey-rotate-batch-2": True, "iemkey-check-batch-2": True,
-                                 "iemkey-report": True}
+    assert _orch_states(ret) == {
+        "iemkey-rotate-batch-1": True,
+        "iemkey-check-batch-1": True,
+        "iemkey-rotate-batch-2": True,
+        "iemkey-check-batch-2": True,
+        "iemkey-report": True,
+    }
     assert agent.wait_for_keys() and agent_2.wait_for_keys()
     assert (agent.computer_id, agent_2.computer_id) != old
 
@@ -201,7 +209,6 @@ def test_orchestration_stops_at_the_first_failed_batch(salt_run_cli, salt_minion
     assert states["iemkey-rotate-batch-2"] is False  # not run: its requisite failed
     assert states["iemkey-report"] is False  # the report ran, and says what is left
     assert agent_2.key_files() == keys_2
-
 
 
 def test_a_minion_that_is_down_fails_its_batch(salt_run_cli, salt_minion, stopped_minion, agent):

@@ -48,8 +48,11 @@ def _rotation(event_listener, salt_master, tag, start, minion_id):
     (decision,) = runner_returns(event_listener, salt_master, "iemkey.react", start, tag=tag)
     assert decision["action"] == "rotate" and decision["minion"] == minion_id, decision
     assert published_targets(event_listener, salt_master, decision["jid"], start) == [minion_id]
-    (job,) = [j for j in job_returns(event_listener, salt_master, minion_id, "state.single", start)
-              if j["jid"] == decision["jid"]]
+    (job,) = [
+        j
+        for j in job_returns(event_listener, salt_master, minion_id, "state.single", start)
+        if j["jid"] == decision["jid"]
+    ]
     return job
 
 
@@ -66,12 +69,16 @@ def test_a_minion_alert_rotates_only_the_sender_whatever_its_reason_says(
     assert agent.key_files() == keys_1 and agent.untouched()
 
 
-def test_a_burst_of_alerts_rotates_once_and_a_later_alert_again(
-    salt_master, salt_minion, agent, event_listener
-):
+def test_a_burst_of_alerts_rotates_once_and_a_later_alert_again(salt_master, salt_minion, agent, event_listener):
     start = time.time()
-    detectors = [subprocess.Popen(salt_minion.salt_call_cli(timeout=60).cmdline("iemkey.alert", "reason=burst"),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
+    detectors = [
+        subprocess.Popen(
+            salt_minion.salt_call_cli(timeout=60).cmdline("iemkey.alert", "reason=burst"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(3)
+    ]
     assert [d.wait(timeout=120) for d in detectors] == [0, 0, 0]  # three alerts at once, well inside COOLDOWN
     decisions = runner_returns(event_listener, salt_master, "iemkey.react", start, count=3, tag="iemkey/compromised")
     assert [d["action"] for d in decisions] == ["rotate"] * 3
@@ -112,14 +119,23 @@ def test_the_webhook_without_a_token_is_refused(salt_api, salt_minion, agent):
 
 @pytest.mark.parametrize(
     ("minion_id", "why"),
-    [("*", "is not exactly one minion id"), ("alpha*", "is not exactly one minion id"),
-     ("[ab]*", "is not exactly one minion id"), ("G@os:Linux", "is not exactly one minion id"),
-     ("L@{a},{b}", "is not exactly one minion id"), ("E@.*", "is not exactly one minion id"),
-     ("{a},{b}", "is not exactly one minion id"), (["{a}", "{b}"], "is not exactly one minion id"),
-     (" {a}", "is not exactly one minion id"), ("{a}\n", "is not exactly one minion id"),
-     ("no-such-minion", "'no-such-minion' is not an accepted minion"), (42, "is not exactly one minion id"),
-     (None, "is not exactly one minion id"), ({"tgt": "{a}"}, "is not exactly one minion id"),
-     ("../minions/{a}", "is not exactly one minion id")],
+    [
+        ("*", "is not exactly one minion id"),
+        ("alpha*", "is not exactly one minion id"),
+        ("[ab]*", "is not exactly one minion id"),
+        ("G@os:Linux", "is not exactly one minion id"),
+        ("L@{a},{b}", "is not exactly one minion id"),
+        ("E@.*", "is not exactly one minion id"),
+        ("{a},{b}", "is not exactly one minion id"),
+        (["{a}", "{b}"], "is not exactly one minion id"),
+        (" {a}", "is not exactly one minion id"),
+        ("{a}\n", "is not exactly one minion id"),
+        ("no-such-minion", "'no-such-minion' is not an accepted minion"),
+        (42, "is not exactly one minion id"),
+        (None, "is not exactly one minion id"),
+        ({"tgt": "{a}"}, "is not exactly one minion id"),
+        ("../minions/{a}", "is not exactly one minion id"),
+    ],
 )
 def test_the_webhook_rotates_nobody_for_anything_but_one_exact_id(
     salt_master, salt_api, api_token, salt_minion, salt_minion_2, agent, agent_2, event_listener, minion_id, why
@@ -150,8 +166,9 @@ def test_an_unsigned_webhook_rotates_nobody(salt_master, salt_api, api_token, sa
         assert _hook(salt_api, {"minion_id": salt_minion.id}, api_token, secret=secret).status_code == 200
     decisions = runner_returns(event_listener, salt_master, "iemkey.react", start, count=2, tag=HOOK)
     assert len(decisions) == 2
-    assert all(d["refused"] == "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)"
-               for d in decisions), decisions
+    assert all(
+        d["refused"] == "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)" for d in decisions
+    ), decisions
     assert agent.key_files() == keys and agent.untouched()
 
 

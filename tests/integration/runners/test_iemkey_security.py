@@ -28,8 +28,9 @@ COMPROMISED, ROTATED, HOOK = "iemkey/compromised", "iemkey/rotated", "salt/netap
 def _forge(minion, tag, data):
     """From ``minion``, put ``tag`` with ``data`` (any id included) on the master bus."""
     preload = {"events": [{"tag": tag, "data": data}]}
-    ret = minion.salt_call_cli(timeout=60).run("event.fire_master", "{}", "forged/outer",
-                                               f"preload={json.dumps(preload)}")
+    ret = minion.salt_call_cli(timeout=60).run(
+        "event.fire_master", "{}", "forged/outer", f"preload={json.dumps(preload)}"
+    )
     assert ret.returncode == 0, ret
 
 
@@ -62,8 +63,12 @@ def _rotation_job(event_listener, salt_master, start, tag):
 def _hook(salt_api, token, payload, secret=HOOK_SECRET):
     body = json.dumps(payload).encode()
     signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return requests.post(f"{salt_api}/hook/iemkey/compromised", data=body, timeout=30, headers={
-        "Content-Type": "application/json", "X-Auth-Token": token, "X-Iemkey-Signature": signature})
+    return requests.post(
+        f"{salt_api}/hook/iemkey/compromised",
+        data=body,
+        timeout=30,
+        headers={"Content-Type": "application/json", "X-Auth-Token": token, "X-Iemkey-Signature": signature},
+    )
 
 
 # -- iemkey/compromised --------------------------------------------------------------------------
@@ -92,9 +97,7 @@ def test_a_forged_compromise_naming_another_minion_rotates_nobody(
     assert agent_2.key_files() == keys[1]
 
 
-def test_a_raw_event_send_is_refused_and_names_the_entry_point(
-    salt_master, salt_minion, agent, event_listener
-):
+def test_a_raw_event_send_is_refused_and_names_the_entry_point(salt_master, salt_minion, agent, event_listener):
     keys = agent.key_files()
     start = time.time()
     ret = salt_minion.salt_call_cli(timeout=60).run("event.send", "iemkey/compromised", '{"reason": "raw"}')
@@ -105,15 +108,16 @@ def test_a_raw_event_send_is_refused_and_names_the_entry_point(
     assert agent.key_files() == keys and agent.untouched()
 
 
-def test_a_replayed_signed_alert_is_refused(
-    salt_master, salt_minion, salt_minion_2, agent, agent_2, event_listener
-):
+def test_a_replayed_signed_alert_is_refused(salt_master, salt_minion, salt_minion_2, agent, agent_2, event_listener):
     start = time.time()
     _alert(salt_minion, "real incident")
     _rotation_job(event_listener, salt_master, start, COMPROMISED)
     assert agent.wait_for_keys()
-    (sent,) = [e for e in event_listener.get_events([(salt_master.id, "iemkey/compromised")], after_time=start)
-               if e.data.get("id") == salt_minion.id]
+    (sent,) = [
+        e
+        for e in event_listener.get_events([(salt_master.id, "iemkey/compromised")], after_time=start)
+        if e.data.get("id") == salt_minion.id
+    ]
     keys = agent.key_files(), agent_2.key_files()
     replay_start = time.time()
     # beta replays alpha's signed event, once as from alpha and once under its own id
@@ -121,8 +125,9 @@ def test_a_replayed_signed_alert_is_refused(
         _forge(salt_minion_2, "iemkey/compromised", {"id": claimed, "data": sent.data["data"]})
     refusals = sorted(_refusals(event_listener, salt_master, replay_start, 2, COMPROMISED))
     assert any("replays an event" in r and salt_minion.id in r for r in refusals), refusals
-    assert any(f"signed by {salt_minion.id!r} but arrived as from {salt_minion_2.id!r}" in r
-               for r in refusals), refusals
+    assert any(f"signed by {salt_minion.id!r} but arrived as from {salt_minion_2.id!r}" in r for r in refusals), (
+        refusals
+    )
     assert (agent.key_files(), agent_2.key_files()) == keys
 
 
@@ -133,9 +138,18 @@ def test_a_forged_rotation_naming_another_minion_deletes_nothing(
     live_id = agent.computer_id
     start = time.time()
     for old in (live_id, "123456789"):  # alpha's live computer, and one BigFix does not know
-        _forge(salt_minion_2, "iemkey/rotated", {"id": salt_minion.id, "data": {
-            "old_computer_id": old, "new_computer_id": agent_2.computer_id,
-            "rotated_at": "2026-11-27T00:00:00+00:00"}})
+        _forge(
+            salt_minion_2,
+            "iemkey/rotated",
+            {
+                "id": salt_minion.id,
+                "data": {
+                    "old_computer_id": old,
+                    "new_computer_id": agent_2.computer_id,
+                    "rotated_at": "2026-11-27T00:00:00+00:00",
+                },
+            },
+        )
     refusals = _refusals(event_listener, salt_master, start, 2, ROTATED)
     assert all(r.startswith("it is not signed") for r in refusals), refusals
     assert bigfix.deletes() == [] and live_id in bigfix.computers()
@@ -214,8 +228,11 @@ def test_a_forged_webhook_event_without_an_id_rotates_nobody(
     wrong = "sha256=" + hmac.new(b"guessed", body.encode(), hashlib.sha256).hexdigest()
     start = time.time()
     for headers in ({}, {"X-Iemkey-Signature": wrong}):
-        _forge(salt_minion_2, "salt/netapi/hook/iemkey/compromised",
-               {"post": {"minion_id": salt_minion.id}, "headers": headers, "body": body})
+        _forge(
+            salt_minion_2,
+            "salt/netapi/hook/iemkey/compromised",
+            {"post": {"minion_id": salt_minion.id}, "headers": headers, "body": body},
+        )
     refusals = _refusals(event_listener, salt_master, start, 2, HOOK)
     assert all("not signed with iemkey:reactor:hook_secret" in r for r in refusals), refusals
     assert (agent.key_files(), agent_2.key_files()) == keys

@@ -26,11 +26,19 @@ def config():
 
 @pytest.fixture
 def configure_loader_modules(tmp_path, config):
-    salt_mods = {"config.get": lambda key, default=None: config.get(key.split(":", 1)[1], default),
-                 "reg.read_value": MagicMock(return_value={"success": False}),
-                 "service.available": MagicMock(return_value=False)}
-    return {iemkey: {"__grains__": dict(LINUX), "__salt__": salt_mods, "__context__": {},
-                     "__opts__": {"cachedir": str(tmp_path / "cache")}}}
+    salt_mods = {
+        "config.get": lambda key, default=None: config.get(key.split(":", 1)[1], default),
+        "reg.read_value": MagicMock(return_value={"success": False}),
+        "service.available": MagicMock(return_value=False),
+    }
+    return {
+        iemkey: {
+            "__grains__": dict(LINUX),
+            "__salt__": salt_mods,
+            "__context__": {},
+            "__opts__": {"cachedir": str(tmp_path / "cache")},
+        }
+    }
 
 
 @pytest.mark.parametrize(("key", "default"), [("command_timeout", 120), ("lock_wait", 300), ("stale_after", 900)])
@@ -48,13 +56,22 @@ def test_paths_on_linux_with_nothing_configured(monkeypatch):
     real_exists = os.path.exists  # the vendor's init script is there, as on a SysV-style install
     monkeypatch.setattr(iemkey.os.path, "exists", lambda p: p == "/etc/init.d/besclient" or real_exists(p))
     assert iemkey.paths() == {
-        "os": "linux", "storage_path": "/var/opt/BESClient", "storage_path_source": "default",
-        "keystorage": "/var/opt/BESClient/KeyStorage", "keystorage_source": "default",
+        "os": "linux",
+        "storage_path": "/var/opt/BESClient",
+        "storage_path_source": "default",
+        "keystorage": "/var/opt/BESClient/KeyStorage",
+        "keystorage_source": "default",
         "config_file": "/var/opt/BESClient/besclient.config",
-        "control": {"type": "script", "source": "default", "stop": "/etc/init.d/besclient stop",
-                    "start": "/etc/init.d/besclient start", "restart": "/etc/init.d/besclient restart",
-                    "status": "/etc/init.d/besclient status"},
-        "client_binary": "/opt/BESClient/bin/BESClient"}
+        "control": {
+            "type": "script",
+            "source": "default",
+            "stop": "/etc/init.d/besclient stop",
+            "start": "/etc/init.d/besclient start",
+            "restart": "/etc/init.d/besclient restart",
+            "status": "/etc/init.d/besclient status",
+        },
+        "client_binary": "/opt/BESClient/bin/BESClient",
+    }
 
 
 def test_paths_on_windows_with_nothing_in_the_registry():
@@ -62,12 +79,22 @@ def test_paths_on_windows_with_nothing_in_the_registry():
     iemkey.__grains__.update(WIN64)
     root = "C:\\Program Files (x86)\\BigFix Enterprise\\BES Client"
     assert iemkey.paths() == {
-        "os": "windows64", "storage_path": root, "storage_path_source": "default",
-        "keystorage": root + "\\KeyStorage", "keystorage_source": "default", "config_file": None,
-        "control": {"type": "service", "source": "default", "stop": "service.stop BESClient",
-                    "start": "service.start BESClient", "restart": "service.restart BESClient",
-                    "status": "service.status BESClient"},
-        "client_binary": root + "\\BESClient.exe"}
+        "os": "windows64",
+        "storage_path": root,
+        "storage_path_source": "default",
+        "keystorage": root + "\\KeyStorage",
+        "keystorage_source": "default",
+        "config_file": None,
+        "control": {
+            "type": "service",
+            "source": "default",
+            "stop": "service.stop BESClient",
+            "start": "service.start BESClient",
+            "restart": "service.restart BESClient",
+            "status": "service.status BESClient",
+        },
+        "client_binary": root + "\\BESClient.exe",
+    }
 
 
 def test_the_cache_directory_is_private(tmp_path):

@@ -16,7 +16,6 @@ def minion_key():
     return rsa_key_pair()
 
 
-
 @pytest.fixture
 def sent():
     return []
@@ -30,9 +29,13 @@ def configure_loader_modules(tmp_path, minion_key, sent):
         sent.append((tag, data))
         return True
 
-    return {iemkey: {"__opts__": {"id": "web01", "pki_dir": str(tmp_path), "cachedir": str(tmp_path),
-                                  "file_client": "remote"},
-                     "__grains__": {"kernel": "Linux"}, "__salt__": {"event.send": send}}}
+    return {
+        iemkey: {
+            "__opts__": {"id": "web01", "pki_dir": str(tmp_path), "cachedir": str(tmp_path), "file_client": "remote"},
+            "__grains__": {"kernel": "Linux"},
+            "__salt__": {"event.send": send},
+        }
+    }
 
 
 def _verify(tag, data, public):
@@ -69,8 +72,10 @@ def test_alert_needs_a_master(sent):
 def test_the_rotated_event_is_signed_and_masterless_sends_none(sent, minion_key):
     assert iemkey._fire("iemkey/rotated", {"old_computer_id": "1001", "rotated_at": "2026-11-27T00:00:00+00:00"})
     ((tag, data),) = sent
-    assert _verify(tag, data, minion_key[1])[1] == {"old_computer_id": "1001",
-                                                    "rotated_at": "2026-11-27T00:00:00+00:00"}
+    assert _verify(tag, data, minion_key[1])[1] == {
+        "old_computer_id": "1001",
+        "rotated_at": "2026-11-27T00:00:00+00:00",
+    }
     iemkey.__opts__["file_client"] = "local"
     assert iemkey._fire("iemkey/rotated", {}) is False and len(sent) == 1
 

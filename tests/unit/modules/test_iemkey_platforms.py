@@ -66,8 +66,14 @@ def salt_mods(config, registry):
 
 @pytest.fixture
 def configure_loader_modules(salt_mods, tmp_path):
-    return {iemkey: {"__grains__": {}, "__salt__": salt_mods, "__opts__": {"cachedir": str(tmp_path / "cache")},
-                     "__context__": {}}}
+    return {
+        iemkey: {
+            "__grains__": {},
+            "__salt__": salt_mods,
+            "__opts__": {"cachedir": str(tmp_path / "cache")},
+            "__context__": {},
+        }
+    }
 
 
 @pytest.fixture
@@ -83,15 +89,23 @@ def on(tmp_path, config):
 
 
 def write_besclient_config(tmp_path, storage=None, computer_id=None):
-    lines = ["[Software\\BigFix\\EnterpriseClient]", "EnterpriseClientFolder         = /opt/BESClient", "",
-             "[Software\\BigFix\\EnterpriseClient\\GlobalOptions]"]
+    lines = [
+        "[Software\\BigFix\\EnterpriseClient]",
+        "EnterpriseClientFolder         = /opt/BESClient",
+        "",
+        "[Software\\BigFix\\EnterpriseClient\\GlobalOptions]",
+    ]
     if storage:
         lines.append(f"StoragePath                    = {storage}")
     if computer_id:
         lines.append(f"ComputerID                     = {computer_id}")
-    lines += ["", "[Software\\BigFix\\EnterpriseClient\\Settings\\Client\\__RelayServer1]",
-              "value                          = http://relay.example:52311/bfmirror/downloads",
-              "effective date                 = Thu,%2001%20Jan%202015%2000:00:00%20+0000", ""]
+    lines += [
+        "",
+        "[Software\\BigFix\\EnterpriseClient\\Settings\\Client\\__RelayServer1]",
+        "value                          = http://relay.example:52311/bfmirror/downloads",
+        "effective date                 = Thu,%2001%20Jan%202015%2000:00:00%20+0000",
+        "",
+    ]
     (tmp_path / "besclient.config").write_text("\n".join(lines))
 
 
@@ -109,9 +123,14 @@ def test_windows64_reads_wow6432node_first_and_falls_back_to_client_folder(on, r
     assert paths["os"] == "windows64"
     assert paths["keystorage"] == "D:\\BigFix\\BES Client\\KeyStorage"
     assert paths["storage_path_source"] == f"setting HKLM\\{WOW}\\EnterpriseClientFolder"
-    assert paths["control"] == {"type": "service", "source": "default", "stop": "service.stop BESClient",
-                                "start": "service.start BESClient", "restart": "service.restart BESClient",
-                                "status": "service.status BESClient"}
+    assert paths["control"] == {
+        "type": "service",
+        "source": "default",
+        "stop": "service.stop BESClient",
+        "start": "service.start BESClient",
+        "restart": "service.restart BESClient",
+        "status": "service.status BESClient",
+    }
     assert paths["client_binary"].endswith("Program Files (x86)\\BigFix Enterprise\\BES Client\\BESClient.exe")
     assert iemkey._resolve()["computer_id"] == "1234567"
 
@@ -195,8 +214,7 @@ def test_a_corrupt_plist_is_a_clear_error(on, plist_file):
 # -- UNIX ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "script"),
-    [("aix", "/etc/rc.d/rc2.d/SBESClientd"), ("hpux", "/sbin/init.d/besclient"),
-     ("solaris", "/etc/init.d/besclient")],
+    [("aix", "/etc/rc.d/rc2.d/SBESClientd"), ("hpux", "/sbin/init.d/besclient"), ("solaris", "/etc/init.d/besclient")],
 )
 def test_unix_uses_the_vendor_script_and_besclient_config(on, tmp_path, name, script):
     on(name)
@@ -252,8 +270,11 @@ def test_linux_without_script_or_unit_reports_the_keys_and_leaves_the_retcode_al
         assert status["agent_running"] is None
         assert status["problem"] == "no /etc/init.d/besclient and no besclient service"
         assert "retcode" not in iemkey.__context__
-        with pytest.raises(CommandExecutionError, match=r"cannot stop or start the BigFix agent here: no "
-                                                        r"/etc/init\.d/besclient and no besclient service"):
+        with pytest.raises(
+            CommandExecutionError,
+            match=r"cannot stop or start the BigFix agent here: no "
+            r"/etc/init\.d/besclient and no besclient service",
+        ):
             iemkey.restart()
     salt_mods["service.restart"].assert_not_called()
 
@@ -295,7 +316,8 @@ def test_linux_uses_the_technote_path_only_where_a_keystorage_is(on, tmp_path):
 
 def test_padded_keys_and_odd_sections_parse_without_a_regex(on, tmp_path):
     on("linux")
-    (tmp_path / "besclient.config").write_text(textwrap.dedent("""\
+    (tmp_path / "besclient.config").write_text(
+        textwrap.dedent("""\
         [Software\\BigFix\\EnterpriseClient\\GlobalOptions]
         StoragePath                    =   /var/opt/BESClient
         ComputerID                     = 31337
@@ -303,7 +325,8 @@ def test_padded_keys_and_odd_sections_parse_without_a_regex(on, tmp_path):
         [Software\\BigFix\\EnterpriseClient\\Settings\\Client\\_BESClient_Comm_CommandPollEnable]
         value                          = 1
         effective date                 = Thu,%2001%20Jan%202015%2000:00:00%20+0000
-        """))
+        """)
+    )
     assert iemkey.paths()["keystorage"] == "/var/opt/BESClient/KeyStorage"
     assert iemkey._resolve()["computer_id"] == "31337"
 

@@ -21,11 +21,18 @@ def configure_loader_modules(settings):
     def pillar_get(key, default=None, **kwargs):
         return settings["pillar"].get(key, default)
 
-    return {iemkey: {"__grains__": {"kernel": "Linux"}, "__context__": {}, "__opts__": {}, "__salt__": {
-        "config.get": lambda key, default=None: settings["config"].get(key, default),
-        "pillar.get": MagicMock(side_effect=pillar_get),
-        "sdb.get": lambda uri: settings["sdb"].get(uri, uri),
-    }}}
+    return {
+        iemkey: {
+            "__grains__": {"kernel": "Linux"},
+            "__context__": {},
+            "__opts__": {},
+            "__salt__": {
+                "config.get": lambda key, default=None: settings["config"].get(key, default),
+                "pillar.get": MagicMock(side_effect=pillar_get),
+                "sdb.get": lambda uri: settings["sdb"].get(uri, uri),
+            },
+        }
+    }
 
 
 def test_a_pillar_password_is_used(settings):

@@ -16,11 +16,15 @@ def configure_loader_modules():
 
 @pytest.mark.parametrize(
     ("path", "reason"),
-    [("", "the storage path is empty"), ("   ", "the storage path is empty"), (None, "the storage path is empty"),
-     ("var/opt/BESClient", "the storage path 'var/opt/BESClient' is not absolute"),
-     ("/var/opt/../../etc", "the storage path '/var/opt/../../etc' contains '..'"),
-     ("/", "the storage path '/' is the root of a file system"),
-     ("//", "the storage path '//' is the root of a file system")],
+    [
+        ("", "the storage path is empty"),
+        ("   ", "the storage path is empty"),
+        (None, "the storage path is empty"),
+        ("var/opt/BESClient", "the storage path 'var/opt/BESClient' is not absolute"),
+        ("/var/opt/../../etc", "the storage path '/var/opt/../../etc' contains '..'"),
+        ("/", "the storage path '/' is the root of a file system"),
+        ("//", "the storage path '//' is the root of a file system"),
+    ],
 )
 def test_paths_that_are_refused_before_looking_at_the_disk(path, reason):
     assert iemkey._unsafe_reason(path, live=False) == reason
@@ -49,16 +53,18 @@ def test_keystorage_on_disk(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     (storage / "KeyStorage").symlink_to(tmp_path / "elsewhere")
     assert iemkey._unsafe_reason(str(storage)) == (
-        f"{storage}/KeyStorage is a symbolic link (to {tmp_path}/elsewhere); refusing to follow it")
+        f"{storage}/KeyStorage is a symbolic link (to {tmp_path}/elsewhere); refusing to follow it"
+    )
 
 
 def test_the_refusal_names_the_reason_and_where_the_path_came_from(tmp_path):
-    resolved = {"storage_path": "/", "storage_path_source": "config iemkey:storage_path",
-                "keystorage": "/KeyStorage"}
+    resolved = {"storage_path": "/", "storage_path_source": "config iemkey:storage_path", "keystorage": "/KeyStorage"}
     with pytest.raises(CommandExecutionError) as err:
         iemkey._checked_keystorage(resolved, live=False)
-    assert str(err.value) == ("KeyStorage is unsafe to delete: the storage path '/' is the root of a file system "
-                              "(storage path from config iemkey:storage_path); nothing was changed")
+    assert str(err.value) == (
+        "KeyStorage is unsafe to delete: the storage path '/' is the root of a file system "
+        "(storage path from config iemkey:storage_path); nothing was changed"
+    )
     fine = {"storage_path": str(tmp_path), "storage_path_source": "default", "keystorage": f"{tmp_path}/KeyStorage"}
     assert iemkey._checked_keystorage(fine) == f"{tmp_path}/KeyStorage"
     (tmp_path / "KeyStorage").write_text("a file")

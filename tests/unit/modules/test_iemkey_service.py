@@ -35,14 +35,18 @@ def calls():
 @pytest.fixture
 def service(storage, calls):
     """The agent's service: records each call and whether KeyStorage existed at that moment."""
+
     def verb(name):
         def call(service_name):
             calls.append((name, service_name, (storage / "KeyStorage").exists()))
             return True
+
         return call
 
     return {f"service.{name}": verb(name) for name in ("stop", "start", "restart")} | {
-        "service.available": MagicMock(return_value=True), "service.status": MagicMock(return_value=True)}
+        "service.available": MagicMock(return_value=True),
+        "service.status": MagicMock(return_value=True),
+    }
 
 
 @pytest.fixture
@@ -52,12 +56,21 @@ def config():
 
 @pytest.fixture
 def configure_loader_modules(tmp_path, service, config):
-    salt_mods = {**service, "config.get": lambda key, default=None: config.get(key.split(":", 1)[1], default),
-                 "reg.read_value": MagicMock(return_value={"success": False}),
-                 "cmd.run_all": MagicMock(return_value={"retcode": 0, "stdout": "ok", "stderr": ""}),
-                 "pillar.get": MagicMock(return_value=None)}
-    return {iemkey: {"__grains__": {}, "__salt__": salt_mods, "__context__": {},
-                     "__opts__": {"cachedir": str(tmp_path / "cache"), "file_client": "local"}}}
+    salt_mods = {
+        **service,
+        "config.get": lambda key, default=None: config.get(key.split(":", 1)[1], default),
+        "reg.read_value": MagicMock(return_value={"success": False}),
+        "cmd.run_all": MagicMock(return_value={"retcode": 0, "stdout": "ok", "stderr": ""}),
+        "pillar.get": MagicMock(return_value=None),
+    }
+    return {
+        iemkey: {
+            "__grains__": {},
+            "__salt__": salt_mods,
+            "__context__": {},
+            "__opts__": {"cachedir": str(tmp_path / "cache"), "file_client": "local"},
+        }
+    }
 
 
 def _grains(**grains):
@@ -108,8 +121,9 @@ def test_a_service_stop_that_returns_false_leaves_keystorage_alone(storage, call
     iemkey.__salt__["service.stop"] = MagicMock(return_value=False)
     with patch.object(iemkey, "_pathmod", lambda: posixpath), pytest.raises(CommandExecutionError) as err:
         iemkey.rotate()
-    assert str(err.value) == ("stopping the BigFix agent failed: `service.stop BESClient` exited 1; "
-                              "KeyStorage was not touched")
+    assert str(err.value) == (
+        "stopping the BigFix agent failed: `service.stop BESClient` exited 1; KeyStorage was not touched"
+    )
     assert sorted(p.name for p in (storage / "KeyStorage").iterdir()) == ["ClientCert.crt", "ClientKey.pvk"]
     assert calls == []  # and no start either: the agent was never stopped
 
@@ -163,14 +177,23 @@ def test_windows_locks_with_msvcrt(monkeypatch, config):
     with pytest.raises(CommandExecutionError) as err, iemkey._rotation_lock():
         pass
     lock = iemkey.os.path.join(iemkey._cache_dir(), "rotate.lock")
-    assert str(err.value) == (f"another iemkey rotation is in progress on this minion (lock {lock} held for 0.3 s, "
-                              "iemkey:lock_wait); nothing was changed")
+    assert str(err.value) == (
+        f"another iemkey rotation is in progress on this minion (lock {lock} held for 0.3 s, "
+        "iemkey:lock_wait); nothing was changed"
+    )
     assert busy.calls and all(mode == busy.LK_NBLCK for mode, _n in busy.calls)
 
 
-@pytest.mark.parametrize(("path", "why"), [("C:\\", "root of a file system"), ("D:\\", "root of a file system"),
-                                           ("C:", "not absolute"), ("BESData", "not absolute"),
-                                           ("C:\\BES\\..\\..", "contains '..'")])
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("C:\\", "root of a file system"),
+        ("D:\\", "root of a file system"),
+        ("C:", "not absolute"),
+        ("BESData", "not absolute"),
+        ("C:\\BES\\..\\..", "contains '..'"),
+    ],
+)
 def test_windows_refuses_drive_roots_and_relative_paths(path, why):
     _grains(kernel="Windows", os_family="Windows", cpuarch="AMD64")
     assert why in iemkey._unsafe_reason(path, live=False)

@@ -59,6 +59,7 @@ def configure_loader_modules(tmp_path, seen, config, sent):
         def call(_service):
             seen.append((name, iemkey._read_record()))
             return True
+
         return call
 
     def send(tag, data):
@@ -66,18 +67,30 @@ def configure_loader_modules(tmp_path, seen, config, sent):
         return True
 
     salt_mods = {f"service.{name}": verb(name) for name in ("stop", "start")} | {
-        "service.available": MagicMock(return_value=True), "service.status": MagicMock(return_value=True),
+        "service.available": MagicMock(return_value=True),
+        "service.status": MagicMock(return_value=True),
         "config.get": lambda key, default=None: config.get(key.split(":", 1)[1], default),
-        "pillar.get": MagicMock(return_value=None), "event.send": send,
+        "pillar.get": MagicMock(return_value=None),
+        "event.send": send,
         # the client's registry: its ComputerID (StoragePath comes from iemkey:storage_path)
         "reg.read_value": lambda _hive, key, name: (
-            {"success": True, "vdata": "1001"} if name == "ComputerID" and "Wow6432Node" in key
-            else {"success": False}),
-        "cmd.run_all": MagicMock(return_value={"retcode": 0, "stdout": "registered", "stderr": ""})}
-    return {iemkey: {"__grains__": {"kernel": "Windows", "os_family": "Windows", "cpuarch": "AMD64"},
-                     "__salt__": salt_mods, "__context__": {},
-                     "__opts__": {"id": "web01", "pki_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"),
-                                  "file_client": "remote"}}}
+            {"success": True, "vdata": "1001"} if name == "ComputerID" and "Wow6432Node" in key else {"success": False}
+        ),
+        "cmd.run_all": MagicMock(return_value={"retcode": 0, "stdout": "registered", "stderr": ""}),
+    }
+    return {
+        iemkey: {
+            "__grains__": {"kernel": "Windows", "os_family": "Windows", "cpuarch": "AMD64"},
+            "__salt__": salt_mods,
+            "__context__": {},
+            "__opts__": {
+                "id": "web01",
+                "pki_dir": str(tmp_path),
+                "cachedir": str(tmp_path / "cache"),
+                "file_client": "remote",
+            },
+        }
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -96,11 +109,22 @@ def test_the_record_names_each_step_before_it_is_taken(storage, seen):
     before = {"keystorage": _keystorage(storage), "old_computer_id": "1001"}
     assert seen == [
         ("stop", {**before, "step": "stopping"}),
-        ("start", {**before, "step": "deleted", "removed": ["ClientCert.crt", "ClientKey.pvk"],
-                   "deleted_at": ret["rotated_at"]}),
+        (
+            "start",
+            {
+                **before,
+                "step": "deleted",
+                "removed": ["ClientCert.crt", "ClientKey.pvk"],
+                "deleted_at": ret["rotated_at"],
+            },
+        ),
     ]
-    assert iemkey._read_record() == {**before, "step": "done", "removed": ["ClientCert.crt", "ClientKey.pvk"],
-                                     "rotated_at": ret["rotated_at"]}
+    assert iemkey._read_record() == {
+        **before,
+        "step": "done",
+        "removed": ["ClientCert.crt", "ClientKey.pvk"],
+        "rotated_at": ret["rotated_at"],
+    }
     assert datetime.datetime.fromisoformat(ret["rotated_at"]).tzinfo is not None
 
 
@@ -126,21 +150,31 @@ def _unlink_fails_for(monkeypatch, *names):
     monkeypatch.setattr(iemkey.os, "unlink", unlink)
 
 
-@pytest.mark.parametrize(("start_ok", "restarted"), [
-    (True, "the agent was started again"),
-    (False, "starting it again failed: `service.start BESClient` exited 1"),
-])
+@pytest.mark.parametrize(
+    ("start_ok", "restarted"),
+    [
+        (True, "the agent was started again"),
+        (False, "starting it again failed: `service.start BESClient` exited 1"),
+    ],
+)
 def test_a_delete_that_fails_part_way_records_what_went_and_starts_the_agent(
-        storage, seen, monkeypatch, start_ok, restarted):
+    storage, seen, monkeypatch, start_ok, restarted
+):
     _unlink_fails_for(monkeypatch, "ClientKey.pvk")
     if not start_ok:
         iemkey.__salt__["service.start"] = MagicMock(return_value=False)
     with pytest.raises(CommandExecutionError) as err:
         iemkey.rotate()
-    assert str(err.value) == (f"could not delete all of {_keystorage(storage)}: removed ['ClientCert.crt']; "
-                              f"not removed ClientKey.pvk (Permission denied); {restarted}")
-    assert iemkey._read_record() == {"keystorage": _keystorage(storage), "old_computer_id": "1001",
-                                     "step": "failed", "removed": ["ClientCert.crt"]}
+    assert str(err.value) == (
+        f"could not delete all of {_keystorage(storage)}: removed ['ClientCert.crt']; "
+        f"not removed ClientKey.pvk (Permission denied); {restarted}"
+    )
+    assert iemkey._read_record() == {
+        "keystorage": _keystorage(storage),
+        "old_computer_id": "1001",
+        "step": "failed",
+        "removed": ["ClientCert.crt"],
+    }
     assert sorted(os.listdir(_keystorage(storage))) == ["ClientKey.pvk"]
     assert iemkey.status()["pending"] is False  # KeyStorage is still there: the next run is a full one
 
@@ -149,8 +183,10 @@ def test_two_entries_that_cannot_go_are_both_named(storage, monkeypatch):
     _unlink_fails_for(monkeypatch, "ClientKey.pvk", "ClientCert.crt")
     with pytest.raises(CommandExecutionError) as err:
         iemkey.rotate()
-    assert ("removed nothing; not removed ClientCert.crt (Permission denied), ClientKey.pvk (Permission denied); "
-            "the agent was started again") in str(err.value)
+    assert (
+        "removed nothing; not removed ClientCert.crt (Permission denied), ClientKey.pvk (Permission denied); "
+        "the agent was started again"
+    ) in str(err.value)
 
 
 # -- after the delete: the key exchange -----------------------------------------------------------
@@ -188,8 +224,9 @@ def test_a_rejected_key_exchange_fails_the_job_and_keeps_the_rotation(storage, c
     iemkey.__salt__["cmd.run_all"].return_value = rejected
     ret = iemkey.rotate()
     assert ret["rotated"] is True and ret["registered"] is False
-    assert ret["register_error"] == (f"`cmd /c {config['client_binary']} -register ******** {RELAY}` exited 2: "
-                                     "password ******** rejected")
+    assert ret["register_error"] == (
+        f"`cmd /c {config['client_binary']} -register ******** {RELAY}` exited 2: password ******** rejected"
+    )
     assert iemkey.__context__["retcode"] == 1
     assert PASSWORD not in json.dumps(ret)
 
@@ -203,9 +240,14 @@ def test_a_password_that_cannot_be_used_fails_the_job_and_keeps_the_rotation(sto
     iemkey.__salt__["cmd.run_all"].assert_not_called()
 
 
-@pytest.mark.parametrize(("relay", "password", "missing"), [
-    (None, PASSWORD, "iemkey:relay"), (RELAY, None, "iemkey:register_password"),
-    (None, None, "iemkey:relay and iemkey:register_password")])
+@pytest.mark.parametrize(
+    ("relay", "password", "missing"),
+    [
+        (None, PASSWORD, "iemkey:relay"),
+        (RELAY, None, "iemkey:register_password"),
+        (None, None, "iemkey:relay and iemkey:register_password"),
+    ],
+)
 def test_register_says_what_it_misses(config, relay, password, missing):
     if relay:
         config["relay"] = relay
@@ -220,8 +262,10 @@ def test_register_that_the_relay_rejects_is_an_error_without_the_password(config
     iemkey.__salt__["cmd.run_all"].return_value = {"retcode": 1, "stdout": f"bad {PASSWORD}", "stderr": ""}
     with pytest.raises(CommandExecutionError) as err:
         iemkey.register()
-    assert str(err.value) == (f"the manual key exchange with {RELAY} failed: "
-                              f"`cmd /c {config['client_binary']} -register ******** {RELAY}` exited 1: bad ********")
+    assert str(err.value) == (
+        f"the manual key exchange with {RELAY} failed: "
+        f"`cmd /c {config['client_binary']} -register ******** {RELAY}` exited 1: bad ********"
+    )
 
 
 # -- after the delete: the event, and a step that raises ------------------------------------------
@@ -236,8 +280,9 @@ def test_the_rotated_event_carries_the_rotation_signed(storage, sent):
 
 
 def test_the_rotated_event_names_the_new_computer_when_rotate_waited_for_it(storage, sent, monkeypatch):
-    monkeypatch.setattr(iemkey, "_wait_for_new_key", lambda *_a: {"new_computer_id": "2002",
-                                                                  "key_created": "2026-11-27T10:00:00+00:00"})
+    monkeypatch.setattr(
+        iemkey, "_wait_for_new_key", lambda *_a: {"new_computer_id": "2002", "key_created": "2026-11-27T10:00:00+00:00"}
+    )
     ret = iemkey.rotate(wait=5)
     ((tag, data),) = sent
     payload = iemkey_auth.verify(tag, data, KEY[1], datetime.datetime.now(UTC), max_age=60, max_skew=5)[1]
@@ -264,8 +309,10 @@ def test_a_step_that_raises_after_the_delete_fails_the_job_and_keeps_the_rotatio
     assert ret["rotated"] is True and ret["removed"] == ["ClientCert.crt", "ClientKey.pvk"]
     assert ret["errors"] == ["sending iemkey/rotated failed after the rotation: RuntimeError: boom"]
     assert iemkey.__context__["retcode"] == 1
-    assert (f"iemkey: KeyStorage {_keystorage(storage)} was rotated, but sending iemkey/rotated failed after the "
-            "rotation: RuntimeError: boom") in caplog.text
+    assert (
+        f"iemkey: KeyStorage {_keystorage(storage)} was rotated, but sending iemkey/rotated failed after the "
+        "rotation: RuntimeError: boom"
+    ) in caplog.text
 
 
 # -- check: the decision the state and the report stand on ----------------------------------------
@@ -278,8 +325,12 @@ def test_check_compares_the_oldest_key_file_with_since_inclusively(storage):
     made = datetime.datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
     _age(storage, made)
     ret = iemkey.check("2026-11-20T08:00:00Z")
-    assert (ret["compliant"], ret["basis"], ret["key_time"], ret["stale"]) == (True, "key_created", made.isoformat(),
-                                                                               False)
+    assert (ret["compliant"], ret["basis"], ret["key_time"], ret["stale"]) == (
+        True,
+        "key_created",
+        made.isoformat(),
+        False,
+    )
     assert ret["reason"] == f"key_created {made.isoformat()} is at or after since {made.isoformat()}"
     later = iemkey.check("2026-11-20T08:00:01Z")
     assert later["compliant"] is False
@@ -303,10 +354,16 @@ def test_check_of_a_keyless_agent_long_after_a_rotation_is_stale(storage, config
     iemkey._write_record({"step": "done", "keystorage": _keystorage(storage), "rotated_at": rotated.isoformat()})
     ret = iemkey.check("2026-11-20T08:00:00Z")
     assert (ret["compliant"], ret["basis"], ret["key_time"], ret["stale"]) == (
-        True, "last_rotated", rotated.isoformat(), True)
-    assert ret["reason"] == (f"last_rotated {rotated.isoformat()} is at or after since 2026-11-20T08:00:00+00:00; "
-                             "but the agent has written no key since that rotation, more than iemkey:stale_after "
-                             "(60 s) ago: it is down or cannot register")
+        True,
+        "last_rotated",
+        rotated.isoformat(),
+        True,
+    )
+    assert ret["reason"] == (
+        f"last_rotated {rotated.isoformat()} is at or after since 2026-11-20T08:00:00+00:00; "
+        "but the agent has written no key since that rotation, more than iemkey:stale_after "
+        "(60 s) ago: it is down or cannot register"
+    )
     config["stale_after"] = 600
     assert iemkey.check("2026-11-20T08:00:00Z")["stale"] is False
 
@@ -315,8 +372,9 @@ def test_check_where_no_agent_is_installed(config, tmp_path):
     config["storage_path"] = str(tmp_path / "nowhere")
     ret = iemkey.check("2026-11-20T08:00:00Z", probe_agent=False)
     assert (ret["compliant"], ret["basis"], ret["key_time"], ret["stale"]) == (False, None, None, False)
-    assert ret["reason"] == ("the BigFix agent is not installed: no storage path at "
-                             f"{tmp_path / 'nowhere'} (config iemkey:storage_path)")
+    assert ret["reason"] == (
+        f"the BigFix agent is not installed: no storage path at {tmp_path / 'nowhere'} (config iemkey:storage_path)"
+    )
 
 
 def test_check_refuses_a_since_in_the_future():
@@ -335,19 +393,32 @@ def test_check_asks_whether_the_agent_runs_unless_told_not_to(storage):
 def test_a_service_call_that_raises_is_a_failed_command():
     iemkey.__salt__["service.stop"] = MagicMock(side_effect=CommandExecutionError("Access is denied"))
     control = iemkey._resolve()["control"]
-    assert iemkey._control("stop", control) == {"command": "service.stop BESClient", "retcode": 1, "stdout": "",
-                                                "stderr": "Access is denied"}
+    assert iemkey._control("stop", control) == {
+        "command": "service.stop BESClient",
+        "retcode": 1,
+        "stdout": "",
+        "stderr": "Access is denied",
+    }
     iemkey.__salt__["service.stop"] = MagicMock(return_value=False)
-    assert iemkey._control("stop", control) == {"command": "service.stop BESClient", "retcode": 1, "stdout": "",
-                                                "stderr": ""}
+    assert iemkey._control("stop", control) == {
+        "command": "service.stop BESClient",
+        "retcode": 1,
+        "stdout": "",
+        "stderr": "",
+    }
 
 
 def test_test_mode_plans_without_touching_anything(storage, seen):
     ret = iemkey.rotate(test=True)
-    assert ret == {"rotated": None, "test": True, "keystorage": _keystorage(storage), "old_computer_id": "1001",
-                   "would_remove": ["ClientCert.crt", "ClientKey.pvk"],
-                   "would_run": ["service.stop BESClient", f"delete {_keystorage(storage)}", "service.start BESClient"],
-                   "comment": "rotate the key"}
+    assert ret == {
+        "rotated": None,
+        "test": True,
+        "keystorage": _keystorage(storage),
+        "old_computer_id": "1001",
+        "would_remove": ["ClientCert.crt", "ClientKey.pvk"],
+        "would_run": ["service.stop BESClient", f"delete {_keystorage(storage)}", "service.start BESClient"],
+        "comment": "rotate the key",
+    }
     assert seen == [] and iemkey._read_record() is None
     assert iemkey.rotate(__pub_test=True)["test"] is True and seen == []
 

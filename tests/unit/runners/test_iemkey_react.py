@@ -60,8 +60,12 @@ def opts(tmp_path):
     (pki / "minions").mkdir(parents=True)
     for name in ("alpha", "beta"):
         (pki / "minions" / name).write_bytes(KEYS[name][1])
-    return {"cachedir": str(tmp_path / "cache"), "pki_dir": str(pki), "sock_dir": str(tmp_path / "sock"),
-            "iemkey": {"reactor": {"cooldown": 300, "hook_secret": SECRET}}}
+    return {
+        "cachedir": str(tmp_path / "cache"),
+        "pki_dir": str(pki),
+        "sock_dir": str(tmp_path / "sock"),
+        "iemkey": {"reactor": {"cooldown": 300, "hook_secret": SECRET}},
+    }
 
 
 @pytest.fixture
@@ -85,8 +89,11 @@ def test_a_signed_alert_rotates_its_signer_only_with_since_from_the_signed_time(
     (job,) = local.published
     assert job["tgt"] == ["alpha"] and job["tgt_type"] == "list"
     assert job["fun"] == "state.single" and job["arg"] == ["iemkey.rotated"]
-    assert job["kwarg"] == {"name": "bigfix-agent-key", "queue": True,
-                            "since": (signed_at - datetime.timedelta(seconds=300)).isoformat()}
+    assert job["kwarg"] == {
+        "name": "bigfix-agent-key",
+        "queue": True,
+        "since": (signed_at - datetime.timedelta(seconds=300)).isoformat(),
+    }
 
 
 @pytest.mark.parametrize(
@@ -141,8 +148,10 @@ def test_remembered_nonces_are_forgotten_once_stale(local, opts):
 def _hook(body, secret=SECRET, from_minion=False, signature=None):
     body = body if isinstance(body, str) else json.dumps(body)
     signature = signature or "sha256=" + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
-    return iemkey.react(event_tag="salt/netapi/hook/iemkey/compromised",
-                        event={"body": body, "signature": signature, "from_minion": from_minion})
+    return iemkey.react(
+        event_tag="salt/netapi/hook/iemkey/compromised",
+        event={"body": body, "signature": signature, "from_minion": from_minion},
+    )
 
 
 def test_a_signed_webhook_rotates_the_one_accepted_minion_it_names(local):
@@ -167,23 +176,31 @@ def test_webhooks_that_prove_nothing_rotate_nobody(local, kwargs, match):
     assert ret["action"] == "refused" and match in ret["refused"] and local.published == []
 
 
-@pytest.mark.parametrize("event", [
-    {"body": '{"minion_id": "alpha"}', "from_minion": False},  # no signature header at all
-    {"signature": "sha256=00", "from_minion": False},  # no body
-    {"body": '{"minion_id": "alpha"}', "signature": ["sha256=00"], "from_minion": False},
-])
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"body": '{"minion_id": "alpha"}', "from_minion": False},  # no signature header at all
+        {"signature": "sha256=00", "from_minion": False},  # no body
+        {"body": '{"minion_id": "alpha"}', "signature": ["sha256=00"], "from_minion": False},
+    ],
+)
 def test_a_webhook_without_body_or_signature_is_refused_by_name(local, event):
     ret = iemkey.react(event_tag="salt/netapi/hook/iemkey/compromised", event=event)
-    assert ret == {"tag": "salt/netapi/hook/iemkey/compromised", "result": False, "action": "refused",
-                   "refused": "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)"}
+    assert ret == {
+        "tag": "salt/netapi/hook/iemkey/compromised",
+        "result": False,
+        "action": "refused",
+        "refused": "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)",
+    }
     assert local.published == []
 
 
 def test_an_sdb_hook_secret_that_resolves_is_the_secret(local, opts, monkeypatch):
     uri = "sdb://vault/bigfix/hook_secret"
     opts["iemkey"]["reactor"]["hook_secret"] = uri
-    monkeypatch.setattr(iemkey.salt.utils.sdb, "sdb_get",
-                        lambda value, _opts: "resolved-secret" if value == uri else value)
+    monkeypatch.setattr(
+        iemkey.salt.utils.sdb, "sdb_get", lambda value, _opts: "resolved-secret" if value == uri else value
+    )
     assert _hook({"minion_id": "alpha"}, secret="resolved-secret")["action"] == "rotate"
     assert _hook({"minion_id": "alpha"}, secret=uri)["action"] == "refused"
 
@@ -214,16 +231,24 @@ NAME = "web01.example.com"
 def bigfix(httpserver, opts):
     computers = {}
     agent = types.SimpleNamespace(computers=lambda: computers)
-    opts["iemkey"]["api"] = {"url": httpserver.url_for("").rstrip("/"), "user": "op", "password": "pw",
-                             "timeout": 2, "retries": 2}
+    opts["iemkey"]["api"] = {
+        "url": httpserver.url_for("").rstrip("/"),
+        "user": "op",
+        "password": "pw",
+        "timeout": 2,
+        "retries": 2,
+    }
     server = StandInBigFix([agent], "op", "pw").serve(httpserver)
     server.known = computers
     return server
 
 
 def _computer(bigfix, computer_id, name=NAME, last_report=None):
-    bigfix.known[computer_id] = {"name": name, "registered": 0,
-                                 "last_report": last_report or datetime.datetime.now(UTC).timestamp()}
+    bigfix.known[computer_id] = {
+        "name": name,
+        "registered": 0,
+        "last_report": last_report or datetime.datetime.now(UTC).timestamp(),
+    }
 
 
 def _rotated(old="1001", new="2002", rotated_at=None, **extra):
@@ -258,8 +283,11 @@ def test_a_confirmed_duplicate_is_deleted_once(local, bigfix):
 )
 def test_what_bigfix_does_not_confirm_is_not_deleted(local, bigfix, old, new, outcome, detail):
     if old is not None:
-        last = (datetime.datetime.now(UTC) + datetime.timedelta(seconds=5)).timestamp() \
-            if old.get("last_report") == "after" else _an_hour_ago()
+        last = (
+            (datetime.datetime.now(UTC) + datetime.timedelta(seconds=5)).timestamp()
+            if old.get("last_report") == "after"
+            else _an_hour_ago()
+        )
         _computer(bigfix, "1001", name=old.get("name", NAME), last_report=last)
     if new is not None:
         _computer(bigfix, "2002")
@@ -278,8 +306,9 @@ def test_the_new_id_is_asked_of_the_minion_when_the_event_has_none(local, bigfix
     _computer(bigfix, "1001", last_report=_an_hour_ago())
     local.statuses["alpha"] = {"computer_id": "1001"}  # the agent has not registered yet
     assert _rotated(new=None)["outcome"] == "pending"
-    assert iemkey._cleanups()["pending"]["alpha:1001"]["detail"] == \
-        "the minion has not reported its new computer ID yet"
+    assert (
+        iemkey._cleanups()["pending"]["alpha:1001"]["detail"] == "the minion has not reported its new computer ID yet"
+    )
     local.statuses["alpha"] = {"computer_id": "2002"}
     _computer(bigfix, "2002")
     ret = iemkey.cleanup()
@@ -310,9 +339,12 @@ def test_a_clean_up_pending_too_long_goes_to_review(local, bigfix, opts):
 
 @pytest.mark.parametrize(
     ("payload", "match"),
-    [({"old": "12ab"}, "no usable old computer ID"), ({"old": "", "new": "5"}, "no usable old computer ID"),
-     ({"old": "1001", "new": "1001"}, "reports the new computer ID '1001' for the old 1001"),
-     ({"rotated_at": "yesterday"}, "no usable rotated_at")],
+    [
+        ({"old": "12ab"}, "no usable old computer ID"),
+        ({"old": "", "new": "5"}, "no usable old computer ID"),
+        ({"old": "1001", "new": "1001"}, "reports the new computer ID '1001' for the old 1001"),
+        ({"rotated_at": "yesterday"}, "no usable rotated_at"),
+    ],
 )
 def test_a_signed_rotation_with_unusable_ids_records_nothing(local, bigfix, payload, match):
     ret = _rotated(**payload)
@@ -327,9 +359,21 @@ def test_an_operator_dismisses_or_removes_a_review_item(local, bigfix):
     assert iemkey.cleanup(dismiss="1001")["dismissed"][0]["old_computer_id"] == "1001"
     assert iemkey._cleanups()["review"] == {} and bigfix.deletes() == []
     assert iemkey.cleanup(dismiss="1001")["retcode"] == 1  # nothing left to dismiss
-    assert _react("iemkey/rotated", _signed("iemkey/rotated", "alpha", {
-        "old_computer_id": "1001", "new_computer_id": "2002",
-        "rotated_at": datetime.datetime.now(UTC).isoformat()}))["outcome"] == "review"
+    assert (
+        _react(
+            "iemkey/rotated",
+            _signed(
+                "iemkey/rotated",
+                "alpha",
+                {
+                    "old_computer_id": "1001",
+                    "new_computer_id": "2002",
+                    "rotated_at": datetime.datetime.now(UTC).isoformat(),
+                },
+            ),
+        )["outcome"]
+        == "review"
+    )
     ret = iemkey.remove_computer("1001")
     assert ret["result"] is True and bigfix.deletes() == ["1001"] and iemkey._cleanups()["review"] == {}
 

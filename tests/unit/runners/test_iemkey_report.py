@@ -22,12 +22,25 @@ ACCEPTED = ("web1", "web2", "web3", "db1", "db2", "mail1")
 
 def _check(compliant, stale=False, installed=True, basis="key_created", key_time="2026-11-21T09:00:00+00:00"):
     """What a minion's iemkey.check returns (the keys the report reads, and some it leaves out)."""
-    status = {"installed": installed, "computer_id": "1234", "last_rotated": "2026-11-21T09:00:00+00:00",
-              "agent_running": True, "pending": False, "keystorage": "/var/opt/BESClient/KeyStorage",
-              "key_files": 2, "problem": None if installed else "no storage path at /var/opt/BESClient"}
-    return {"since": "2026-11-20T08:00:00+00:00", "status": status, "compliant": compliant, "stale": stale,
-            "basis": basis if installed else None, "key_time": key_time if installed else None,
-            "reason": "why" if installed else "the BigFix agent is not installed: no storage path"}
+    status = {
+        "installed": installed,
+        "computer_id": "1234",
+        "last_rotated": "2026-11-21T09:00:00+00:00",
+        "agent_running": True,
+        "pending": False,
+        "keystorage": "/var/opt/BESClient/KeyStorage",
+        "key_files": 2,
+        "problem": None if installed else "no storage path at /var/opt/BESClient",
+    }
+    return {
+        "since": "2026-11-20T08:00:00+00:00",
+        "status": status,
+        "compliant": compliant,
+        "stale": stale,
+        "basis": basis if installed else None,
+        "key_time": key_time if installed else None,
+        "reason": "why" if installed else "the BigFix agent is not installed: no storage path",
+    }
 
 
 class FakeLocalClient:
@@ -45,8 +58,16 @@ class FakeLocalClient:
         return False
 
     def cmd_iter_no_block(self, tgt, fun, arg=(), tgt_type="glob", timeout=None, full_return=False, **_kwargs):
-        self.calls.append({"tgt": tgt, "fun": fun, "arg": list(arg), "tgt_type": tgt_type, "timeout": timeout,
-                           "full_return": full_return})
+        self.calls.append(
+            {
+                "tgt": tgt,
+                "fun": fun,
+                "arg": list(arg),
+                "tgt_type": tgt_type,
+                "timeout": timeout,
+                "full_return": full_return,
+            }
+        )
         yield from self.replies
         while self.silent:  # Salt yields None while no answer comes; the runner's deadline must end this
             self.polls += 1
@@ -62,8 +83,17 @@ def opts(tmp_path):
     (pki / "minions_pre").mkdir()
     (pki / "minions_pre" / "web9").write_text("pending key: not a minion the report asks")
     conf = tmp_path / "master"
-    conf.write_text(yaml.safe_dump({"root_dir": str(tmp_path), "pki_dir": str(pki), "cachedir": str(tmp_path / "cache"),
-                                    "sock_dir": str(tmp_path / "sock"), "timeout": 0.5}))
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "root_dir": str(tmp_path),
+                "pki_dir": str(pki),
+                "cachedir": str(tmp_path / "cache"),
+                "sock_dir": str(tmp_path / "sock"),
+                "timeout": 0.5,
+            }
+        )
+    )
     opts = salt.config.master_config(str(conf))  # as a master reads its config file
     return opts
 
@@ -87,26 +117,45 @@ def test_targets_are_the_accepted_minions_salt_matches_sorted():
 
 
 def test_every_answer_is_classified_and_any_failure_fails_the_run(monkeypatch):
-    client = _answering(monkeypatch, [
-        {"web1": {"ret": _check(True), "retcode": 0}},
-        {"web2": {"ret": _check(False), "retcode": 0}, "web3": {"ret": _check(True, stale=True), "retcode": 0}},
-        {},
-        {"db1": {"ret": _check(False, installed=False), "retcode": 0}},
-        {"db2": {"ret": "ERROR: 'iemkey.check' is not available.", "retcode": 1}},
-    ], silent=True)
+    client = _answering(
+        monkeypatch,
+        [
+            {"web1": {"ret": _check(True), "retcode": 0}},
+            {"web2": {"ret": _check(False), "retcode": 0}, "web3": {"ret": _check(True, stale=True), "retcode": 0}},
+            {},
+            {"db1": {"ret": _check(False, installed=False), "retcode": 0}},
+            {"db2": {"ret": "ERROR: 'iemkey.check' is not available.", "retcode": 1}},
+        ],
+        silent=True,
+    )
     ret = iemkey.report(SINCE, timeout=0.3)
-    assert client.calls == [{"tgt": "*", "fun": "iemkey.check", "arg": [SINCE], "tgt_type": "glob", "timeout": 0.3,
-                             "full_return": True}]
+    assert client.calls == [
+        {"tgt": "*", "fun": "iemkey.check", "arg": [SINCE], "tgt_type": "glob", "timeout": 0.3, "full_return": True}
+    ]
     assert (ret["compliant"], ret["noncompliant"], ret["not_installed"], ret["errors"], ret["unreachable"]) == (
-        ["web1"], ["web2", "web3"], ["db1"], ["db2"], ["mail1"])
+        ["web1"],
+        ["web2", "web3"],
+        ["db1"],
+        ["db2"],
+        ["mail1"],
+    )
     assert ret["minions"]["web1"] == {
-        "compliant": True, "basis": "key_created", "key_time": "2026-11-21T09:00:00+00:00", "stale": False,
-        "reason": "why", "computer_id": "1234", "last_rotated": "2026-11-21T09:00:00+00:00",
-        "agent_running": True, "pending": False}
+        "compliant": True,
+        "basis": "key_created",
+        "key_time": "2026-11-21T09:00:00+00:00",
+        "stale": False,
+        "reason": "why",
+        "computer_id": "1234",
+        "last_rotated": "2026-11-21T09:00:00+00:00",
+        "agent_running": True,
+        "pending": False,
+    }
     assert ret["minions"]["db2"] == {"error": "ERROR: 'iemkey.check' is not available."}
     assert ret["minions"]["mail1"] == {"error": "no answer within 0.3 s"}
-    assert ret["summary"] == ("1 compliant, 2 noncompliant, 1 unreachable, 1 without the agent, 1 errors "
-                              f"(keys since {SINCE}); console clean-ups: 0 pending, 0 for review")
+    assert ret["summary"] == (
+        "1 compliant, 2 noncompliant, 1 unreachable, 1 without the agent, 1 errors "
+        f"(keys since {SINCE}); console clean-ups: 0 pending, 0 for review"
+    )
     assert ret["cleanup"] == {"pending": [], "review": []}
     assert ret["retcode"] == 1 and iemkey.__context__["retcode"] == 1
     assert client.polls > 0  # the silent minion was waited for, until the deadline
@@ -114,9 +163,11 @@ def test_every_answer_is_classified_and_any_failure_fails_the_run(monkeypatch):
 
 @pytest.mark.parametrize("failing", ["noncompliant", "unreachable", "not_installed", "errors"])
 def test_each_kind_of_failure_alone_fails_the_run(monkeypatch, failing):
-    answers = {"noncompliant": {"ret": _check(False), "retcode": 0},
-               "not_installed": {"ret": _check(False, installed=False), "retcode": 0},
-               "errors": {"ret": _check(True), "retcode": 1}}
+    answers = {
+        "noncompliant": {"ret": _check(False), "retcode": 0},
+        "not_installed": {"ret": _check(False, installed=False), "retcode": 0},
+        "errors": {"ret": _check(True), "retcode": 1},
+    }
     reply = {"web1": {"ret": _check(True), "retcode": 0}}
     if failing != "unreachable":
         reply["web2"] = answers[failing]
@@ -142,13 +193,18 @@ def test_the_master_timeout_is_the_default_wait(monkeypatch):
     assert ret["unreachable"] == ["mail1"] and ret["minions"]["mail1"] == {"error": "no answer within 0.5 s"}
 
 
-@pytest.mark.parametrize(("kwargs", "error"), [
-    ({"since": None}, "report needs since, e.g. since=2026-11-20T08:00:00Z"),
-    ({"since": ""}, "report needs since, e.g. since=2026-11-20T08:00:00Z"),
-    ({"since": SINCE, "timeout": "soon"}, "timeout must be a number of seconds, not 'soon'"),
-    ({"since": SINCE, "tgt": "nosuch*"},
-     "the target 'nosuch*' (glob) matches no accepted minion: nothing to report on"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"since": None}, "report needs since, e.g. since=2026-11-20T08:00:00Z"),
+        ({"since": ""}, "report needs since, e.g. since=2026-11-20T08:00:00Z"),
+        ({"since": SINCE, "timeout": "soon"}, "timeout must be a number of seconds, not 'soon'"),
+        (
+            {"since": SINCE, "tgt": "nosuch*"},
+            "the target 'nosuch*' (glob) matches no accepted minion: nothing to report on",
+        ),
+    ],
+)
 def test_what_cannot_be_reported_on_fails_without_asking_anyone(monkeypatch, kwargs, error):
     client = _answering(monkeypatch, [])
     ret = iemkey.report(**kwargs)
@@ -163,12 +219,20 @@ def test_the_clean_ups_waiting_are_listed_by_minion_then_computer(monkeypatch, o
     state = os.path.join(opts["cachedir"], "iemkey")
     os.makedirs(state)
     with open(os.path.join(state, "cleanup.json"), "w", encoding="utf-8") as handle:
-        json.dump({"pending": {"30": entry("web2", "30"), "20": entry("web1", "20"), "10": entry("web2", "10")},
-                   "review": {"40": entry("db1", "40")}}, handle)
+        json.dump(
+            {
+                "pending": {"30": entry("web2", "30"), "20": entry("web1", "20"), "10": entry("web2", "10")},
+                "review": {"40": entry("db1", "40")},
+            },
+            handle,
+        )
     _answering(monkeypatch, [{"web1": {"ret": _check(True), "retcode": 0}}])
     ret = iemkey.report(SINCE, tgt="web1", timeout=1)
     assert [(e["minion"], e["old_computer_id"]) for e in ret["cleanup"]["pending"]] == [
-        ("web1", "20"), ("web2", "10"), ("web2", "30")]
+        ("web1", "20"),
+        ("web2", "10"),
+        ("web2", "30"),
+    ]
     assert ret["cleanup"]["review"] == [entry("db1", "40")]
     assert ret["summary"].endswith("console clean-ups: 3 pending, 1 for review")
     assert ret["retcode"] == 0  # waiting clean-ups are listed, they do not fail the compliance report

@@ -20,8 +20,18 @@ BASIC = "Basic " + base64.b64encode(b"op:pw-for-the-api").decode()
 
 @pytest.fixture
 def opts(tmp_path, httpserver):
-    return {"cachedir": str(tmp_path / "cache"), "iemkey": {"api": {
-        "url": httpserver.url_for("/"), "user": "op", "password": "pw-for-the-api", "timeout": 1, "retries": 3}}}
+    return {
+        "cachedir": str(tmp_path / "cache"),
+        "iemkey": {
+            "api": {
+                "url": httpserver.url_for("/"),
+                "user": "op",
+                "password": "pw-for-the-api",
+                "timeout": 1,
+                "retries": 3,
+            }
+        },
+    }
 
 
 @pytest.fixture
@@ -38,17 +48,22 @@ def _answers(httpserver, computer_id, *statuses):
     *first, last = statuses
     for status in first:
         httpserver.expect_ordered_request(f"/api/computer/{computer_id}", method="DELETE").respond_with_data(
-            "", status=status)
+            "", status=status
+        )
     httpserver.expect_request(f"/api/computer/{computer_id}", method="DELETE").respond_with_data("", status=last)
 
 
-@pytest.mark.parametrize(("status", "detail"), [(200, "deleted"), (202, "deleted"), (204, "deleted"),
-                                                (404, "already gone")])
+@pytest.mark.parametrize(
+    ("status", "detail"), [(200, "deleted"), (202, "deleted"), (204, "deleted"), (404, "already gone")]
+)
 def test_a_removed_or_already_gone_computer_is_success(httpserver, status, detail):
     _answers(httpserver, 1234567, status)
     ret = iemkey.remove_computer("1234567")
-    assert ret == {"result": True, "retcode": 0,
-                   "computers": [{"computer_id": "1234567", "result": True, "status": status, "detail": detail}]}
+    assert ret == {
+        "result": True,
+        "retcode": 0,
+        "computers": [{"computer_id": "1234567", "result": True, "status": status, "detail": detail}],
+    }
     assert _requests(httpserver) == [("DELETE", "/api/computer/1234567", BASIC)]
 
 
@@ -71,8 +86,10 @@ def test_a_persistent_500_fails_after_iemkey_api_retries_attempts(httpserver):
 def test_refused_credentials_are_an_authentication_error_and_never_retried(httpserver, status):
     _answers(httpserver, 5, status)
     ret = iemkey.remove_computer(5)
-    assert ret["error"] == ("the BigFix server did not remove: 5: authentication failed: the BigFix server "
-                            f"refused user 'op' (HTTP {status})")
+    assert ret["error"] == (
+        "the BigFix server did not remove: 5: authentication failed: the BigFix server "
+        f"refused user 'op' (HTTP {status})"
+    )
     assert len(_requests(httpserver)) == 1
 
 
@@ -108,14 +125,24 @@ def test_anything_but_computer_ids_is_refused_before_any_request(httpserver, ids
     assert _requests(httpserver) == []
 
 
-@pytest.mark.parametrize(("api", "error"), [
-    ({}, "the BigFix REST API is not configured: set iemkey:api:url, iemkey:api:user, iemkey:api:password "
-         "in the master config"),
-    ({"url": "https://bigfix.example:52311", "user": "op"},
-     "the BigFix REST API is not configured: set iemkey:api:password in the master config"),
-    ({"url": "https://bigfix.example:52311", "user": "op", "password": "sdb://nosuch/pw"},
-     "iemkey:api:password: the sdb:// URI did not resolve"),
-])
+@pytest.mark.parametrize(
+    ("api", "error"),
+    [
+        (
+            {},
+            "the BigFix REST API is not configured: set iemkey:api:url, iemkey:api:user, iemkey:api:password "
+            "in the master config",
+        ),
+        (
+            {"url": "https://bigfix.example:52311", "user": "op"},
+            "the BigFix REST API is not configured: set iemkey:api:password in the master config",
+        ),
+        (
+            {"url": "https://bigfix.example:52311", "user": "op", "password": "sdb://nosuch/pw"},
+            "iemkey:api:password: the sdb:// URI did not resolve",
+        ),
+    ],
+)
 def test_an_api_that_is_not_configured_is_an_error_before_any_request(httpserver, opts, monkeypatch, api, error):
     monkeypatch.setattr(iemkey.salt.utils.sdb, "sdb_get", lambda value, _opts: value)  # Salt's: unresolved stays
     opts["iemkey"]["api"] = api
@@ -125,8 +152,9 @@ def test_an_api_that_is_not_configured_is_an_error_before_any_request(httpserver
 
 
 def test_an_sdb_password_is_resolved_and_sent(httpserver, opts, monkeypatch):
-    monkeypatch.setattr(iemkey.salt.utils.sdb, "sdb_get",
-                        lambda value, _opts: "pw-for-the-api" if value == "sdb://vault/pw" else value)
+    monkeypatch.setattr(
+        iemkey.salt.utils.sdb, "sdb_get", lambda value, _opts: "pw-for-the-api" if value == "sdb://vault/pw" else value
+    )
     opts["iemkey"]["api"]["password"] = "sdb://vault/pw"
     _answers(httpserver, 8, 200)
     assert iemkey.remove_computer(8)["result"] is True
@@ -140,8 +168,9 @@ def test_a_removal_settles_the_clean_ups_of_that_computer_only(httpserver, opts)
     state = os.path.join(opts["cachedir"], "iemkey")
     os.makedirs(state)
     with open(os.path.join(state, "cleanup.json"), "w", encoding="utf-8") as handle:
-        json.dump({"pending": {"web1 10": entry("10"), "web1 11": entry("11")},
-                   "review": {"web1 12": entry("12")}}, handle)
+        json.dump(
+            {"pending": {"web1 10": entry("10"), "web1 11": entry("11")}, "review": {"web1 12": entry("12")}}, handle
+        )
     _answers(httpserver, 10, 200)
     _answers(httpserver, 12, 404)
     _answers(httpserver, 11, 500)

@@ -19,8 +19,13 @@ def _verdict(compliant=False, installed=True, stale=False, reason="key_created .
     return {"compliant": compliant, "stale": stale, "reason": reason, "status": status}
 
 
-ROTATION = {"rotated": True, "old_computer_id": "1001", "rotated_at": "2026-11-27T10:00:00+00:00",
-            "removed": ["ClientCert.crt", "ClientKey.pvk"], "keystorage": "/var/opt/BESClient/KeyStorage"}
+ROTATION = {
+    "rotated": True,
+    "old_computer_id": "1001",
+    "rotated_at": "2026-11-27T10:00:00+00:00",
+    "removed": ["ClientCert.crt", "ClientKey.pvk"],
+    "keystorage": "/var/opt/BESClient/KeyStorage",
+}
 
 
 @pytest.fixture(params=[False, True], ids=["apply", "test"])
@@ -59,15 +64,21 @@ def test_a_stale_agent_fails_whatever_the_mode(mods, test_mode):
 
 
 def test_no_agent_fails_and_says_where_it_looked(mods, test_mode):
-    mods["iemkey.check"].return_value = _verdict(installed=False, reason="the BigFix agent is not installed: no "
-                                                                        "control script at /etc/init.d/besclient")
+    mods["iemkey.check"].return_value = _verdict(
+        installed=False, reason="the BigFix agent is not installed: no control script at /etc/init.d/besclient"
+    )
     ret = _apply()
     assert ret["result"] is False and ret["changes"] == {} and "/etc/init.d/besclient" in ret["comment"]
     mods["iemkey.rotate"].assert_not_called()
 
 
-@pytest.mark.parametrize("error", [SaltInvocationError("since 'x' is not an ISO 8601 time"),
-                                   CommandExecutionError("cannot read the BigFix client settings")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        SaltInvocationError("since 'x' is not an ISO 8601 time"),
+        CommandExecutionError("cannot read the BigFix client settings"),
+    ],
+)
 def test_when_it_cannot_decide_it_fails_and_touches_nothing(mods, test_mode, error):
     mods["iemkey.check"].side_effect = error
     ret = _apply()
@@ -91,8 +102,11 @@ def test_an_old_key_is_rotated_or_planned(mods, test_mode):
     assert ret["changes"]["key"]["new"] == {"rotated_at": ROTATION["rotated_at"]}  # wait=0: no new ID yet
     assert "the old computer ID 1001 is now a duplicate" in ret["comment"]
     mods["iemkey.rotate"].return_value = {**ROTATION, "new_computer_id": "2002", "key_created": "2026-11-27T10:00:01"}
-    assert _apply(wait=30)["changes"]["key"]["new"] == {"rotated_at": ROTATION["rotated_at"],
-                                                        "key_created": "2026-11-27T10:00:01", "computer_id": "2002"}
+    assert _apply(wait=30)["changes"]["key"]["new"] == {
+        "rotated_at": ROTATION["rotated_at"],
+        "key_created": "2026-11-27T10:00:01",
+        "computer_id": "2002",
+    }
 
 
 def test_rotated_elsewhere_while_waiting_for_the_lock_changes_nothing(mods, test_mode):
@@ -117,10 +131,16 @@ def test_a_failed_rotation_fails_with_its_reason(mods, test_mode):
 
 @pytest.mark.parametrize(
     ("extra", "says"),
-    [({"registered": False, "register_error": "password rejected"}, "The manual key exchange failed: password "
-                                                                     "rejected"),
-     ({"errors": ["sending iemkey/rotated failed after the rotation: RuntimeError: boom"]},
-      "sending iemkey/rotated failed after the rotation: RuntimeError: boom")],
+    [
+        (
+            {"registered": False, "register_error": "password rejected"},
+            "The manual key exchange failed: password rejected",
+        ),
+        (
+            {"errors": ["sending iemkey/rotated failed after the rotation: RuntimeError: boom"]},
+            "sending iemkey/rotated failed after the rotation: RuntimeError: boom",
+        ),
+    ],
 )
 def test_a_step_that_fails_after_the_rotation_fails_the_state_and_keeps_the_change(mods, test_mode, extra, says):
     mods["iemkey.rotate"].return_value = {**ROTATION, **extra}
@@ -130,8 +150,10 @@ def test_a_step_that_fails_after_the_rotation_fails_the_state_and_keeps_the_chan
         return
     assert ret["result"] is False
     assert ret["changes"]["removed"] == ROTATION["removed"] and ret["changes"]["key"]["old"]["computer_id"] == "1001"
-    assert ret["comment"] == ("Rotated the BigFix agent key (key_created ... is before since ...); the old computer "
-                              f"ID 1001 is now a duplicate in the BigFix console. {says}")
+    assert ret["comment"] == (
+        "Rotated the BigFix agent key (key_created ... is before since ...); the old computer "
+        f"ID 1001 is now a duplicate in the BigFix console. {says}"
+    )
 
 
 def test_without_wait_the_state_does_not_wait_for_the_new_key(mods, test_mode):

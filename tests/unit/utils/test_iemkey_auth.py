@@ -30,7 +30,8 @@ def test_a_signed_event_verifies_and_yields_its_signer_payload_and_time():
 def test_the_pkcs1_public_key_format_older_salt_wrote_verifies_too():
     data = iemkey_auth.sign(TAG, "alpha", {}, ALPHA[0], now=NOW)
     pkcs1 = serialization.load_pem_public_key(ALPHA[1]).public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+        serialization.Encoding.PEM, serialization.PublicFormat.PKCS1
+    )
     assert _verify(data, public=pkcs1)[0] == "alpha"
 
 
@@ -100,8 +101,10 @@ def test_a_payload_that_is_not_plain_json_is_refused():
 # -- the wire format: a master and its minions may run different iemkey versions ------------------
 def test_the_signed_bytes_are_fixed():
     signed = iemkey_auth.canonical(TAG, "alpha", {"reason": "é", "n": [1, 2]}, "2026-11-27T12:00:00+00:00", "0" * 32)
-    assert signed == (b'{"id":"alpha","nonce":"00000000000000000000000000000000","payload":{"n":[1,2],'
-                      b'"reason":"\\u00e9"},"tag":"iemkey/compromised","time":"2026-11-27T12:00:00+00:00","v":1}')
+    assert signed == (
+        b'{"id":"alpha","nonce":"00000000000000000000000000000000","payload":{"n":[1,2],'
+        b'"reason":"\\u00e9"},"tag":"iemkey/compromised","time":"2026-11-27T12:00:00+00:00","v":1}'
+    )
 
 
 def test_the_envelope_is_fixed():
@@ -110,7 +113,11 @@ def test_the_envelope_is_fixed():
     envelope = data["iemkey_sig"]
     assert set(envelope) == {"v", "alg", "id", "time", "nonce", "sig"}
     assert (envelope["v"], envelope["alg"], envelope["id"], envelope["time"]) == (
-        1, "RSA-PKCS1v15-SHA256", "alpha", "2026-11-27T12:00:00+00:00")
+        1,
+        "RSA-PKCS1v15-SHA256",
+        "alpha",
+        "2026-11-27T12:00:00+00:00",
+    )
 
 
 def _tampered(**envelope):
@@ -119,20 +126,23 @@ def _tampered(**envelope):
     return data
 
 
-@pytest.mark.parametrize(("data", "public", "reason"), [
-    (_tampered(v=2), ALPHA[1], "its signature is of an unknown kind (v=2, alg='RSA-PKCS1v15-SHA256')"),
-    (_tampered(alg="HMAC"), ALPHA[1], "its signature is of an unknown kind (v=1, alg='HMAC')"),
-    (_tampered(id="*"), ALPHA[1], "it names no valid minion id ('*')"),
-    (_tampered(id=None), ALPHA[1], "it names no valid minion id (None)"),
-    (_tampered(nonce="x"), ALPHA[1], "its nonce is malformed"),
-    (_tampered(), None, "'alpha' is not an accepted minion"),
-    (_tampered(time="yesterday"), ALPHA[1], "its time or signature is malformed"),
-    (_tampered(sig="not base64!"), ALPHA[1], "its time or signature is malformed"),
-    (_tampered(time="2026-11-27T12:00:00"), ALPHA[1], "its time has no zone"),
-    (_tampered(), BETA[1], "its signature does not verify with the accepted key of 'alpha'"),
-    ({"reason": "ids"}, ALPHA[1], "it is not signed"),
-    ({"iemkey_sig": "text"}, ALPHA[1], "it is not signed"),
-])
+@pytest.mark.parametrize(
+    ("data", "public", "reason"),
+    [
+        (_tampered(v=2), ALPHA[1], "its signature is of an unknown kind (v=2, alg='RSA-PKCS1v15-SHA256')"),
+        (_tampered(alg="HMAC"), ALPHA[1], "its signature is of an unknown kind (v=1, alg='HMAC')"),
+        (_tampered(id="*"), ALPHA[1], "it names no valid minion id ('*')"),
+        (_tampered(id=None), ALPHA[1], "it names no valid minion id (None)"),
+        (_tampered(nonce="x"), ALPHA[1], "its nonce is malformed"),
+        (_tampered(), None, "'alpha' is not an accepted minion"),
+        (_tampered(time="yesterday"), ALPHA[1], "its time or signature is malformed"),
+        (_tampered(sig="not base64!"), ALPHA[1], "its time or signature is malformed"),
+        (_tampered(time="2026-11-27T12:00:00"), ALPHA[1], "its time has no zone"),
+        (_tampered(), BETA[1], "its signature does not verify with the accepted key of 'alpha'"),
+        ({"reason": "ids"}, ALPHA[1], "it is not signed"),
+        ({"iemkey_sig": "text"}, ALPHA[1], "it is not signed"),
+    ],
+)
 def test_each_refusal_says_exactly_why(data, public, reason):
     with pytest.raises(iemkey_auth.Refused) as err:
         _verify(data, public=public)

@@ -40,8 +40,20 @@ def test_a_date_means_midnight_utc():
 
 @pytest.mark.parametrize(
     "value",
-    ["", "yesterday", "2026-13-01T00:00:00Z", "2026-11-20T25:00", "next tuesday 08:00", "-5", "1e9", None, True,
-     ["2026-11-20"], {"t": 1}, "99999999999999999999"],
+    [
+        "",
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        "2026-11-20T25:00",
+        "next tuesday 08:00",
+        "-5",
+        "1e9",
+        None,
+        True,
+        ["2026-11-20"],
+        {"t": 1},
+        "99999999999999999999",
+    ],
 )
 def test_malformed_times_are_refused_with_the_value_named(value):
     with pytest.raises(SaltInvocationError) as err:
