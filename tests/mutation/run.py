@@ -31,7 +31,8 @@ TARGETS = {
     "modules/iemkey.py": "_modules/iemkey.py",
     "states/iemkey.py": "_states/iemkey.py",
     "runners/iemkey.py": "_runners/iemkey.py",
-    "utils/iemkey_auth.py": "_utils/iemkey_auth.py",
+    # every utility module, as Salt's loader syncs it (extmods/utils/) and as tests import it (_utils/)
+    **{f"utils/{util.name}": f"_utils/{util.name}" for util in sorted((REPO / "_utils").glob("iemkey_*.py"))},
 }
 LAYERS = ["tests/unit", "tests/functional"]
 
