@@ -428,3 +428,103 @@ def test_a_wait_that_is_no_number_is_refused_before_anything(storage, seen):
         iemkey.rotate(wait="soon")
     assert str(err.value) == "wait must be a number of seconds, not 'soon'"
     assert seen == []
+
+
+def test_test_mode_from_the_minion_config_plans_too(storage, seen):
+    iemkey.__opts__["test"] = True
+    assert iemkey.rotate()["would_run"][-1] == "service.start BESClient"
+    assert seen == [] and os.path.isdir(_keystorage(storage))
+
+
+def test_a_key_new_enough_is_not_rotated_and_says_why(storage, seen):
+    ret = iemkey.rotate(since="2000-01-01T00:00:00Z")
+    assert ret["rotated"] is False and ret["keystorage"] == _keystorage(storage)
+    assert ret["comment"].startswith("key_created ") and ret["comment"].endswith(
+        " is at or after since 2000-01-01T00:00:00+00:00"
+    )
+    assert seen == []
+
+
+# -- an interrupted rotation: the next run finishes it, deleting nothing new -------------------------
+@pytest.fixture
+def interrupted(storage):
+    """What a rotation that died between its delete and its start leaves: no KeyStorage, a record."""
+    record = {
+        "step": "deleted",
+        "keystorage": _keystorage(storage),
+        "old_computer_id": "1001",
+        "removed": ["ClientCert.crt", "ClientKey.pvk"],
+        "deleted_at": "2026-11-27T08:00:00+00:00",
+    }
+    for name in record["removed"]:
+        os.unlink(os.path.join(record["keystorage"], name))
+    os.rmdir(record["keystorage"])
+    iemkey._write_record(record)
+    return record
+
+
+def test_the_plan_of_an_interrupted_rotation_is_only_the_start(storage, seen, interrupted):
+    assert iemkey.rotate(test=True) == {
+        "rotated": None,
+        "test": True,
+        "keystorage": _keystorage(storage),
+        "old_computer_id": "1001",
+        "would_remove": [],
+        "would_run": ["service.start BESClient"],
+        "comment": "finish the interrupted rotation",
+    }
+    assert seen == []
+
+
+def test_an_interrupted_rotation_is_finished_with_its_own_facts(storage, seen, interrupted, caplog):
+    with caplog.at_level("INFO"):
+        ret = iemkey.rotate()
+    assert [verb for verb, _record in seen] == ["start"]  # not stopped again, nothing deleted again
+    assert {key: ret[key] for key in ("rotated", "resumed", "old_computer_id", "rotated_at", "removed")} == {
+        "rotated": True,
+        "resumed": True,
+        "old_computer_id": "1001",
+        "rotated_at": "2026-11-27T08:00:00+00:00",
+        "removed": ["ClientCert.crt", "ClientKey.pvk"],
+    }
+    said = f"iemkey: finishing the rotation interrupted after deleting {_keystorage(storage)}"
+    assert said in [record.getMessage() for record in caplog.records]
+    assert iemkey._read_record() == {
+        "step": "done",
+        "keystorage": _keystorage(storage),
+        "old_computer_id": "1001",
+        "rotated_at": "2026-11-27T08:00:00+00:00",
+        "removed": ["ClientCert.crt", "ClientKey.pvk"],
+    }
+
+
+def test_an_agent_that_does_not_run_after_its_start_fails_the_job_and_says_how_to_finish(storage):
+    iemkey.__salt__["service.status"] = MagicMock(return_value=False)
+    with pytest.raises(CommandExecutionError) as err:
+        iemkey.rotate()
+    assert str(err.value) == (
+        f"KeyStorage {_keystorage(storage)} was deleted but the agent is not running after "
+        "`service.start BESClient` exited 0. The keys are gone and the agent is down; run iemkey.rotate again "
+        "to finish."
+    )
+
+
+@pytest.mark.parametrize(
+    ("helper", "step"),
+    [
+        ("_write_record", "recording the rotation"),
+        ("_key_exchange", "the manual key exchange"),
+        ("_await_new_key", "waiting for the new key"),
+    ],
+)
+def test_each_step_after_the_delete_is_named_when_it_fails(storage, monkeypatch, helper, step):
+    real_write = iemkey._write_record
+
+    def boom(*args):
+        if helper != "_write_record" or args[0].get("step") == "done":
+            raise RuntimeError("boom")
+        return real_write(*args)
+
+    monkeypatch.setattr(iemkey, helper, boom)
+    ret = iemkey.rotate(wait=1)
+    assert ret["rotated"] is True and ret["errors"] == [f"{step} failed after the rotation: RuntimeError: boom"]
