@@ -61,6 +61,28 @@ def test_malformed_times_are_refused_with_the_value_named(value):
     assert "since" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("yesterday", "since 'yesterday' is not an ISO 8601 time (2026-11-20T08:00:00Z) or epoch seconds"),
+        (None, "since must be an ISO 8601 time or epoch seconds, not None"),
+        (True, "since must be an ISO 8601 time or epoch seconds, not True"),
+        (["2026-11-20"], "since must be an ISO 8601 time or epoch seconds, not ['2026-11-20']"),
+        ("99999999999999999999", "since '99999999999999999999' is not a usable epoch time"),
+    ],
+)
+def test_each_refusal_says_exactly_what_was_wrong(value, message):
+    with pytest.raises(SaltInvocationError) as err:
+        iemkey_time.parse_time(value)
+    assert str(err.value) == message
+
+
+def test_the_value_is_named_as_the_caller_names_it():
+    with pytest.raises(SaltInvocationError) as err:
+        iemkey_time.parse_time("soon", "rotated_at")
+    assert str(err.value).startswith("rotated_at 'soon' is not")
+
+
 def test_iso_output_is_utc_with_an_explicit_offset():
     assert iemkey_time.iso(T.timestamp()) == "2026-11-20T08:00:00+00:00"
     assert iemkey_time.iso(None) is None
