@@ -49,11 +49,12 @@ try:
     import fcntl
 except ImportError:  # a Salt master runs on POSIX; this keeps the import harmless elsewhere
     fcntl = None
-try:
-    import iemkey_auth  # _utils/iemkey_auth.py, synced with saltutil.sync_all (formula install)
+try:  # _utils/, synced with saltutil.sync_all (formula install)
+    import iemkey_auth
+    import iemkey_record
 except ImportError:
-    try:
-        from saltext.iemkey.utils import iemkey_auth  # pip install (Salt extension)
+    try:  # pip install (Salt extension)
+        from saltext.iemkey.utils import iemkey_auth, iemkey_record
     except ImportError:
         iemkey_auth = None
 
@@ -74,7 +75,10 @@ STATE_NAME = "bigfix-agent-key"
 
 def __virtual__():
     if iemkey_auth is None:
-        return (False, "iemkey runner: its utility module iemkey_auth is missing: run salt-run saltutil.sync_all")
+        return (
+            False,
+            "iemkey runner: its utility modules (_utils/iemkey_*.py) are missing: run salt-run saltutil.sync_all",
+        )
     return __virtualname__
 
 
@@ -155,12 +159,7 @@ def _stored(name):
         before = json.dumps(document, sort_keys=True)
         yield document
         if json.dumps(document, sort_keys=True) != before:
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, sort_keys=True, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            iemkey_record.write(path, document, indent=1)
 
 
 def _cleanups():

@@ -17,7 +17,10 @@ import posixpath
 
 from salt.exceptions import CommandExecutionError
 
-KEYSTORAGE = "KeyStorage"
+try:  # the sibling utility module, as the loader syncs it (formula) or pip installs it (extension)
+    from iemkey_storage import KEYSTORAGE
+except ImportError:
+    from saltext.iemkey.utils.iemkey_storage import KEYSTORAGE
 UNIX_CONFIG_FILE = "/var/opt/BESClient/besclient.config"
 CONFIG_SECTIONS = {
     "client": "Software\\BigFix\\EnterpriseClient",

@@ -5,7 +5,8 @@ The record (``rotation.json``) says how far a rotation got (stopping, deleted,
 failed, done), so a rotation interrupted after the delete is finished by the next
 one without deleting anything new. It is written atomically (temp file, fsync,
 rename). The lock is an OS lock on ``rotate.lock``, which the kernel drops when its
-holder dies. Pure functions: the ``iemkey`` execution module passes the paths in.
+holder dies. Pure functions: the ``iemkey`` execution module passes the paths in; the
+runner writes its clean-up file with ``write`` too.
 """
 
 import contextlib
@@ -41,11 +42,11 @@ def read(path):
     return record if isinstance(record, dict) else None
 
 
-def write(path, record):
-    """Replace the record at ``path`` with ``record``, atomically."""
+def write(path, record, indent=None):
+    """Replace the JSON document at ``path`` with ``record``, atomically (temp file, fsync, rename)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, sort_keys=True)
+        json.dump(record, handle, sort_keys=True, indent=indent)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
