@@ -35,10 +35,20 @@ unit functional integration: $(STAMP)
 matrix:
 	PYTHON=$(PYTHON) .ci/matrix
 
-# mutation testing (slow, not part of make test): .mutation/report.txt ends with the score
-mutation: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/mutation.txt
-	$(BIN)/python tests/mutation/run.py
+# mutation testing (slow, not part of make test): .mutation/report.txt ends with the score. Its own venv:
+# coverage installs a .pth that, with the COVERAGE_PROCESS_START salt-factories' CLI scripts set, breaks
+# every Python child of the integration tests' minions in whatever venv it is in.
+MUT_VENV  := .venv-mutation
+MUT_STAMP := $(MUT_VENV)/.installed-$(shell cat $(REQS) requirements/mutation.txt | cksum | cut -d' ' -f1)
+
+$(MUT_STAMP): $(REQS) requirements/mutation.txt
+	$(PYTHON) -m venv $(MUT_VENV)
+	$(MUT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(REQS) -r requirements/mutation.txt
+	rm -f $(MUT_VENV)/.installed-*
+	touch $@
+
+mutation: $(MUT_STAMP)
+	$(MUT_VENV)/bin/python tests/mutation/run.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
