@@ -100,11 +100,6 @@ def _minion(salt_master, tmp_path_factory, name):
                 "client_binary": str(root / "opt/BESClient/bin/BESClient"),
                 "command_timeout": 10,
             },
-            # Salt 3007 re-adds its __master_alive job after a reconnect (the master-restart tests) with
-            # seconds = master_alive_interval, 0 by default: it then runs on every schedule pass, its
-            # status.master misreads the loopback publish connection as lost, and the minion re-inits
-            # mid-job, dropping that job's return ("Minion did not return"). An hour keeps it out of a run.
-            "master_alive_interval": 3600,
             "log_level_logfile": "debug",
         },
     )
