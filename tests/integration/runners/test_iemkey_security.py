@@ -16,6 +16,7 @@ import pathlib
 import time
 
 import iemkey_auth
+import pytest
 import requests
 import yaml
 from helpers import HOOK_SECRET
@@ -279,6 +280,7 @@ def _restart(salt_master):
             assert wait_for(lambda m=minion_id: quick.run("test.ping", minion_tgt=m).data is True, timeout=120)
 
 
+@pytest.mark.restarts_master
 def test_an_sdb_hook_secret_that_does_not_resolve_refuses_every_webhook(
     salt_master, salt_api, salt_minion, salt_minion_2, agent, event_listener
 ):
@@ -302,6 +304,7 @@ def test_an_sdb_hook_secret_that_does_not_resolve_refuses_every_webhook(
     assert agent.wait_for_keys(timeout=60) and agent.key_files() != keys
 
 
+@pytest.mark.restarts_master
 def test_a_pending_cleanup_survives_a_master_restart(salt_master, salt_run_cli, salt_minion, agent, bigfix):
     bigfix.down = True
     old_id = agent.computer_id
