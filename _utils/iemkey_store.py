@@ -1,0 +1,209 @@
+"""
+Everything the iemkey runner keeps on the master, behind one small interface.
+
+Records are JSON objects in named banks, one record per key, the way Salt's own cache
+(``salt.cache``) is laid out:
+
+========================  ==================================================================
+bank                      key -> record
+========================  ==================================================================
+``cases``                 ``<minion>:<old computer id>`` -> one rotation's old computer: its
+                          clean-up status and its audit trail (kept after it is closed)
+``nonces``                ``<minion>:<nonce>`` -> a signed event already acted on, until it
+                          would be stale anyway (``expires``)
+``compromises``           ``<minion>`` -> the compromise alert or webhook the master acted on
+``incidents``             ``<name>`` -> an incident an operator declared (``iemkey.incident``)
+``groups``                ``<incident>`` -> the BigFix computer group listing its computers to
+                          revoke
+========================  ==================================================================
+
+``LocalStore`` (the default, ``iemkey:store: {driver: local}``) keeps each record in its own
+file, ``<path>/<bank>/<key>.json`` (``path`` defaults to ``<cachedir>/iemkey``): writing one
+record never rewrites another, so one event costs the same with ten records or ten thousand.
+Every write is atomic (temp file, fsync, rename); ``add`` creates a record only if its key is
+new (a hard link, which the kernel refuses when the name exists), which is what claims a nonce
+exactly once; ``update`` is a read-modify-write under an exclusive ``flock`` of the bank.
+
+Pure Python, no Salt loader dunders: the runner builds the store from its master opts.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+
+try:
+    import fcntl
+except ImportError:  # a Salt master runs on POSIX; this keeps the import harmless elsewhere
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+BANKS = ("cases", "nonces", "compromises", "incidents", "groups")
+# What a key may be: minion ids, computer ids, nonces, incident names, joined by ':'. Never a path.
+KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,300}")
+SWEEP_EVERY = 60  # seconds between two sweeps of expired records in a bank
+
+
+class StoreError(Exception):
+    """The store cannot be used as configured (unknown driver, a key that is not a key)."""
+
+
+def from_opts(opts):
+    """The store ``iemkey:store`` in the master opts describes (local files by default)."""
+    conf = (opts.get("iemkey") or {}).get("store") or {}
+    if not isinstance(conf, dict):
+        raise StoreError(f"iemkey:store must be a mapping such as {{driver: local}}, not {conf!r}")
+    driver = conf.get("driver") or "local"
+    if driver != "local":
+        raise StoreError(f"iemkey:store:driver {driver!r} is not known (this version keeps its state in local files)")
+    return LocalStore(conf.get("path") or os.path.join(opts["cachedir"], "iemkey"))
+
+
+class LocalStore:
+    """Banks of JSON records in files under ``root`` (see the module's docstring)."""
+
+    def __init__(self, root):
+        self.root = str(root)
+
+    def __repr__(self):
+        return f"LocalStore({self.root!r})"
+
+    # -- paths ---------------------------------------------------------------------------
+    def _bank(self, bank):
+        if bank not in BANKS:
+            raise StoreError(f"no bank {bank!r} in the iemkey store")
+        path = os.path.join(self.root, bank)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    def _path(self, bank, key):
+        if not isinstance(key, str) or not KEY.fullmatch(key):
+            raise StoreError(f"{key!r} is not a key of the iemkey store")
+        return os.path.join(self._bank(bank), f"{key}.json")
+
+    # -- reading -------------------------------------------------------------------------
+    def get(self, bank, key):
+        """The record at ``bank``/``key``, or None."""
+        return _read(self._path(bank, key))
+
+    def all(self, bank):
+        """Every record in ``bank``: {key: record}."""
+        folder = self._bank(bank)
+        found = {}
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".json") and not name.startswith("."):
+                record = _read(os.path.join(folder, name))
+                if record is not None:
+                    found[name[: -len(".json")]] = record
+        return found
+
+    # -- writing -------------------------------------------------------------------------
+    def put(self, bank, key, record):
+        """Replace (or create) the record at ``bank``/``key``, atomically."""
+        path = self._path(bank, key)
+        tmp = _write_temp(path, record)
+        os.replace(tmp, path)
+
+    def add(self, bank, key, record):
+        """Create the record only if ``key`` is new: True if this call created it. Atomic: of two
+        callers racing for one key (two reactor workers, two runs), exactly one gets True."""
+        path = self._path(bank, key)
+        tmp = _write_temp(path, record)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
+    def delete(self, bank, key):
+        """Remove the record; True if there was one."""
+        try:
+            os.unlink(self._path(bank, key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def locked(self, name, blocking=True):
+        """An exclusive lock called ``name`` (a bank's name locks that bank's updates): yields True,
+        or False at once when ``blocking`` is False and another holder has it. The kernel drops it
+        if its holder dies."""
+        if not KEY.fullmatch(name):
+            raise StoreError(f"{name!r} is not a lock of the iemkey store")
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        with open(os.path.join(self.root, f".{name}.lock"), "a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def update(self, bank, key):
+        """Read-modify-write one record under the bank's lock: yields the record (a new empty
+        dict when there is none) and writes it back if the caller changed it; an emptied record
+        is removed."""
+        with self.locked(bank):
+            record = self.get(bank, key)
+            before = _dump(record)
+            record = record if record is not None else {}
+            yield record
+            if _dump(record or None) != before:
+                if record:
+                    self.put(bank, key, record)
+                else:
+                    self.delete(bank, key)
+
+    def sweep(self, bank, now=None):
+        """Remove the records of ``bank`` whose ``expires`` (epoch seconds) has passed; at most
+        once a minute per bank (the bank's ``.swept`` file remembers when). How many it removed."""
+        now = time.time() if now is None else now
+        marker = os.path.join(self._bank(bank), ".swept")
+        try:
+            if now - os.stat(marker).st_mtime < SWEEP_EVERY:
+                return 0
+        except FileNotFoundError:
+            pass
+        with open(marker, "a", encoding="utf-8"):
+            os.utime(marker, (now, now))
+        removed = 0
+        for key, record in self.all(bank).items():
+            expires = record.get("expires")
+            if isinstance(expires, (int, float)) and expires < now and self.delete(bank, key):
+                removed += 1
+        return removed
+
+
+def _dump(record):
+    return json.dumps(record, sort_keys=True)
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.error("iemkey store: %s is unreadable (%s); ignoring it", path, exc)
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_temp(path, record):
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, sort_keys=True, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return tmp

@@ -1,0 +1,288 @@
+"""
+Reading the BigFix server's replies the way real servers send them (docs/bigfix-facts.md), and the
+REST client against the stand-in server on loopback: only the agent record's own properties
+count, the fields asked for are the ones read, a relevance error inside HTTP 200 is an error,
+no reply body ever reaches a message, reads are retried and creations are not.
+"""
+
+import datetime
+import json
+import logging
+
+import iemkey_bigfix
+import pytest
+from bigfix_rest import ID_PROPERTY, SETTING_SECRET, StandInBigFix
+from werkzeug import Response
+
+UTC = datetime.timezone.utc
+HEAD = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<BESAPI xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+    'xsi:noNamespaceSchemaLocation="BESAPI.xsd">'
+)
+
+
+def _reply(*properties, extension=""):
+    props = "".join(f'<Property Name="{name}">{value}</Property>' for name, value in properties)
+    return (
+        f'{HEAD}<Computer Resource="https://bf.example:52311/api/computer/4711">{props}{extension}</Computer></BESAPI>'
+    )
+
+
+# -- replies ---------------------------------------------------------------------------------------
+def test_a_full_reply_gives_the_agent_records_own_first_properties():
+    content = _reply(
+        ("Client Settings", "__RelayServer1=http://relay:52311/bfmirror/downloads"),
+        ("Client Settings", f"_BESServer_Database_Password={SETTING_SECRET}"),
+        ("Computer Name", "web01.example.com"),
+        ("Last Report Time", "Wed, 19 Apr 2023 15:55:23 +0000"),
+        ("IP Address", "10.0.0.1"),
+        ("IP Address", "10.0.0.2"),
+        ("Agent Type", "Native"),
+        ("Enrollment Date", "Wed, 06 Apr 2022 18:54:01 -0700"),
+        ("ID", "4711"),
+        ("Computer Name", "a repeated name never counts"),
+        ("company", "User-defined error: not set"),
+    )
+    computer = iemkey_bigfix.parse_computer(content, "4711")
+    assert computer == iemkey_bigfix.Computer(
+        id="4711",
+        name="web01.example.com",
+        last_report=datetime.datetime(2023, 4, 19, 15, 55, 23, tzinfo=UTC),
+        agent_type="Native",
+        correlated=False,
+    )
+
+
+def test_a_correlated_reply_is_read_from_the_agent_record_not_its_management_extensions():
+    content = _reply(
+        ("Computer Name", "web01"),
+        ("Last Report Time", "Tue, 01 Dec 2026 10:00:00 +0000"),
+        ("Agent Type", "Native"),
+        ("ID", "4711"),
+        extension='<ManagementExtension Type="Cloud - AWS">'
+        '<Property Name="Computer Name">i-0abc</Property>'
+        '<Property Name="Last Report Time">Mon, 30 Nov 2026 08:00:00 +0000</Property>'
+        '<Property Name="Agent Type">Cloud - AWS</Property></ManagementExtension>',
+    )
+    computer = iemkey_bigfix.parse_computer(content, "4711")
+    assert computer.name == "web01" and computer.agent_type == "Native" and computer.correlated is True
+    assert computer.last_report == datetime.datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("User-defined error: not set", None),
+        ("user-defined error: unknown", None),
+        ("", None),
+        ("   ", None),
+        (None, None),
+        ("<none>", "<none>"),
+        ("  web01 ", "web01"),
+    ],
+)
+def test_values_bigfix_does_not_really_give_count_as_absent(value, expected):
+    assert iemkey_bigfix.value(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Wed, 19 Apr 2023 15:55:23 +0000", datetime.datetime(2023, 4, 19, 15, 55, 23, tzinfo=UTC)),
+        ("Wed, 06 Apr 2022 18:54:01 -0700", datetime.datetime(2022, 4, 7, 1, 54, 1, tzinfo=UTC)),
+        ("Wed, 19 Apr 2023 15:55:23", datetime.datetime(2023, 4, 19, 15, 55, 23, tzinfo=UTC)),
+        ("yesterday", None),
+        ("User-defined error: unknown", None),
+        (None, None),
+    ],
+)
+def test_report_times_are_read_in_their_own_offsets_as_utc(text, expected):
+    assert iemkey_bigfix.report_time(text) == expected
+
+
+def test_a_computer_not_yet_reported_has_no_name_and_no_report_time():
+    computer = iemkey_bigfix.parse_computer(_reply(("Agent Type", "Native"), ("ID", "4711")), "4711")
+    assert (computer.name, computer.last_report) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"<html>proxy error</html>", "BESAPI XML without a Computer"),
+        (b"not xml at all", "answered no BESAPI XML"),
+        (_reply(("ID", "999")).encode(), "answered for computer 999"),
+    ],
+)
+def test_a_reply_that_is_not_this_computers_record_is_an_error(content, match):
+    with pytest.raises(iemkey_bigfix.ApiError, match=match) as raised:
+        iemkey_bigfix.parse_computer(content, "4711")
+    assert "proxy error" not in str(raised.value)  # a reply body never reaches a message
+
+
+def test_query_answers_in_xml_and_json_and_errors_inside_http_200():
+    xml = (
+        f'{HEAD}<Query Resource="ids of bes computers"><Result><Answer type="integer">1</Answer>'
+        '<Tuple><Answer type="integer">2</Answer><Answer type="string">web02</Answer></Tuple></Result>'
+        "<Evaluation><Time>0.3ms</Time></Evaluation></Query></BESAPI>"
+    )
+    assert iemkey_bigfix.parse_query(xml) == ["1", ["2", "web02"]]
+    assert iemkey_bigfix.parse_query(json.dumps({"result": [1, 2], "count": 2}), "application/json") == [1, 2]
+    with pytest.raises(iemkey_bigfix.ApiError, match='relevance failed: The operator "whose" is not defined'):
+        iemkey_bigfix.parse_query(
+            f'{HEAD}<Query Resource="x"><Result/><Error>The operator "whose" is not defined.</Error></Query></BESAPI>'
+        )
+    with pytest.raises(iemkey_bigfix.ApiError, match="relevance failed: Singular expression"):
+        iemkey_bigfix.parse_query(json.dumps({"error": "Singular expression refers to nonexistent object."}), "json")
+    with pytest.raises(iemkey_bigfix.ApiError, match="neither a Result nor an Error"):
+        iemkey_bigfix.parse_query(f"{HEAD}<Query Resource='x'></Query></BESAPI>")
+
+
+def test_a_revocation_group_lists_exactly_its_computers_and_is_never_empty():
+    body = iemkey_bigfix.group_xml("iemkey revoke: worm & co", ["1002", "98", "1002"], 27).decode()
+    assert "<Name>iemkey revoke: worm &amp; co</Name>" in body
+    assert '<MembershipRules JoinByIntersection="false">' in body
+    assert body.count("<MembershipRule ") == 2
+    assert body.index("<SearchText>98</SearchText>") < body.index("<SearchText>1002</SearchText>")
+    assert body.count("<PropertyID>27</PropertyID>") == 2
+    for bad in ([], ["12a"], ["1", ""]):
+        with pytest.raises(ValueError, match="a revocation group lists computer IDs"):
+            iemkey_bigfix.group_xml("g", bad, 27)
+
+
+@pytest.mark.parametrize(
+    ("conf", "error"),
+    [
+        ({}, "set iemkey:api:url, iemkey:api:user, iemkey:api:password in the master config"),
+        ({"url": "https://bf", "user": "op", "password": "sdb://vault/pw"}, "the sdb:// URI did not resolve"),
+        ({"url": "https://bf", "user": "op", "password": "p", "timeout": "soon"}, "timeout must be a number"),
+        ({"url": "https://bf", "user": "op", "password": "p", "timeout": -1}, "must be between 0.001 and 3600"),
+        ({"url": "https://bf", "user": "op", "password": "p", "retries": 0}, "must be between 1 and 3600"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(conf, error):
+    with pytest.raises(iemkey_bigfix.ConfigError, match=error):
+        iemkey_bigfix.settings(conf, resolve=lambda uri: uri)
+
+
+def test_settings_fill_defaults_and_resolve_an_sdb_password():
+    api = iemkey_bigfix.settings(
+        {"url": "https://bf.example:52311/", "user": "op", "password": "sdb://vault/pw"}, resolve=lambda uri: "s3cret"
+    )
+    assert api == {
+        "url": "https://bf.example:52311",
+        "user": "op",
+        "password": "s3cret",
+        "verify": True,
+        "timeout": 30.0,
+        "retries": 3,
+    }
+
+
+# -- the client against the stand-in server -----------------------------------------------------
+class Agent:
+    def __init__(self):
+        self.known = {}
+
+    def computers(self):
+        return self.known
+
+
+@pytest.fixture
+def server(httpserver):
+    agent = Agent()
+    now = datetime.datetime.now(UTC).timestamp()
+    agent.known["1001"] = {"name": "web01.example.com", "registered": now - 86400, "last_report": now - 3600}
+    bigfix = StandInBigFix([agent], "op", "pw").serve(httpserver)
+    bigfix.agent = agent
+    return bigfix
+
+
+@pytest.fixture
+def api(httpserver):
+    return {"url": httpserver.url_for("").rstrip("/"), "user": "op", "password": "pw", "verify": False}
+
+
+def _client(api, **overrides):
+    return iemkey_bigfix.session({**api, "timeout": 2, "retries": 3, **overrides})
+
+
+def test_the_client_asks_only_for_the_fields_it_reads(api, server, httpserver):
+    with _client(api) as client:
+        computer = client.computer("1001")
+    assert computer.name == "web01.example.com" and computer.agent_type == "Native"
+    (request, response) = httpserver.log[0]
+    assert request.args["fields"] == "Property<Name=Computer Name,Last Report Time,Agent Type,ID>"
+    assert SETTING_SECRET not in response.get_data(as_text=True)  # the server honoured it
+
+
+def test_a_full_reply_with_secrets_is_read_and_its_secrets_go_nowhere(api, server, caplog):
+    server.ignore_fields = True  # a server that answers everything, client settings included
+    with caplog.at_level(logging.DEBUG), _client(api) as client:
+        computer = client.computer("1001")
+    assert computer.name == "web01.example.com"
+    assert SETTING_SECRET not in repr(computer) and SETTING_SECRET not in caplog.text
+
+
+def test_gone_and_outside_scope_both_answer_none_and_the_operator_says_which_it_can_be(api, server):
+    with _client(api) as client:
+        assert client.computer("424242") is None
+        assert client.master_operator() is True
+    server.master_operator, server.scope = False, set()
+    with _client(api) as client:
+        assert client.computer("1001") is None  # it is there, outside this operator's scope
+        assert client.master_operator() is False
+
+
+def test_a_relevance_error_inside_http_200_is_an_error(api, server):
+    server.relevance_error = "Singular expression refers to nonexistent object."
+    with _client(api) as client, pytest.raises(iemkey_bigfix.ApiError, match="relevance failed: Singular"):
+        client.id_property()
+    server.relevance_error = None
+    with _client(api) as client:
+        assert client.id_property() == ID_PROPERTY
+
+
+def test_a_query_is_retried_like_a_get_and_a_group_creation_is_not(api, server, httpserver):
+    server.down = True
+    with _client(api) as client:
+        client.sleep = lambda _seconds: None
+        with pytest.raises(iemkey_bigfix.ApiError, match="HTTP 503 from POST /api/query"):
+            client.query("ids of bes computers")
+        with pytest.raises(iemkey_bigfix.ApiError, match="HTTP 503 from POST /api/computergroups/master"):
+            client.save_group("master", "iemkey revoke: x", ["1001"], ID_PROPERTY)
+    assert [c[1] for c in server.calls] == ["/api/query"] * 3 + ["/api/computergroups/master"]
+
+
+def test_authentication_failures_name_the_user_and_are_not_retried(api, server):
+    with _client(api, password="wrong") as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.computer("1001")
+    assert str(raised.value) == (
+        "authentication failed: the BigFix server refused user 'op' (HTTP 401 from GET /api/computer/1001)"
+    )
+    assert raised.value.status == 401 and len(server.calls) == 1
+
+
+def test_groups_are_created_found_by_name_updated_and_read_back(api, server):
+    server.agent.known["1002"] = {**server.agent.known["1001"], "name": "web02"}
+    with _client(api) as client:
+        assert client.group_id("master", "iemkey revoke: alerts") is None
+        gid = client.save_group("master", "iemkey revoke: alerts", ["1001"], ID_PROPERTY)
+        assert client.group_id("master", "iemkey revoke: alerts") == gid
+        assert client.group_members("master", gid) == {"1001"}
+        assert client.save_group("master", "iemkey revoke: alerts", ["1001", "1002"], ID_PROPERTY, gid) == gid
+        assert client.group_members("master", gid) == {"1001", "1002"}
+        client.delete_group("master", gid)
+        assert client.group_id("master", "iemkey revoke: alerts") is None
+
+
+def test_nonsense_answers_are_errors_without_their_body(api, httpserver):
+    httpserver.expect_request("/api/computer/7").respond_with_response(
+        Response("<html><body>Gateway says: secret-ish proxy page</body></html>", status=200)
+    )
+    httpserver.expect_request("/api/computer/8").respond_with_response(Response("teapot", status=418))
+    with _client(api) as client:
+        with pytest.raises(iemkey_bigfix.ApiError) as raised:
+            client.computer("7")
+        assert "secret-ish" not in str(raised.value)
+        with pytest.raises(iemkey_bigfix.ApiError, match="HTTP 418 from GET /api/computer/8"):
+            client.computer("8")

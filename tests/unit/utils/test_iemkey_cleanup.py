@@ -1,0 +1,224 @@
+"""
+The clean-up's decisions as pure functions: each verdict and its exact reason, which records make a
+rotation a compromise rotation (and that nothing a minion sends does), how revocation is confirmed,
+what a late compromise does to cases already decided, and the audit trail.
+"""
+
+import datetime
+
+import iemkey_cleanup
+import pytest
+from iemkey_bigfix import Computer
+
+UTC = datetime.timezone.utc
+RECEIVED = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+MARGIN = 900
+
+
+def _at(seconds):
+    return RECEIVED + datetime.timedelta(seconds=seconds)
+
+
+def _case(**changes):
+    case = iemkey_cleanup.new_case("web01", "1001", "2002", "2026-12-01T11:59:59+00:00", RECEIVED)
+    return {**case, **changes}
+
+
+OLD = Computer("1001", "web01.example.com", _at(-30), "Native")
+NEW = Computer("2002", "web01.example.com", _at(5), "Native")
+
+
+def _verdict(case=None, old=OLD, new=NEW, now=None, master=True):
+    return iemkey_cleanup.verdict(case or _case(), old, new, now or _at(MARGIN), master, MARGIN)
+
+
+def test_a_confirmed_duplicate_is_superseded_once_the_margin_has_passed():
+    assert _verdict() == (
+        "superseded",
+        "the old computer 1001 'web01.example.com' (last report 2026-12-01T11:59:30+00:00) is superseded by 2002, "
+        "which has the same Computer Name",
+    )
+    assert _verdict(now=_at(MARGIN - 1)) == (
+        "pending",
+        "waiting until 2026-12-01T12:15:00+00:00 (iemkey:cleanup:report_margin, 900 s) for BigFix to show any "
+        "report the old computer 1001 made after the rotation",
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "outcome", "detail"),
+    [
+        ({"case": _case(new_computer_id=None)}, "pending", "the minion has not reported its new computer ID yet"),
+        ({"new": None}, "pending", "the new computer 2002 is not registered with BigFix yet"),
+        (
+            {"new": Computer("2002", None, None, "Native")},
+            "pending",
+            "the new computer 2002 has registered but not reported its Computer Name yet",
+        ),
+        (
+            {"new": Computer("2002", "web01.example.com", None, "Native")},
+            "pending",
+            "the new computer 2002 has registered but not reported its Computer Name yet",
+        ),
+        ({"old": None}, "gone", "BigFix has no computer 1001 (already removed)"),
+        (
+            {"old": None, "master": False},
+            "review",
+            "BigFix answers 404 for the old computer 1001, and the API user is not a master operator: a computer "
+            "outside its scope answers 404 too, so iemkey cannot tell whether it is gone",
+        ),
+        (
+            {"old": Computer("1001", "web01.example.com", _at(-30), "Proxy - VMware")},
+            "review",
+            "the old computer 1001 is a 'Proxy - VMware' record, not a native agent's",
+        ),
+        (
+            {"old": Computer("1001", None, _at(-30), "Native")},
+            "review",
+            "BigFix gives no Computer Name for the old computer 1001",
+        ),
+        (
+            {"old": Computer("1001", "db01", _at(-30), "Native")},
+            "review",
+            "BigFix names the old computer 1001 'db01' and the new computer 2002 'web01.example.com': not a duplicate "
+            "of this rotation",
+        ),
+        (
+            {"old": Computer("1001", "web01.example.com", None, "Native")},
+            "review",
+            "BigFix gives no Last Report Time for the old computer 1001",
+        ),
+        (
+            {"old": Computer("1001", "web01.example.com", _at(1), "Native")},
+            "review",
+            "the old computer 1001 reported at 2026-12-01T12:00:01+00:00, after the master received the rotation at "
+            "2026-12-01T12:00:00+00:00: it is still alive",
+        ),
+    ],
+)
+def test_what_bigfix_does_not_confirm_is_never_superseded(kwargs, outcome, detail):
+    assert _verdict(**kwargs) == (outcome, detail)
+
+
+def test_an_agent_type_bigfix_does_not_give_is_taken_as_the_native_record():
+    assert _verdict(old=Computer("1001", "web01.example.com", _at(-30), None))[0] == "superseded"
+
+
+def test_the_minions_own_clock_decides_nothing():
+    """A minion whose clock runs ahead (or lies) says it rotated in the future: the old computer's
+    live reports would all predate that. Only when the master received the rotation counts."""
+    lying = _case(rotated_at="2027-01-01T00:00:00+00:00")
+    alive = Computer("1001", "web01.example.com", _at(60), "Native")
+    assert _verdict(case=lying, old=alive, now=_at(MARGIN + 60))[0] == "review"
+    behind = _case(rotated_at="2026-01-01T00:00:00+00:00")
+    assert _verdict(case=behind)[0] == "superseded"
+
+
+# -- which rotations are compromise rotations --------------------------------------------------------
+ALERT = {
+    "since": _at(-300).isoformat(),
+    "until": _at(86400).isoformat(),
+    "at": RECEIVED.isoformat(),
+    "source": "alert",
+    "reason": "IDS rule 4711",
+}
+INCIDENT = {
+    "since": _at(-3600).isoformat(),
+    "until": None,
+    "minions": ["web01", "web02"],
+    "declared": _at(7200).isoformat(),
+    "cleanup": None,
+}
+
+
+def test_an_alert_covers_the_minions_rotations_the_master_received_within_its_window():
+    assert iemkey_cleanup.covering(_case(), {"web01": ALERT}, {}) == {
+        "incident": "alerts",
+        "source": "alert",
+        "at": RECEIVED.isoformat(),
+        "reason": "IDS rule 4711",
+        "cleanup": None,
+    }
+    assert iemkey_cleanup.covering(_case(received=_at(-301).isoformat()), {"web01": ALERT}, {}) is None
+    assert iemkey_cleanup.covering(_case(received=_at(86401).isoformat()), {"web01": ALERT}, {}) is None
+    assert iemkey_cleanup.covering(_case(minion="web02"), {"web01": ALERT}, {}) is None
+
+
+def test_what_the_minion_says_it_rotated_at_never_moves_a_rotation_out_of_a_compromise():
+    assert iemkey_cleanup.covering(_case(rotated_at="2020-01-01T00:00:00+00:00"), {"web01": ALERT}, {})
+
+
+def test_an_incident_covers_its_minions_from_since_until_it_is_closed_and_comes_first():
+    covered = iemkey_cleanup.covering(_case(), {"web01": ALERT}, {"worm": INCIDENT})
+    assert covered == {"incident": "worm", "source": "incident", "at": _at(7200).isoformat(), "cleanup": None}
+    assert iemkey_cleanup.covering(_case(minion="db01"), {}, {"worm": INCIDENT}) is None
+    assert iemkey_cleanup.covering(_case(received=_at(-3601).isoformat()), {}, {"worm": INCIDENT}) is None
+    closed = {**INCIDENT, "until": _at(-1).isoformat()}
+    assert iemkey_cleanup.covering(_case(), {}, {"worm": closed}) is None
+
+
+def test_the_cleanup_mode_follows_the_incident_then_the_master_config():
+    assert iemkey_cleanup.mode(_case(), "revoke") == "delete"  # routine
+    assert iemkey_cleanup.mode(_case(compromise={"incident": "alerts", "cleanup": None}), "revoke") == "revoke"
+    assert iemkey_cleanup.mode(_case(compromise={"incident": "alerts", "cleanup": None}), "delete") == "delete"
+    assert iemkey_cleanup.mode(_case(compromise={"incident": "x", "cleanup": "delete"}), "revoke") == "delete"
+
+
+# -- revocation is confirmed, not assumed ----------------------------------------------------------
+def test_a_computer_to_revoke_is_revoked_only_once_a_master_operator_sees_it_gone():
+    case = _case(status="revoke", name="web01.example.com")
+    assert iemkey_cleanup.still_to_revoke(case, OLD, _at(60), True) == (
+        "revoke",
+        "computer 1001 'web01.example.com' is still in the console (last report 2026-12-01T11:59:30+00:00)",
+    )
+    status, detail = iemkey_cleanup.still_to_revoke(case, None, _at(60), False)
+    assert status == "revoke" and "not a master operator" in detail
+    assert iemkey_cleanup.still_to_revoke(case, None, _at(60), True) == (
+        "revoked",
+        "computer 1001 left the BigFix console (seen gone at 2026-12-01T12:01:00+00:00): revoked, or removed by an "
+        "operator",
+    )
+
+
+def test_a_late_compromise_turns_open_cases_and_reopens_one_already_deleted():
+    compromise = {"incident": "worm", "source": "incident", "at": "x", "cleanup": None}
+    pending = iemkey_cleanup.reopened_by(_case(), compromise, _at(10), "iemkey.incident worm")
+    assert pending["compromise"] == compromise and pending["status"] == "pending"
+    deleted = iemkey_cleanup.settle(_case(), "deleted", "deleted: superseded", _at(5), "iemkey.cleanup")
+    reopened = iemkey_cleanup.reopened_by(deleted, compromise, _at(10), "iemkey.incident worm")
+    assert reopened["status"] == "review" and "its certificate is NOT revoked" in reopened["detail"]
+    assert [step["status"] for step in reopened["trail"]] == ["pending", "deleted", "review"]
+    for status in ("revoke", "revoked", "dismissed", "gone"):
+        assert iemkey_cleanup.reopened_by(_case(status=status), compromise, _at(10), "x") is None
+    assert iemkey_cleanup.reopened_by(pending, compromise, _at(11), "x") is None  # already one
+
+
+def test_the_trail_records_each_change_of_status_once_with_who_decided():
+    case = _case()
+    case = iemkey_cleanup.settle(case, "pending", "waiting", _at(30), "iemkey.cleanup")
+    case = iemkey_cleanup.settle(case, "pending", "waiting more", _at(60), "iemkey.cleanup")
+    case = iemkey_cleanup.settle(case, "revoke", "confirmed", _at(90), "iemkey.cleanup")
+    assert case["detail"] == "confirmed" and case["checked"] == _at(90).isoformat()
+    assert [(step["status"], step["by"], step["at"]) for step in case["trail"]] == [
+        ("pending", "iemkey.react", RECEIVED.isoformat()),
+        ("revoke", "iemkey.cleanup", _at(90).isoformat()),
+    ]
+
+
+def test_a_case_pending_too_long_goes_to_review():
+    assert iemkey_cleanup.give_up(_case(), "pending", "not registered", _at(86401), 86400) == (
+        "review",
+        "not registered, after 86401 s (iemkey:cleanup:give_up_after)",
+    )
+    assert iemkey_cleanup.give_up(_case(), "pending", "x", _at(86400), 86400) == ("pending", "x")
+    assert iemkey_cleanup.give_up(_case(), "superseded", "x", _at(99999), 86400) == ("superseded", "x")
+
+
+def test_salts_naive_bus_stamps_are_utc():
+    assert iemkey_cleanup.parse("2026-12-01T12:00:00") == RECEIVED
+    assert iemkey_cleanup.parse("2026-12-01T13:00:00+01:00") == RECEIVED
+
+
+def test_the_console_steps_name_the_group():
+    steps = iemkey_cleanup.console_steps("iemkey revoke: worm")
+    assert "'iemkey revoke: worm'" in steps[0] and "Revoke Certificate" in steps[2]

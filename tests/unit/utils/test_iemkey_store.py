@@ -1,0 +1,135 @@
+"""
+The master's store: one JSON file per record, atomic writes, an atomic create that exactly one of
+many racing callers wins, a locked read-modify-write, expiry, and refusals of what is not a key.
+"""
+
+import json
+import multiprocessing
+import os
+import threading
+
+import iemkey_store
+import pytest
+
+
+@pytest.fixture
+def store(tmp_path):
+    return iemkey_store.LocalStore(tmp_path / "iemkey")
+
+
+def test_records_are_one_file_each_and_read_back(store, tmp_path):
+    store.put("cases", "web01:1001", {"status": "pending"})
+    store.put("cases", "web02:1002", {"status": "review"})
+    assert store.get("cases", "web01:1001") == {"status": "pending"}
+    assert store.get("cases", "nosuch:1") is None
+    assert store.all("cases") == {"web01:1001": {"status": "pending"}, "web02:1002": {"status": "review"}}
+    assert sorted(os.listdir(tmp_path / "iemkey" / "cases")) == ["web01:1001.json", "web02:1002.json"]
+    assert json.loads((tmp_path / "iemkey/cases/web01:1001.json").read_text()) == {"status": "pending"}
+    assert store.delete("cases", "web01:1001") is True and store.delete("cases", "web01:1001") is False
+    assert store.all("cases") == {"web02:1002": {"status": "review"}}
+
+
+def test_add_creates_only_a_new_key(store):
+    assert store.add("nonces", "alpha:ab", {"expires": 1}) is True
+    assert store.add("nonces", "alpha:ab", {"expires": 2}) is False
+    assert store.get("nonces", "alpha:ab") == {"expires": 1}  # the first one stands
+    assert [n for n in os.listdir(os.path.join(store.root, "nonces")) if n.endswith(".tmp")] == []
+
+
+def _claim(root, key, results):
+    results.put(iemkey_store.LocalStore(root).add("nonces", key, {"pid": os.getpid()}))
+
+
+def test_of_many_processes_racing_for_one_key_exactly_one_wins(store):
+    results = multiprocessing.Queue()
+    racers = [multiprocessing.Process(target=_claim, args=(store.root, "alpha:race", results)) for _ in range(8)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(30)
+    won = [results.get(timeout=5) for _ in racers]
+    assert won.count(True) == 1 and won.count(False) == 7
+
+
+def test_update_is_a_locked_read_modify_write(store):
+    store.put("compromises", "alpha", {"alerts": 0})
+
+    def bump():
+        for _ in range(50):
+            with store.update("compromises", "alpha") as record:
+                record["alerts"] += 1
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.get("compromises", "alpha") == {"alerts": 200}  # no increment lost
+
+
+def test_update_creates_writes_only_changes_and_removes_an_emptied_record(store, monkeypatch):
+    with store.update("incidents", "worm") as record:
+        assert record == {}
+        record["since"] = "2026-11-20T08:00:00+00:00"
+    assert store.get("incidents", "worm") == {"since": "2026-11-20T08:00:00+00:00"}
+    writes = []
+    monkeypatch.setattr(store, "put", lambda *args: writes.append(args))
+    with store.update("incidents", "worm"):
+        pass
+    assert writes == []  # unchanged: not written again
+    monkeypatch.undo()
+    with store.update("incidents", "worm") as record:
+        record.clear()
+    assert store.get("incidents", "worm") is None
+
+
+def test_a_non_blocking_lock_says_when_another_holder_has_it(store):
+    with store.locked("cleanup-pass") as mine:
+        assert mine is True
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(store.locked("cleanup-pass", blocking=False).__enter__()))
+        thread.start()
+        thread.join()
+        assert seen == [False]
+    with store.locked("cleanup-pass", blocking=False) as mine:
+        assert mine is True
+
+
+def test_sweep_removes_what_expired_at_most_once_a_minute(store):
+    store.put("nonces", "alpha:old", {"expires": 100})
+    store.put("nonces", "alpha:new", {"expires": 10_000})
+    assert store.sweep("nonces", now=1000) == 1
+    assert sorted(store.all("nonces")) == ["alpha:new"]
+    store.put("nonces", "alpha:old2", {"expires": 100})
+    assert store.sweep("nonces", now=1030) == 0  # swept 30 s ago: not yet
+    assert store.sweep("nonces", now=1061) == 1
+
+
+@pytest.mark.parametrize("key", ["../cases/x", "a/b", "", ".hidden", "x" * 400, None, "web 01"])
+def test_anything_but_a_key_is_refused(store, key):
+    with pytest.raises(iemkey_store.StoreError, match="is not a key of the iemkey store"):
+        store.put("cases", key, {})
+
+
+def test_unknown_banks_and_drivers_are_refused(tmp_path):
+    with pytest.raises(iemkey_store.StoreError, match="no bank 'secrets'"):
+        iemkey_store.LocalStore(tmp_path).all("secrets")
+    with pytest.raises(iemkey_store.StoreError, match="iemkey:store:driver 'redis' is not known"):
+        iemkey_store.from_opts({"cachedir": str(tmp_path), "iemkey": {"store": {"driver": "redis"}}})
+    with pytest.raises(iemkey_store.StoreError, match="must be a mapping"):
+        iemkey_store.from_opts({"cachedir": str(tmp_path), "iemkey": {"store": "local"}})
+
+
+def test_the_default_store_lives_in_the_master_cachedir(tmp_path):
+    store = iemkey_store.from_opts({"cachedir": str(tmp_path)})
+    assert store.root == str(tmp_path / "iemkey")
+    custom = iemkey_store.from_opts({"cachedir": str(tmp_path), "iemkey": {"store": {"path": str(tmp_path / "s")}}})
+    assert custom.root == str(tmp_path / "s")
+
+
+def test_an_unreadable_record_is_skipped_and_logged(store, caplog):
+    store.put("cases", "a:1", {"ok": True})
+    with open(os.path.join(store.root, "cases", "b:2.json"), "w", encoding="utf-8") as handle:
+        handle.write("{not json")
+    assert store.all("cases") == {"a:1": {"ok": True}}
+    assert "b:2.json is unreadable" in caplog.text
