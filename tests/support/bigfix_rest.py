@@ -1,43 +1,116 @@
 """
-A stand-in BigFix server's REST API, served by pytest-httpserver, answering from what the
-stand-in agents registered (``StandInAgent.computers()``), the way the real one does:
+A stand-in BigFix server's REST API, answering from what the stand-in agents registered
+(``StandInAgent.computers()``) the way real servers answer (docs/bigfix-facts.md names the
+sources: developer.bigfix.com ``rest-api/api/*`` and ``rest-api/examples/get-computer``, and the
+10.0.7 captures in lyft/cartography ``tests/data/bigfix/computers.py``), awkward parts included:
 
-- ``GET /api/computer/{id}``: BESAPI XML with ``Computer Name``, ``Last Report Time`` (RFC 2822)
-  and ``ID``; 404 when no agent registered that ID, or it was deleted and has not reported since.
+- ``GET /api/computer/{id}``: BESAPI XML, one ``<Property Name=...>`` per property as direct
+  children of ``<Computer>``, with repeated names (``IP Address``, ``Subnet Address``, ~30
+  ``Client Settings`` whose values include ``_BESServer_Database_Password={obf}...``, a secret
+  that must never leave iemkey), ``User-defined error: ...`` values, dates with other offsets;
+  ``?fields=Property<Name=A,B>`` limits the reply to those properties (``ignore_fields`` makes
+  it answer everything, as a server that does not support it would). A computer in
+  ``correlations`` is a correlated device: its other representation's properties follow in a
+  ``<ManagementExtension Type=...>`` node. One in ``unreported`` has registered but not yet
+  reported: no Computer Name, no Last Report Time.
+- 404 for a computer no agent registered, one deleted (until it reports again, as BigFix
+  shows it again), one revoked (for ever), and, for an operator who is not a master operator,
+  one outside ``scope``: "does not exist" and "outside my scope" look alike.
 - ``GET /api/computers``: every visible computer, ``<LastReportTime>`` and ``<ID>``.
-- ``DELETE /api/computer/{id}``: marks it deleted (200), 404 when unknown or already deleted.
-  A deleted computer that reports again reappears, as BigFix does.
-- HTTP Basic auth: anything else is 401. ``down = True`` answers 503 to everything.
+- ``DELETE /api/computer/{id}``: marks it deleted ("ok"); 404 when not visible.
+- ``GET /api/operator/{name}``: ``<MasterOperator>true|false</MasterOperator>``.
+- ``POST /api/query`` (``relevance``, ``output=json|xml``): the session relevance iemkey sends
+  (the reserved ID property's id); anything else, or everything while ``relevance_error`` is
+  set, is a relevance error answered with HTTP 200 (``{"error": ...}`` / ``<Error>``).
+- Server based computer groups in the master action site: ``GET|POST /api/computergroups/master``,
+  ``PUT|DELETE /api/computergroup/master/{id}``, ``GET /api/computergroup/master/{id}/computers``
+  (members evaluated from the group's rules over the properties the server holds, computers that
+  no longer report included; a group without rules is refused with 400).
+- ``revoke(id)`` is the console operator's Revoke Certificate: the computer leaves the console.
+- HTTP Basic auth: anything else is 401. ``down = True`` answers 503 to everything;
+  ``latency`` seconds pass before each answer.
 """
 
 import base64
+import datetime
 import email.utils
+import json
 import re
 import threading
 import time
+import urllib.parse
+import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
-from werkzeug import Response
+from werkzeug import Request, Response
 
-ROUTE = re.compile(r"^/api/computers?(/[0-9]+)?$")
+ROUTE = re.compile(r"^/api/.*$")
+PDT = datetime.timezone(datetime.timedelta(hours=-7))  # client-reported dates keep the client's own offset
+ID_PROPERTY = 27  # the id this server gives its reserved "ID" property
+PROPERTY_NAMES = {ID_PROPERTY: "ID", 1: "Computer Name", 2: "OS"}
+ID_PROPERTY_RELEVANCE = '(item 2 of id of it) of bes properties whose (reserved flag of it and name of it = "ID")'
+# a client setting real replies carry (the vendor's own example holds an obfuscated DB password)
+SETTING_SECRET = "{obf}c3RhbmQtaW4tZGItc2VjcmV0LTcxMw=="
+CLIENT_SETTINGS = (
+    "_BESClient_EMsg_File=/var/opt/BESClient/besclientdebug.log",
+    "_BESClient_EMsg_Detail=0",
+    "__RelayServer1=http://relay.example:52311/bfmirror/downloads",
+    "__RelayServer2=",
+    "__LockState=false",
+    "_BESClient_Resource_StartupNormalSpeed=0",
+    "_BESServer_Database_DSN=BFENT",
+    "_BESServer_Database_User=db2inst1",
+    f"_BESServer_Database_Password={SETTING_SECRET}",
+    "_BESClient_DeploymentEncoding_IANAName=windows-1252",
+    "_BESClient_DeploymentEncoding_IANAName=windows-1252",
+)
 
 
 class StandInBigFix:
-    def __init__(self, agents, user, password):
+    def __init__(self, agents, user, password, master_operator=True, latency=0.0):
         self.agents = list(agents)
+        self.user = user
         self.authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.master_operator = master_operator
+        self.scope = None  # for a non-master operator: the computer IDs it may see (None: all)
         self.deleted = {}  # computer id -> when it was deleted
+        self.revoked = {}  # computer id -> when its certificate was revoked
+        self.correlations = {}  # computer id -> {"Type": ..., property name: value} of another representation
+        self.unreported = set()  # computer ids registered but not reported yet
+        self.agent_types = {}  # computer id -> Agent Type other than Native
+        self.groups = {}  # group id -> {"name": ..., "rules": [(property id, comparison, text)]}
         self.down = False
+        self.ignore_fields = False
+        self.relevance_error = None
+        self.latency = float(latency)
         self.calls = []  # (method, path, status) of every request, in order
         self.lock = threading.Lock()
+        self._next_group = 100
 
+    # -- test-facing ------------------------------------------------------------------------
     def serve(self, httpserver):
         httpserver.expect_request(ROUTE).respond_with_handler(self.handle)
         return self
 
+    def wsgi(self, environ, start_response):
+        """The same server as a WSGI application (for the demo's own HTTP server)."""
+        return self.handle(Request(environ))(environ, start_response)
+
     def deletes(self):
         """The computer IDs DELETE was called for (whatever the answer), in order."""
-        return [path.rsplit("/", 1)[1] for method, path, _status in self.calls if method == "DELETE"]
+        return [
+            path.rsplit("/", 1)[1]
+            for method, path, _status in self.calls
+            if method == "DELETE" and path.startswith("/api/computer/")
+        ]
+
+    def requests(self, method=None, prefix=""):
+        return [c for c in self.calls if (method is None or c[0] == method) and c[1].startswith(prefix)]
+
+    def revoke(self, computer_id):
+        """The console operator's Revoke Certificate: the computer leaves the console for good."""
+        with self.lock:
+            self.revoked[str(computer_id)] = time.time()
 
     def computers(self):
         """Every computer the agents registered that BigFix still shows: {id: record}."""
@@ -45,11 +118,35 @@ class StandInBigFix:
         for agent in self.agents:
             for computer_id, record in agent.computers().items():
                 deleted = self.deleted.get(computer_id)
+                if computer_id in self.revoked:
+                    continue
                 if deleted is None or record["last_report"] > deleted:
                     found[computer_id] = record
         return found
 
+    def visible(self):
+        """What the API user sees: everything for a master operator, its scope otherwise."""
+        found = self.computers()
+        if not self.master_operator and self.scope is not None:
+            found = {cid: record for cid, record in found.items() if cid in self.scope}
+        return found
+
+    def members(self, group_id):
+        """The computer IDs BigFix counts in group ``group_id`` now."""
+        group = self.groups[str(group_id)]
+        found = set()
+        for computer_id, record in self.computers().items():
+            values = {"ID": computer_id, "Computer Name": record["name"]}
+            for property_id, comparison, text in group["rules"]:
+                name = PROPERTY_NAMES.get(property_id)
+                if name in values and comparison == "Equals" and values[name] == text:
+                    found.add(computer_id)
+        return found
+
+    # -- serving ------------------------------------------------------------------------------
     def handle(self, request):
+        if self.latency:
+            time.sleep(self.latency)  # outside the lock: concurrent requests overlap, as on a real server
         with self.lock:
             response = self._answer(request)
             self.calls.append((request.method, request.path, response.status_code))
@@ -60,30 +157,180 @@ class StandInBigFix:
             return Response("BigFix server unavailable", status=503)
         if request.headers.get("Authorization") != self.authorization:
             return Response("Unauthorized", status=401)
-        computers = self.computers()
-        if request.path == "/api/computers" and request.method == "GET":
+        path, method = request.path, request.method
+        if path == "/api/computers" and method == "GET":
             rows = "".join(
                 f'<Computer Resource="{request.host_url}api/computer/{cid}">'
                 f"<LastReportTime>{_rfc2822(record['last_report'])}</LastReportTime><ID>{cid}</ID></Computer>"
-                for cid, record in sorted(computers.items())
+                for cid, record in sorted(self.visible().items())
             )
             return _xml(rows)
-        computer_id = request.path.rsplit("/", 1)[1]
-        if not computer_id.isdigit() or computer_id not in computers:
+        if match := re.fullmatch(r"/api/computer/([0-9]+)", path):
+            return self._computer(request, match.group(1))
+        if match := re.fullmatch(r"/api/operator/([^/]+)", path):
+            return self._operator(request, urllib.parse.unquote(match.group(1)))
+        if path == "/api/query" and method == "POST":
+            return self._query(request)
+        if path == "/api/computergroups/master":
+            return self._groups(request)
+        if match := re.fullmatch(r"/api/computergroup/master/([0-9]+)(/computers)?", path):
+            return self._group(request, match.group(1), bool(match.group(2)))
+        return Response("Not found", status=404)
+
+    def _computer(self, request, computer_id):
+        computers = self.visible()
+        if computer_id not in computers:
             return Response("Computer not found", status=404)
         if request.method == "DELETE":
             self.deleted[computer_id] = time.time()
             return Response("ok", status=200)
         if request.method != "GET":
             return Response("Method not allowed", status=405)
+        wanted = None if self.ignore_fields else _fields(request.args.get("fields"))
         record = computers[computer_id]
+        own = self._properties(computer_id, record)
+        body = "".join(_property(name, val) for name, val in own if wanted is None or name in wanted)
+        other = self.correlations.get(computer_id)
+        if other:
+            props = "".join(
+                _property(name, val) for name, val in other.items() if name != "Type" and (not wanted or name in wanted)
+            )
+            body += f'<ManagementExtension Type="{escape(other["Type"])}">{props}</ManagementExtension>'
+        return _xml(f'<Computer Resource="{request.host_url}api/computer/{computer_id}">{body}</Computer>')
+
+    def _properties(self, computer_id, record):
+        """A full property list, as real servers send it (repeats, settings, errors, offsets)."""
+        reported = computer_id not in self.unreported
+        props = [("Client Settings", setting) for setting in CLIENT_SETTINGS]
+        if reported:
+            props += [("Computer Name", record["name"]), ("OS", "Linux Debian 12 (6.1.0-18-amd64)")]
+            props += [("CPU", "2300 MHz Xeon Gold 5218"), ("Last Report Time", _rfc2822(record["last_report"]))]
+        props += [
+            ("Locked", "No"),
+            ("BES Relay Selection Method", "Manual"),
+            ("Relay", "relay.example:52311"),
+            ("Distance to BES Relay", "User-defined error: unknown"),
+            ("IP Address", "192.168.144.119"),
+            ("IP Address", "192.168.144.97"),
+            ("Agent Type", self.agent_types.get(computer_id, "Native")),
+            ("Agent Version", "10.0.7.52"),
+            ("ID", computer_id),
+            ("Subnet Address", "192.168.144.0"),
+            ("Subnet Address", "192.168.144.0"),
+            (
+                "Enrollment Date",
+                email.utils.format_datetime(datetime.datetime.fromtimestamp(record["registered"], PDT)),
+            ),
+            ("company", "User-defined error: not set"),
+        ]
+        return props
+
+    def _operator(self, request, name):
+        if request.method != "GET" or name != self.user:
+            return Response("Operator not found", status=404)
+        master = "true" if self.master_operator else "false"
         return _xml(
-            f'<Computer Resource="{request.host_url}api/computer/{computer_id}">'
-            f'<Property Name="Computer Name">{escape(record["name"])}</Property>'
-            '<Property Name="OS">Linux Debian 12 (stand-in)</Property>'
-            f'<Property Name="Last Report Time">{_rfc2822(record["last_report"])}</Property>'
-            f'<Property Name="ID">{computer_id}</Property></Computer>'
+            f'<Operator Resource="{request.host_url}api/operator/{escape(name)}"><Name>{escape(name)}</Name>'
+            f"<MasterOperator>{master}</MasterOperator><CustomContent>true</CustomContent>"
+            "<CanSubmitQueries>true</CanSubmitQueries></Operator>"
         )
+
+    def _query(self, request):
+        relevance = request.form.get("relevance", "")
+        output = request.form.get("output", "xml")
+        if self.relevance_error or relevance != ID_PROPERTY_RELEVANCE:
+            error = self.relevance_error or 'The operator "whose" is not defined.'
+            if output == "json":
+                return Response(json.dumps({"error": error}), status=200, content_type="application/json")
+            return _xml(f'<Query Resource="{escape(relevance)}"><Result /><Error>{escape(error)}</Error></Query>')
+        if output == "json":
+            document = {"result": [ID_PROPERTY], "count": 1, "plural": True, "type": "integer", "evaltime_ms": 0.3}
+            return Response(json.dumps(document), status=200, content_type="application/json")
+        return _xml(
+            f'<Query Resource="{escape(relevance)}"><Result><Answer type="integer">{ID_PROPERTY}</Answer></Result>'
+            "<Evaluation><Time>0.302ms</Time><Plurality>Plural</Plurality></Evaluation></Query>"
+        )
+
+    def _groups(self, request):
+        if request.method == "GET":
+            rows = "".join(
+                f'<ComputerGroup Resource="{request.host_url}api/computergroup/master/{gid}">'
+                f"<Name>{escape(group['name'])}</Name><ID>{gid}</ID></ComputerGroup>"
+                for gid, group in sorted(self.groups.items())
+            )
+            return _xml(rows)
+        if request.method != "POST":
+            return Response("Method not allowed", status=405)
+        parsed = _group_definition(request.get_data())
+        if isinstance(parsed, Response):
+            return parsed
+        gid = str(self._next_group)
+        self._next_group += 1
+        self.groups[gid] = parsed
+        return _created(request, gid, parsed["name"])
+
+    def _group(self, request, gid, computers):
+        if gid not in self.groups:
+            return Response("Computer group not found", status=404)
+        if computers:
+            rows = "".join(
+                f'<Computer Resource="{request.host_url}api/computer/{cid}" />'
+                for cid in sorted(self.members(gid), key=int)
+            )
+            return _xml(rows)
+        if request.method == "DELETE":
+            del self.groups[gid]
+            return Response("ok", status=200)
+        if request.method == "PUT":
+            parsed = _group_definition(request.get_data())
+            if isinstance(parsed, Response):
+                return parsed
+            self.groups[gid] = parsed
+            return _created(request, gid, parsed["name"])
+        return Response("Method not allowed", status=405)
+
+
+def _group_definition(body):
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return Response("Invalid XML", status=400)
+    group = root.find("ServerBasedGroup")
+    if group is None or not (group.findtext("Name") or "").strip():
+        return Response("A ServerBasedGroup with a Name is required", status=400)
+    rules = []
+    for rule in group.iter("MembershipRule"):
+        try:
+            rules.append((int(rule.findtext("PropertyID")), rule.get("Comparison"), rule.findtext("SearchText")))
+        except (TypeError, ValueError):
+            return Response("MembershipRule needs a numeric PropertyID", status=400)
+    if not rules:
+        return Response("A server based group needs at least one membership rule", status=400)
+    return {"name": group.findtext("Name").strip(), "rules": rules}
+
+
+def _created(request, gid, name):
+    return _xml(
+        f'<ServerBasedGroup Resource="{request.host_url}api/computergroup/master/{gid}" '
+        f'LastModified="{email.utils.formatdate(usegmt=True)}"><Name>{escape(name)}</Name><ID>{gid}</ID>'
+        "</ServerBasedGroup>"
+    )
+
+
+def _fields(text):
+    """``Property<Name=A,B,C>`` -> {"A", "B", "C"}; None when the request asks for everything."""
+    if not text:
+        return None
+    match = re.fullmatch(r"Property<Name=(.*)>", text)
+    return set(match.group(1).split(",")) if match else None
+
+
+def _property(name, text):
+    return f'<Property Name="{escape(name)}">{escape(str(text))}</Property>'
+
+
+def _rfc2822_in(epoch, zone):
+    return email.utils.format_datetime(datetime.datetime.fromtimestamp(epoch, zone))
 
 
 def _rfc2822(epoch):
