@@ -1,5 +1,6 @@
 """
-Master side of iemkey: fleet compliance, the reactors' decisions and the BigFix console clean-up.
+Master side of iemkey: fleet compliance, the reactors' decisions and the BigFix console clean-up,
+revocation included.
 
 :configuration: master config
 
@@ -8,7 +9,7 @@ Master side of iemkey: fleet compliance, the reactors' decisions and the BigFix 
         iemkey:
           api:
             url: https://bigfix.example:52311
-            user: iemkey-operator
+            user: iemkey-operator                       # a master operator (see README)
             password: sdb://vault/bigfix/api_password   # or a plain value in master config
             verify: /etc/pki/bigfix-ca.pem              # CA bundle path, or true/false
             timeout: 30                                 # seconds per request
@@ -19,15 +20,26 @@ Master side of iemkey: fleet compliance, the reactors' decisions and the BigFix 
             max_age: 300         # seconds a signed minion event stays valid
             max_skew: 60         # seconds a minion's clock may run ahead
           cleanup:
+            compromised: revoke  # a compromise rotation's old computer: revoke (default) or delete
+            compromise_window: 86400  # seconds after an alert during which rotations are compromise ones
+            report_margin: 900   # seconds before an old computer's silence since the rotation counts
+            max_deletes: 100     # DELETEs per pass; the rest wait for the next pass
             give_up_after: 86400 # seconds a clean-up may wait for the new computer
             minion_timeout: 10   # seconds to wait for a minion's new computer ID
+            revoke_group:
+              enabled: true      # keep a server based computer group of the computers to revoke
+              site: master       # the master action site
+              property_id: null  # the reserved ID property's id; looked up when unset
+          store:
+            driver: local        # where the master keeps its state (<cachedir>/iemkey)
 
-Sync it (and its utility module) to the master with ``salt-run saltutil.sync_all``.
+Sync it (and its utility modules) to the master with ``salt-run saltutil.sync_all``. The logic
+lives in ``_utils/``: ``iemkey_bigfix`` (REST client, replies), ``iemkey_cleanup`` (what to do
+with each old computer), ``iemkey_store`` (everything the master keeps), ``iemkey_auth``
+(signatures). This module is the Salt glue.
 """
 
-import contextlib
 import datetime
-import email.utils
 import hashlib
 import hmac
 import json
@@ -35,7 +47,6 @@ import logging
 import os
 import re
 import time
-import xml.etree.ElementTree as ET
 
 import salt.cache
 import salt.client
@@ -45,16 +56,15 @@ import salt.utils.sdb
 import salt.utils.verify
 from salt.exceptions import SaltInvocationError
 
-try:
-    import fcntl
-except ImportError:  # a Salt master runs on POSIX; this keeps the import harmless elsewhere
-    fcntl = None
 try:  # _utils/, synced with saltutil.sync_all (formula install)
     import iemkey_auth
-    import iemkey_record
+    import iemkey_bigfix
+    import iemkey_cleanup
+    import iemkey_store
+    import iemkey_time
 except ImportError:
     try:  # pip install (Salt extension)
-        from saltext.iemkey.utils import iemkey_auth, iemkey_record
+        from saltext.iemkey.utils import iemkey_auth, iemkey_bigfix, iemkey_cleanup, iemkey_store, iemkey_time
     except ImportError:
         iemkey_auth = None
 
@@ -63,10 +73,9 @@ log = logging.getLogger(__name__)
 __virtualname__ = "iemkey"
 
 UTC = datetime.timezone.utc
-API_DEFAULTS = {"verify": True, "timeout": 30, "retries": 3}
 REACTOR_DEFAULTS = {"cooldown": 300, "max_age": 300, "max_skew": 60}
-CLEANUP_DEFAULTS = {"give_up_after": 86400, "minion_timeout": 10}
 COMPUTER_ID = re.compile(r"[0-9]{1,20}")
+INCIDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 COMPROMISED_TAG = "iemkey/compromised"
 ROTATED_TAG = "iemkey/rotated"
 HOOK_TAG = "salt/netapi/hook/iemkey/compromised"
@@ -94,13 +103,77 @@ def _setting(section, key, defaults):
     value = salt.utils.data.traverse_dict_and_list(__opts__, f"iemkey:{section}:{key}", None)
     value = defaults[key] if value in (None, "") else value
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise SaltInvocationError(f"iemkey:{section}:{key} must be a number of seconds, not {value!r}") from None
+        raise SaltInvocationError(f"iemkey:{section}:{key} must be a number, not {value!r}") from None
+    if number < 0:
+        raise SaltInvocationError(f"iemkey:{section}:{key} must not be negative, not {value!r}")
+    return number
+
+
+def _cleanup_setting(key):
+    return _setting("cleanup", key, iemkey_cleanup.DEFAULTS)
+
+
+def _compromised_mode():
+    """``iemkey:cleanup:compromised``: what becomes of a compromise rotation's old computer."""
+    value = salt.utils.data.traverse_dict_and_list(__opts__, "iemkey:cleanup:compromised", None) or "revoke"
+    if value not in iemkey_cleanup.MODES:
+        raise SaltInvocationError(f"iemkey:cleanup:compromised must be revoke or delete, not {value!r}")
+    return value
+
+
+def _group_settings():
+    conf = salt.utils.data.traverse_dict_and_list(__opts__, "iemkey:cleanup:revoke_group", None) or {}
+    conf = conf if isinstance(conf, dict) else {"enabled": bool(conf)}
+    return {"enabled": conf.get("enabled", True) is not False, "site": conf.get("site") or "master", **conf}
 
 
 def _now():
     return datetime.datetime.now(UTC)
+
+
+def _store():
+    """The master's iemkey store (``iemkey:store``; local files under the cachedir by default)."""
+    store = __context__.get("iemkey.store")
+    if store is None:
+        try:
+            store = iemkey_store.from_opts(__opts__)
+        except iemkey_store.StoreError as exc:
+            raise SaltInvocationError(str(exc)) from None
+        _import_legacy(store)
+        __context__["iemkey.store"] = store
+    return store
+
+
+def _import_legacy(store):
+    """Clean-ups an earlier iemkey kept in ``<cachedir>/iemkey/cleanup.json`` become cases (once)."""
+    path = os.path.join(__opts__["cachedir"], "iemkey", "cleanup.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        log.error("iemkey: %s is unreadable (%s); not importing it", path, exc)
+        return
+    imported = 0
+    for status in ("pending", "review"):
+        for entry in (document.get(status) or {}).values():
+            try:
+                case = iemkey_cleanup.new_case(
+                    entry["minion"],
+                    entry["old_computer_id"],
+                    entry.get("new_computer_id"),
+                    entry.get("rotated_at"),
+                    entry.get("received") or _now().isoformat(),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            case = iemkey_cleanup.settle(case, status, entry.get("detail") or "imported", _now(), "import")
+            imported += store.add("cases", iemkey_cleanup.key(case["minion"], case["old_computer_id"]), case)
+    os.replace(path, path + ".imported")
+    log.warning("iemkey: imported %d clean-ups from %s into the iemkey store", imported, path)
 
 
 def _targets(tgt, tgt_type):
@@ -121,52 +194,6 @@ def targets(tgt="*", tgt_type="glob"):
     return _targets(tgt, tgt_type)
 
 
-# -- state kept on the master (survives restarts) ---------------------------------------------
-def _state_dir():
-    path = os.path.join(__opts__["cachedir"], "iemkey")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
-
-
-@contextlib.contextmanager
-def _flock(name, blocking=True):
-    """An exclusive lock on ``<cachedir>/iemkey/<name>.lock``; yields False when not blocking and busy."""
-    with open(os.path.join(_state_dir(), f"{name}.lock"), "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _stored(name):
-    """The JSON document ``<cachedir>/iemkey/<name>.json``, locked, written back atomically."""
-    path = os.path.join(_state_dir(), f"{name}.json")
-    with _flock(name):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                document = json.load(handle)
-        except FileNotFoundError:
-            document = {}
-        except (OSError, ValueError) as exc:
-            log.error("iemkey: %s is unreadable (%s); starting it afresh", path, exc)
-            document = {}
-        before = json.dumps(document, sort_keys=True)
-        yield document
-        if json.dumps(document, sort_keys=True) != before:
-            iemkey_record.write(path, document, indent=1)
-
-
-def _cleanups():
-    with _stored("cleanup") as document:
-        return {kind: dict(document.get(kind) or {}) for kind in ("pending", "review")}
-
-
 # -- report -----------------------------------------------------------------------------
 def _gather(tgt, tgt_type, since, timeout):
     """Every answer to ``iemkey.check`` that arrives within ``timeout`` seconds in all."""
@@ -185,12 +212,49 @@ def _gather(tgt, tgt_type, since, timeout):
     return answers
 
 
+def _open_cases():
+    """The open cases by status, each list sorted by minion then old computer ID."""
+    found = {status: [] for status in iemkey_cleanup.OPEN}
+    for case in _store().all("cases").values():
+        if case.get("status") in found:
+            found[case["status"]].append(case)
+    return {
+        status: sorted(cases, key=lambda c: (c["minion"], int(c["old_computer_id"]))) for status, cases in found.items()
+    }
+
+
+def _revocation(open_cases):
+    """What the operator must still revoke, by incident: the computers, the group and the steps."""
+    groups = _store().all("groups")
+    by_incident = {}
+    for case in open_cases["revoke"]:
+        incident = (case.get("compromise") or {}).get("incident") or iemkey_cleanup.ALERTS
+        by_incident.setdefault(incident, []).append(case["old_computer_id"])
+    revocation = {}
+    for incident, computers in sorted(by_incident.items()):
+        group = groups.get(incident) or {}
+        name = iemkey_cleanup.group_name(incident)
+        revocation[incident] = {
+            "computers": computers,
+            "group": {
+                "name": name,
+                "id": group.get("id"),
+                "matches": bool(group.get("matches")) and group.get("members") == sorted(computers, key=int),
+            },
+            "console_steps": iemkey_cleanup.console_steps(name),
+        }
+    return revocation
+
+
 def report(since, tgt="*", tgt_type="glob", timeout=None):
     """
     Fleet compliance: which agents have a key made at or after ``since``, which do
-    not, and which minions did not answer; and the console clean-ups still pending
-    or waiting for an operator's review. Exits non-zero when the target matches no
-    minion, or any minion is noncompliant, unreachable, has no agent, or errs.
+    not, and which minions did not answer; and the console clean-ups still open:
+    pending, waiting for an operator's review, or **to revoke** (the old computers of
+    compromise rotations, with the console steps). Exits non-zero when the target
+    matches no minion, or any minion is noncompliant, unreachable, has no agent, or
+    errs, or any computer is still to revoke (an incident is not closed while a
+    stolen key is still valid).
 
     since
         ISO 8601 (``2026-11-20T08:00:00Z``) or epoch seconds, as for ``iemkey.rotated``.
@@ -249,138 +313,48 @@ def report(since, tgt="*", tgt_type="glob", timeout=None):
             ret["noncompliant"].append(minion)
     for minion in ret["unreachable"]:
         ret["minions"][minion] = {"error": f"no answer within {timeout:g} s"}
-    cleanups = _cleanups()
-    ret["cleanup"] = {
-        kind: sorted(entries.values(), key=lambda e: (e["minion"], e["old_computer_id"]))
-        for kind, entries in cleanups.items()
-    }
-    failing = ret["noncompliant"] + ret["unreachable"] + ret["not_installed"] + ret["errors"]
+    cases = _open_cases()
+    ret["cleanup"] = {status: [iemkey_cleanup.public(c) for c in listed] for status, listed in cases.items()}
+    ret["revocation"] = _revocation(cases)
+    waiting = sum("max_deletes" in (c.get("detail") or "") for c in cases["pending"])
+    failing = ret["noncompliant"] + ret["unreachable"] + ret["not_installed"] + ret["errors"] + cases["revoke"]
     ret["summary"] = (
         f"{len(ret['compliant'])} compliant, {len(ret['noncompliant'])} noncompliant, "
         f"{len(ret['unreachable'])} unreachable, {len(ret['not_installed'])} without the agent, "
         f"{len(ret['errors'])} errors (keys since {since}); console clean-ups: "
-        f"{len(cleanups['pending'])} pending, {len(cleanups['review'])} for review"
+        f"{len(cases['pending'])} pending, {len(cases['review'])} for review, {len(cases['revoke'])} to revoke"
     )
+    if cases["revoke"]:
+        ret["summary"] += " (the stolen keys stay valid until revoked: see revocation)"
+    if waiting:
+        ret["summary"] += f"; {waiting} confirmed duplicates wait for the next pass (iemkey:cleanup:max_deletes)"
     ret["retcode"] = 1 if failing else 0
     __context__["retcode"] = ret["retcode"]
     return ret
 
 
 # -- BigFix REST API ------------------------------------------------------------------------
-class _ApiError(Exception):
-    """The BigFix server could not be asked (down, refused our credentials, answered nonsense)."""
-
-
 def _api():
-    """The ``iemkey:api`` master config, with the password resolved (never logged)."""
-    conf = __opts__.get("iemkey", {}).get("api") or {}
-    missing = [key for key in ("url", "user", "password") if not conf.get(key)]
-    if missing:
-        raise SaltInvocationError(
-            "the BigFix REST API is not configured: set iemkey:api:"
-            + ", iemkey:api:".join(missing)
-            + " in the master config"
+    """The ``iemkey:api`` master config, checked, with the password resolved (never logged)."""
+    try:
+        return iemkey_bigfix.settings(
+            __opts__.get("iemkey", {}).get("api"), lambda uri: salt.utils.sdb.sdb_get(uri, __opts__)
         )
-    api = {**API_DEFAULTS, **conf}
-    password = api["password"]
-    if isinstance(password, str) and password.startswith("sdb://"):
-        password = salt.utils.sdb.sdb_get(password, __opts__)
-        if not password or str(password).startswith("sdb://"):
-            raise SaltInvocationError("iemkey:api:password: the sdb:// URI did not resolve")
-    api["password"] = str(password)
-    api["url"] = str(api["url"]).rstrip("/")
-    return api
+    except iemkey_bigfix.ConfigError as exc:
+        raise SaltInvocationError(str(exc)) from None
 
 
-@contextlib.contextmanager
-def _session(api):
-    """A requests session with Basic auth, retrying connection errors and 5xx with backoff (urllib3)."""
-    import requests
-    from requests.adapters import HTTPAdapter
-    from urllib3.util.retry import Retry
-
-    retries = max(1, int(api["retries"])) - 1
-    retry = Retry(
-        total=retries,
-        connect=retries,
-        read=retries,
-        status=retries,
-        other=0,
-        status_forcelist=(500, 502, 503, 504),
-        allowed_methods=frozenset({"GET", "DELETE"}),
-        backoff_factor=0.5,
-        backoff_max=8,
-        respect_retry_after_header=True,
-        raise_on_status=False,
-    )
-    with requests.Session() as session:
-        session.auth = (api["user"], api["password"])
-        session.verify = api["verify"]
-        session.mount(api["url"] + "/", HTTPAdapter(max_retries=retry))
-        yield session
-
-
-def _call(api, session, method, path):
-    """One REST call (retried by the session); the response, or _ApiError saying what failed."""
-    import requests
-
-    url = f"{api['url']}{path}"
-    try:
-        response = session.request(method, url, timeout=float(api["timeout"]))
-    except requests.RequestException as exc:
-        reason = getattr(exc.args[0], "reason", None) if exc.args else None
-        kind = type(reason).__name__ if isinstance(reason, Exception) else type(exc).__name__
-        raise _ApiError(f"{kind} talking to {api['url']} ({method} {path})") from None
-    if response.status_code in (401, 403):
-        raise _ApiError(
-            f"authentication failed: the BigFix server refused user {api['user']!r} (HTTP {response.status_code})"
-        )
-    return response
-
-
-def _computer(api, session, computer_id):
-    """``GET /api/computer/{id}``: {"id", "name", "last_report"}; None when BigFix has no such computer."""
-    response = _call(api, session, "GET", f"/api/computer/{computer_id}")
-    if response.status_code == 404:
-        return None
-    if response.status_code != 200:
-        raise _ApiError(f"HTTP {response.status_code} from GET /api/computer/{computer_id}")
-    try:
-        root = ET.fromstring(response.content)  # noqa: S314 - our own authenticated BigFix server
-    except ET.ParseError as exc:
-        raise _ApiError(f"GET /api/computer/{computer_id} answered no BESAPI XML: {exc}") from None
-    properties = {p.get("Name"): (p.text or "").strip() for p in root.iter("Property")}
-    try:
-        last_report = email.utils.parsedate_to_datetime(properties.get("Last Report Time", ""))
-    except (TypeError, ValueError):
-        last_report = None
-    if last_report is not None and last_report.tzinfo is None:
-        last_report = last_report.replace(tzinfo=UTC)
-    return {"id": str(computer_id), "name": properties.get("Computer Name"), "last_report": last_report}
-
-
-def _delete(api, session, computer_id):
-    """``DELETE /api/computer/{id}``; {"computer_id", "result", "status", "detail"}."""
-    outcome = {"computer_id": computer_id, "result": False, "status": None, "detail": ""}
-    try:
-        response = _call(api, session, "DELETE", f"/api/computer/{computer_id}")
-    except _ApiError as exc:
-        return {**outcome, "detail": str(exc)}
-    outcome["status"] = response.status_code
-    if response.status_code in (200, 202, 204):
-        return {**outcome, "result": True, "detail": "deleted"}
-    if response.status_code == 404:
-        return {**outcome, "result": True, "detail": "already gone"}
-    return {**outcome, "detail": f"HTTP {response.status_code} from DELETE /api/computer/{computer_id}"}
-
-
-def remove_computers(computer_ids):
+def remove_computers(computer_ids, force=False):
     """
     Delete computers from the BigFix server (``DELETE /api/computer/{id}``): an
     operator's explicit clean-up. Already gone (404) counts as done. Retries
     connection errors and 5xx with backoff; 401/403 is an authentication error.
-    A removed computer leaves the clean-ups pending or for review. Exits non-zero
-    if any deletion failed.
+    A removed computer's open clean-up is closed (``deleted``, by the operator).
+    Exits non-zero if any deletion failed.
+
+    A computer listed **to revoke** (a compromise rotation's old computer) is
+    refused: deleting it hides the record the console needs to revoke its
+    certificate, and the stolen key stays valid. ``force=True`` deletes it anyway.
 
     CLI Example:
 
@@ -394,18 +368,38 @@ def remove_computers(computer_ids):
     bad = [c for c in ids if not COMPUTER_ID.fullmatch(c)]
     if bad or not ids:
         return _fail({"result": False}, f"computer IDs are numbers, not {bad or computer_ids!r}; nothing was sent")
+    store = _store()
+    to_revoke = sorted({c["old_computer_id"] for c in _open_cases()["revoke"]} & set(ids), key=int)
+    if to_revoke and not force:
+        return _fail(
+            {"result": False, "to_revoke": to_revoke},
+            f"computers {', '.join(to_revoke)} are listed to revoke (compromise rotations): deleting them would hide "
+            "them from the console while their keys stay valid; revoke them in the console (see iemkey.report), "
+            "or pass force=True; nothing was sent",
+        )
     try:
         api = _api()
     except SaltInvocationError as exc:
         return _fail({"result": False}, str(exc))
-    with _session(api) as session:
-        results = [_delete(api, session, computer_id) for computer_id in ids]
+    results = []
+    with iemkey_bigfix.session(api) as client:
+        for computer_id in ids:
+            outcome = {"computer_id": computer_id, "result": False, "status": None, "detail": ""}
+            try:
+                outcome["status"] = client.delete(computer_id)
+            except iemkey_bigfix.ApiError as exc:
+                outcome.update(status=exc.status, detail=str(exc))
+            else:
+                outcome.update(result=True, detail="already gone" if outcome["status"] == 404 else "deleted")
+            results.append(outcome)
     removed = {r["computer_id"] for r in results if r["result"]}
-    with _stored("cleanup") as document:
-        for kind in ("pending", "review"):
-            entries = document.get(kind) or {}
-            for key in [k for k, e in entries.items() if e["old_computer_id"] in removed]:
-                del entries[key]
+    now = _now()
+    for key, case in store.all("cases").items():
+        if case["old_computer_id"] in removed and case["status"] in iemkey_cleanup.OPEN:
+            with store.update("cases", key) as stored:
+                stored.update(
+                    iemkey_cleanup.settle(stored, "deleted", "deleted by an operator", now, "iemkey.remove_computers")
+                )
     ret = {"result": all(r["result"] for r in results), "computers": results}
     if not ret["result"]:
         failed = [f"{r['computer_id']}: {r['detail']}" for r in results if not r["result"]]
@@ -414,11 +408,12 @@ def remove_computers(computer_ids):
     return ret
 
 
-def remove_computer(computer_id):
+def remove_computer(computer_id, force=False):
     """
     Delete one computer from the BigFix server (``DELETE /api/computer/{id}``): an
     operator's explicit delete, e.g. of a clean-up listed for review. Already gone
-    (404) is success. Exits non-zero on failure.
+    (404) is success. A computer listed to revoke is refused unless ``force=True``.
+    Exits non-zero on failure.
 
     CLI Example:
 
@@ -426,16 +421,16 @@ def remove_computer(computer_id):
 
         salt-run iemkey.remove_computer 1234567
     """
-    return remove_computers([computer_id])
+    return remove_computers([computer_id], force=force)
 
 
 # -- console clean-up after rotations --------------------------------------------------------
-def _new_computer_ids(entries):
+def _new_computer_ids(cases):
     """Ask the minions whose new computer ID is unknown for their agent's current one."""
-    minions = sorted({e["minion"] for e in entries if not e.get("new_computer_id")})
+    minions = sorted({c["minion"] for c in cases if not c.get("new_computer_id")})
     if not minions:
         return {}
-    timeout = _setting("cleanup", "minion_timeout", CLEANUP_DEFAULTS)
+    timeout = _cleanup_setting("minion_timeout")
     found = {}
     with salt.client.get_local_client(mopts=__opts__) as client:
         replies = client.cmd(minions, "iemkey.status", tgt_type="list", timeout=timeout)
@@ -446,156 +441,278 @@ def _new_computer_ids(entries):
     return found
 
 
-def _decide(api, session, entry):
-    """What to do with one rotation's old computer: (outcome, detail); the outcome is one of
-    deleted, gone (already), pending (not decidable yet) or review (BigFix does not confirm it)."""
-    old_id, new_id = entry["old_computer_id"], entry.get("new_computer_id")
-    if not new_id:
-        return "pending", "the minion has not reported its new computer ID yet"
-    new = _computer(api, session, new_id)
-    if new is None:
-        return "pending", f"the new computer {new_id} is not registered with BigFix yet"
-    old = _computer(api, session, old_id)
-    if old is None:
-        return "gone", f"BigFix has no computer {old_id} (already removed)"
-    if not old["name"] or old["name"] != new["name"]:
-        return "review", (
-            f"BigFix names the old computer {old_id} {old['name']!r} and the new computer "
-            f"{new_id} {new['name']!r}: not a duplicate of this rotation"
-        )
-    rotated_at = datetime.datetime.fromisoformat(entry["rotated_at"])
-    if old["last_report"] is None:
-        return "review", f"BigFix gives no Last Report Time for the old computer {old_id}"
-    if old["last_report"] > rotated_at:
-        return "review", (
-            f"the old computer {old_id} reported at {old['last_report'].isoformat()}, after the "
-            f"rotation at {entry['rotated_at']}: it is still alive"
-        )
-    deleted = _delete(api, session, old_id)
-    if not deleted["result"]:
-        return "pending", deleted["detail"]
-    return ("deleted" if deleted["detail"] == "deleted" else "gone"), (
-        f"{deleted['detail']}: the old computer {old_id} {old['name']!r} (last report "
-        f"{old['last_report'].isoformat()}), superseded by {new_id}"
-    )
+class _Budget:
+    """The DELETEs one pass may still send (``iemkey:cleanup:max_deletes``)."""
+
+    def __init__(self, limit):
+        self.limit, self.left, self.deferred = int(limit), int(limit), 0
+
+    def take(self):
+        if self.left <= 0:
+            self.deferred += 1
+            return False
+        self.left -= 1
+        return True
 
 
-def _cleanup_pass(keys=None, wait=True):
-    """Decide every pending clean-up (or those in ``keys``), one pass at a time on this master.
+def _decide(client, case, master_operator, budget, now, test):
+    """One open case, asked of BigFix: (the case as it now stands, what was done)."""
+    old_id = case["old_computer_id"]
+    if case["status"] == "revoke":
+        status, detail = iemkey_cleanup.still_to_revoke(case, client.computer(old_id), now, master_operator)
+        return iemkey_cleanup.settle(case, status, detail, now, "iemkey.cleanup"), status
+    new_id = case.get("new_computer_id")
+    new = client.computer(new_id) if new_id else None
+    old = client.computer(old_id) if new is not None and new.name and new.last_report else None
+    outcome, detail = iemkey_cleanup.verdict(case, old, new, now, master_operator, _cleanup_setting("report_margin"))
+    if old is not None:
+        case = {**case, "name": old.name}
+    if outcome == "superseded":
+        if iemkey_cleanup.mode(case, _compromised_mode()) == "revoke":
+            incident = case["compromise"]["incident"]
+            detail = (
+                f"{detail}; a compromise rotation ({incident}): revoke its certificate in the console "
+                f"(group '{iemkey_cleanup.group_name(incident)}'); listed until it leaves the console"
+            )
+            return iemkey_cleanup.settle(case, "revoke", detail, now, "iemkey.cleanup"), "listed"
+        if not budget.take():
+            detail = f"confirmed, waiting for the next pass: iemkey:cleanup:max_deletes ({budget.limit}) reached"
+            return iemkey_cleanup.settle(case, "pending", detail, now, "iemkey.cleanup"), "waiting"
+        if test:
+            return iemkey_cleanup.settle(case, "deleted", f"would delete: {detail}", now, "test"), "would_delete"
+        gone = client.delete(old_id) == 404
+        outcome = "gone" if gone else "deleted"
+        detail = f"{'already gone' if gone else 'deleted'}: {detail}"
+    if outcome == "pending":
+        outcome, detail = iemkey_cleanup.give_up(case, outcome, detail, now, _cleanup_setting("give_up_after"))
+    return iemkey_cleanup.settle(case, outcome, detail, now, "iemkey.cleanup"), outcome
 
-    {"deleted"|"gone"|"pending"|"review": [entries decided so], "error": why the REST API failed,
-    "busy": True when another pass was running and ``wait`` is False (nothing decided)}.
+
+def _write_case(store, key, before, after):
+    """Store a decided case, unless an operator changed it meanwhile (dismissed, removed it)."""
+    with store.update("cases", key) as stored:
+        if stored.get("status") != before["status"] or stored.get("detail") != before["detail"]:
+            return False
+        stored.clear()
+        stored.update(after)
+    return True
+
+
+def _sync_groups(client, store, ret, test):
+    """Keep one server based computer group per incident listing exactly its computers to revoke,
+    and read back what BigFix counts as members (confirmed, not assumed)."""
+    conf = _group_settings()
+    if not conf["enabled"]:
+        return
+    site = conf["site"]
+    wanted = {}
+    for case in store.all("cases").values():
+        if case.get("status") == "revoke":
+            incident = (case.get("compromise") or {}).get("incident") or iemkey_cleanup.ALERTS
+            wanted.setdefault(incident, set()).add(case["old_computer_id"])
+    groups = store.all("groups")
+    for incident in sorted(set(wanted) | set(groups)):
+        members = sorted(wanted.get(incident, ()), key=int)
+        group = dict(groups.get(incident) or {})
+        name = iemkey_cleanup.group_name(incident)
+        try:
+            if not members:
+                if group.get("id") and not test:
+                    client.delete_group(site, group["id"])  # a group, never a computer: nothing left to revoke
+                    store.delete("groups", incident)
+                continue
+            if members != group.get("members") or not group.get("id"):
+                if test:
+                    ret["groups"][incident] = {"name": name, "would_list": members}
+                    continue
+                property_id = conf.get("property_id") or __context__.get("iemkey.id_property")
+                if not property_id:
+                    property_id = __context__["iemkey.id_property"] = client.id_property()
+                group_id = group.get("id") or client.group_id(site, name)
+                group_id = client.save_group(site, name, members, property_id, group_id)
+                group.update(id=group_id, name=name, members=members, saved=_now().isoformat())
+            seen = client.group_members(site, group["id"])
+        except (iemkey_bigfix.ApiError, ValueError) as exc:
+            ret["error"] = ret["error"] or f"the revocation group {name!r}: {exc}"
+            log.error("iemkey cleanup: the revocation group %r: %s", name, exc)
+            continue
+        strangers = sorted(seen - set(members), key=int)
+        group.update(seen=sorted(seen, key=int), matches=seen == set(members), checked=_now().isoformat())
+        if strangers:
+            log.warning(
+                "iemkey cleanup: BigFix counts computers %s in the group %r that iemkey did not list: "
+                "do not revoke from that group until it matches (iemkey:cleanup:revoke_group:property_id?)",
+                ", ".join(strangers),
+                name,
+            )
+        if not test:
+            store.put("groups", incident, group)
+        ret["groups"][incident] = {k: group.get(k) for k in ("name", "id", "members", "seen", "matches")}
+
+
+def _mark_compromises(store, cases, now):
+    """Cases the master's own records now cover become compromise cases (sticky)."""
+    compromises, incidents = store.all("compromises"), store.all("incidents")
+    for key, case in list(cases.items()):
+        covered = iemkey_cleanup.covering(case, compromises, incidents)
+        if covered and not case.get("compromise"):
+            marked = iemkey_cleanup.reopened_by(case, covered, now, "iemkey.cleanup")
+            if marked and _write_case(store, key, case, marked):
+                cases[key] = marked
+
+
+def _cleanup_pass(keys=None, wait=True, test=False):
+    """Decide every open case (or those in ``keys``), one pass at a time on this master.
+
+    {"deleted"|"gone"|"pending"|"review"|"revoke"|"revoked": [cases decided so], "groups": {...},
+    "error": why the REST API failed, "busy": True when another pass was running and ``wait`` is
+    False (nothing decided), "deferred": confirmed duplicates left for the next pass}.
     """
-    ret = {"deleted": [], "gone": [], "pending": [], "review": [], "error": None, "busy": False}
-    with _flock("cleanup-pass", blocking=wait) as mine:
+    ret = {kind: [] for kind in ("deleted", "gone", "pending", "review", "listed", "revoke", "revoked", "would_delete")}
+    ret.update(groups={}, error=None, busy=False, deferred=0)
+    store = _store()
+    with store.locked("cleanup-pass", blocking=wait) as mine:
         if not mine:
             return {**ret, "busy": True}
-        pending = _cleanups()["pending"]
-        entries = [e for key, e in sorted(pending.items()) if keys is None or key in keys]
-        if not entries:
+        now = _now()
+        cases = {
+            k: c
+            for k, c in store.all("cases").items()
+            if c.get("status") in ("pending", "revoke") and (keys is None or k in keys)
+        }
+        if not test:
+            _mark_compromises(store, cases, now)
+        if not cases and keys is not None:
             return ret
         try:
             api = _api()
         except SaltInvocationError as exc:
-            return {**ret, "pending": entries, "error": str(exc)}
-        found = _new_computer_ids(entries)
-        decided = {}
-        with _session(api) as session:
-            for entry in entries:
-                fresh = found.get(entry["minion"])
-                if not entry.get("new_computer_id") and fresh and fresh != entry["old_computer_id"]:
-                    entry["new_computer_id"] = fresh
-                if ret["error"]:  # the server is down or refuses us: don't hammer it for the rest
-                    decided[_key(entry)] = ("pending", ret["error"])
-                    continue
-                try:
-                    decided[_key(entry)] = _decide(api, session, entry)
-                except _ApiError as exc:
-                    ret["error"] = str(exc)
-                    decided[_key(entry)] = ("pending", ret["error"])
-        _store_outcomes(entries, decided, ret)
+            ret["pending"] = [iemkey_cleanup.public(c) for c in cases.values() if c["status"] == "pending"]
+            ret["error"] = f"{exc}: {len(cases)} clean-ups wait for it" if cases else None
+            if cases:
+                log.error("iemkey cleanup: %s", ret["error"])
+            return ret
+        found = _new_computer_ids([c for c in cases.values() if c["status"] == "pending"])
+        budget = _Budget(_cleanup_setting("max_deletes"))
+        with iemkey_bigfix.session(api) as client:
+            try:
+                master_operator = client.master_operator() if cases else True
+                for key, case in sorted(cases.items()):
+                    fresh = found.get(case["minion"])
+                    asked = case
+                    if not case.get("new_computer_id") and fresh and fresh != case["old_computer_id"]:
+                        asked = {**case, "new_computer_id": fresh}
+                    decided, action = _decide(client, asked, master_operator, budget, now, test)
+                    if not test and not _write_case(store, key, cases[key], decided):
+                        continue  # an operator dismissed or removed it meanwhile
+                    ret.get(action, ret["pending"]).append(iemkey_cleanup.public(decided))
+                    _log_outcome(action, decided)
+                _sync_groups(client, store, ret, test)
+            except iemkey_bigfix.ApiError as exc:
+                ret["error"] = str(exc)
+        ret["deferred"] = budget.deferred
+        if budget.deferred:
+            log.warning(
+                "iemkey cleanup: %d confirmed duplicates wait for the next pass: iemkey:cleanup:max_deletes is %d",
+                budget.deferred,
+                budget.limit,
+            )
     return ret
 
 
-def _store_outcomes(entries, decided, ret):
-    """Move each decided entry where it belongs; a long-pending one goes to review."""
-    give_up_after = _setting("cleanup", "give_up_after", CLEANUP_DEFAULTS)
-    now = _now()
-    with _stored("cleanup") as document:
-        for entry in entries:
-            key = _key(entry)
-            if key not in (document.get("pending") or {}):
-                continue  # an operator removed or dismissed it meanwhile
-            outcome, detail = decided[key]
-            waited = (now - datetime.datetime.fromisoformat(entry["received"])).total_seconds()
-            if outcome == "pending" and waited > give_up_after and not ret["error"]:
-                outcome, detail = "review", f"{detail}, after {waited:.0f} s (iemkey:cleanup:give_up_after)"
-            stored = {**entry, "detail": detail, "checked": now.isoformat(), "attempts": entry.get("attempts", 0) + 1}
-            del document["pending"][key]
-            if outcome in ("pending", "review"):
-                document.setdefault(outcome, {})[key] = stored
-            ret[outcome].append(stored)
-            _log_outcome(outcome, stored)
-
-
-def _key(entry):
-    return f"{entry['minion']}:{entry['old_computer_id']}"
-
-
-def _log_outcome(outcome, entry):
-    where = f"computer {entry['old_computer_id']} (rotation of minion {entry['minion']})"
-    if outcome == "review":
+def _log_outcome(action, case):
+    where = f"computer {case['old_computer_id']} (rotation of minion {case['minion']})"
+    if action == "review":
         log.warning(
-            "iemkey cleanup: not deleting %s: %s; listed for review (salt-run iemkey.report)", where, entry["detail"]
+            "iemkey cleanup: not deleting %s: %s; listed for review (salt-run iemkey.report)", where, case["detail"]
         )
-    elif outcome in ("deleted", "gone"):
-        log.warning("iemkey cleanup: removed %s from the BigFix console: %s", where, entry["detail"])
+    elif action in ("deleted", "gone"):
+        log.warning("iemkey cleanup: removed %s from the BigFix console: %s", where, case["detail"])
+    elif action == "listed":
+        log.warning("iemkey cleanup: %s is to revoke: %s", where, case["detail"])
+    elif action == "revoked":
+        log.warning("iemkey cleanup: %s: %s", where, case["detail"])
     else:
-        log.info("iemkey cleanup: %s stays pending: %s", where, entry["detail"])
+        log.info("iemkey cleanup: %s stays %s: %s", where, case["status"], case["detail"])
 
 
-def cleanup(dismiss=None):
+def cleanup(dismiss=None, test=False):
     """
-    Perform the console clean-ups that rotations left pending: for each, delete the
-    old computer only when BigFix confirms it is the superseded duplicate (the
-    minion's new computer exists, differs from the old one and has the same
-    Computer Name, and the old one has not reported since the rotation). What BigFix
-    does not confirm is listed for review; what cannot be decided yet (new computer
-    not registered, REST API unreachable) stays pending. The list lives under the
-    master's cachedir and survives restarts; running this again is always safe,
-    so a master schedule may run it. Exits non-zero when the REST API failed.
+    Perform the console clean-ups that rotations left. For each old computer:
+
+    - a **routine** rotation's is deleted once BigFix confirms it is the superseded
+      duplicate (the new computer has reported the same Computer Name; the old one
+      is a native agent record that has not reported since the master received the
+      rotation, ``iemkey:cleanup:report_margin`` seconds on);
+    - a **compromise** rotation's (a signed alert or webhook, or an incident, covers
+      it) is confirmed the same way and then listed **to revoke**, never deleted
+      (unless ``iemkey:cleanup:compromised: delete``), in one BigFix computer group
+      per incident; each later run checks whether it has left the console and then
+      records it revoked;
+    - what BigFix does not confirm is listed for review; what cannot be decided yet
+      (new computer not registered, REST API unreachable) stays pending.
+
+    At most ``iemkey:cleanup:max_deletes`` DELETEs per run; the rest wait. Running
+    it again is always safe, so a master schedule may run it. Exits non-zero when
+    the REST API failed.
 
     dismiss
-        A computer ID whose clean-up (pending or for review) is dropped without
-        deleting anything, after an operator has dealt with it.
+        A computer ID whose open clean-up (pending, for review, or to revoke after
+        the operator dealt with it some other way) is closed without deleting anything.
+
+    test
+        Say what would be deleted, listed to revoke or confirmed revoked; change
+        nothing on BigFix or on the master.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run iemkey.cleanup
+        salt-run iemkey.cleanup test=True
         salt-run iemkey.cleanup dismiss=1234567
     """
-    if dismiss not in (None, ""):
-        dismiss = str(dismiss).strip()
-        dropped = []
-        with _stored("cleanup") as document:
-            for kind in ("pending", "review"):
-                entries = document.get(kind) or {}
-                for key in [k for k, e in entries.items() if e["old_computer_id"] == dismiss]:
-                    dropped.append(entries.pop(key))
-        if not dropped:
-            return _fail({"dismissed": []}, f"no pending or review clean-up for computer {dismiss}")
-        log.warning("iemkey cleanup: an operator dismissed the clean-up of computer %s", dismiss)
-        return {"dismissed": dropped, "retcode": 0}
-    outcomes = _cleanup_pass()
-    review = _cleanups()["review"]
-    ret = {kind: outcomes[kind] for kind in ("deleted", "gone", "pending")}
-    ret.update(review=sorted(review.values(), key=_key), retcode=0)
-    ret["summary"] = (
-        f"{len(ret['deleted'])} deleted, {len(ret['gone'])} already gone, "
-        f"{len(ret['pending'])} pending, {len(review)} for review"
+    try:
+        store = _store()
+        if dismiss not in (None, ""):
+            return _dismiss(store, str(dismiss).strip())
+        outcomes = _cleanup_pass(test=bool(test))
+    except SaltInvocationError as exc:
+        return _fail({}, str(exc))
+    cases = _open_cases()
+    ret = {kind: outcomes[kind] for kind in ("deleted", "gone", "revoked")}
+    ret.update(
+        pending=[iemkey_cleanup.public(c) for c in cases["pending"]],
+        review=[iemkey_cleanup.public(c) for c in cases["review"]],
+        revoke=[iemkey_cleanup.public(c) for c in cases["revoke"]],
+        groups=outcomes["groups"],
+        retcode=0,
     )
+    if cases["revoke"]:
+        ret["revocation"] = _revocation(cases)
+    if test:
+        ret = {
+            "test": True,
+            "would_delete": outcomes["would_delete"],
+            "would_list_to_revoke": outcomes["listed"],
+            "would_confirm_revoked": outcomes["revoked"],
+            "would_review": outcomes["review"],
+            "pending": outcomes["pending"],
+            "groups": outcomes["groups"],
+            "retcode": 0,
+        }
+        ret["summary"] = (
+            f"test: would delete {len(ret['would_delete'])}, list {len(ret['would_list_to_revoke'])} to revoke, "
+            f"confirm {len(ret['would_confirm_revoked'])} revoked, list {len(ret['would_review'])} for review; "
+            "nothing was changed"
+        )
+    else:
+        ret["summary"] = (
+            f"{len(ret['deleted'])} deleted, {len(ret['gone'])} already gone, {len(ret['revoked'])} revoked, "
+            f"{len(ret['pending'])} pending, {len(ret['review'])} for review, {len(ret['revoke'])} to revoke"
+        )
+        if outcomes["deferred"]:
+            ret["summary"] += f" ({outcomes['deferred']} wait for the next pass: iemkey:cleanup:max_deletes)"
     if outcomes["busy"]:
         ret["summary"] = "another iemkey clean-up is running; nothing was decided by this one"
     if outcomes["error"]:
@@ -603,6 +720,160 @@ def cleanup(dismiss=None):
         log.error("iemkey cleanup: %s", outcomes["error"])
     __context__["retcode"] = ret["retcode"]
     return ret
+
+
+def _dismiss(store, computer_id):
+    dropped = []
+    now = _now()
+    for key, case in store.all("cases").items():
+        if case["old_computer_id"] == computer_id and case["status"] in iemkey_cleanup.OPEN:
+            after = iemkey_cleanup.settle(case, "dismissed", "dismissed by an operator", now, "iemkey.cleanup dismiss")
+            if _write_case(store, key, case, after):
+                dropped.append(iemkey_cleanup.public(after))
+                if case["status"] == "revoke":
+                    log.warning(
+                        "iemkey cleanup: an operator dismissed computer %s, which was to revoke: iemkey no longer "
+                        "tracks whether its certificate is revoked",
+                        computer_id,
+                    )
+    if not dropped:
+        return _fail({"dismissed": []}, f"no open clean-up for computer {computer_id}")
+    log.warning("iemkey cleanup: an operator dismissed the clean-up of computer %s", computer_id)
+    return {"dismissed": dropped, "retcode": 0}
+
+
+# -- incidents and the audit trail -----------------------------------------------------------
+def _cover(store, minions, by):
+    """Apply the compromise records to the cases of ``minions``: the cases they now cover."""
+    compromises, incidents = store.all("compromises"), store.all("incidents")
+    now, changed = _now(), []
+    for key, case in store.all("cases").items():
+        if case["minion"] not in minions:
+            continue
+        covered = iemkey_cleanup.covering(case, compromises, incidents)
+        marked = iemkey_cleanup.reopened_by(case, covered, now, by) if covered else None
+        if marked and _write_case(store, key, case, marked):
+            changed.append(iemkey_cleanup.public(marked))
+    return changed
+
+
+def incident(since=None, tgt="*", tgt_type="glob", name=None, cleanup=None, close=False):  # pylint: disable=redefined-outer-name
+    """
+    Declare an incident: the rotations of the targeted minions that the master
+    receives at or after ``since`` are compromise rotations. Their old computers are
+    listed to revoke (never deleted), in one BigFix computer group for the incident,
+    until BigFix shows they have left the console. Open clean-ups it covers become
+    compromise ones; old computers iemkey already deleted as routine duplicates go
+    back to review (their certificates were never revoked). Without arguments:
+    the incidents on record.
+
+    since
+        When the incident began (ISO 8601 or epoch seconds); rotations the master
+        received from then on are covered.
+
+    tgt, tgt_type
+        The minions concerned (accepted minions, matched now; default all).
+
+    name
+        The incident's name (letters, digits, ``.``, ``_``, ``-``; default from ``since``).
+
+    cleanup
+        ``revoke`` (the default, ``iemkey:cleanup:compromised``) or ``delete`` for this
+        incident's old computers.
+
+    close
+        With ``name``: rotations received from now on are no longer covered.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run iemkey.incident since=2026-11-20T08:00:00Z tgt='web*' name=worm-2026-11
+        salt-run iemkey.incident name=worm-2026-11 close=True
+        salt-run iemkey.incident
+    """
+    try:
+        store = _store()
+        if since in (None, "") and not close:
+            return {"incidents": store.all("incidents"), "retcode": 0}
+        if name not in (None, "") and not INCIDENT_NAME.fullmatch(str(name)):
+            raise SaltInvocationError(f"an incident name is letters, digits, '.', '_' and '-', not {name!r}")
+        if cleanup not in (None, "") and cleanup not in iemkey_cleanup.MODES:
+            raise SaltInvocationError(f"cleanup must be revoke or delete, not {cleanup!r}")
+        if close:
+            if name in (None, ""):
+                raise SaltInvocationError("close=True needs the incident's name")
+            with store.update("incidents", str(name)) as record:
+                if not record:
+                    raise SaltInvocationError(f"no incident {name!r} on record")
+                record["until"] = _now().isoformat()
+            log.warning("iemkey: incident %s closed by an operator", name)
+            return {"incident": store.get("incidents", str(name)), "retcode": 0}
+        began = iemkey_time.parse_time(since)
+    except SaltInvocationError as exc:
+        return _fail({}, str(exc))
+    if began > _now():
+        return _fail({}, f"since {began.isoformat()} is in the future")
+    minions = _targets(tgt, tgt_type)
+    if not minions:
+        return _fail({}, f"the target {tgt!r} ({tgt_type}) matches no accepted minion")
+    name = str(name) if name not in (None, "") else f"incident-{began:%Y%m%dT%H%M%SZ}"
+    record = {
+        "name": name,
+        "since": began.isoformat(),
+        "until": None,
+        "tgt": tgt,
+        "tgt_type": tgt_type,
+        "minions": minions,
+        "declared": _now().isoformat(),
+        "cleanup": cleanup or None,
+    }
+    store.put("incidents", name, record)
+    covered = _cover(store, set(minions), f"iemkey.incident {name}")
+    log.warning(
+        "iemkey: incident %s declared by an operator: rotations of %d minions received since %s are compromise "
+        "rotations (%s); %d clean-ups re-decided",
+        name,
+        len(minions),
+        record["since"],
+        cleanup or _compromised_mode(),
+        len(covered),
+    )
+    return {"incident": record, "covered": covered, "retcode": 0}
+
+
+def history(minion=None, computer=None):
+    """
+    The audit trail of the console clean-up: per old computer, the minion, the old
+    and new computer IDs, and each status it went through (pending, deleted, to
+    revoke, revoked, review, dismissed, gone) with when and what decided it. Kept on
+    the master across restarts; ``--out=json`` exports it.
+
+    minion
+        Only this minion's rotations.
+
+    computer
+        Only the rotation whose old or new computer ID this is.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run iemkey.history minion=web01
+        salt-run iemkey.history computer=1234567 --out=json
+    """
+    try:
+        cases = _store().all("cases").values()
+    except SaltInvocationError as exc:
+        return _fail({}, str(exc))
+    computer = None if computer in (None, "") else str(computer)
+    found = [
+        {**iemkey_cleanup.public(case), "compromise": case.get("compromise"), "trail": case.get("trail") or []}
+        for case in sorted(cases, key=lambda c: (c["received"], c["minion"]))
+        if (minion in (None, "") or case["minion"] == minion)
+        and (computer is None or computer in (case["old_computer_id"], case.get("new_computer_id")))
+    ]
+    return {"computers": found, "count": len(found), "retcode": 0}
 
 
 # -- the reactors' decisions ---------------------------------------------------------------------
@@ -635,28 +906,34 @@ def _accepted_key(minion_id):
         return handle.read()
 
 
+def _received(event):
+    """When the master received the event: the bus's own ``_stamp`` (the master sets it when it
+    fires the event, whatever the minion sent), else now."""
+    try:
+        stamp = iemkey_cleanup.parse(event.get("stamp"))
+    except (TypeError, ValueError):
+        return _now()
+    return min(stamp, _now())
+
+
 def _claim_nonce(minion_id, nonce, signed_at, max_age, max_skew):
-    """Remember a verified event's nonce until it is stale anyway; False when it was seen before."""
-    now = time.time()
-    with _stored("seen") as seen:
-        for key in [k for k, expires in seen.items() if expires < now]:
-            del seen[key]
-        key = f"{minion_id}:{nonce}"
-        if key in seen:
-            return False
-        seen[key] = signed_at.timestamp() + max_age + max_skew
-    return True
+    """Remember a verified event's nonce until it is stale anyway; False when it was seen before.
+    One atomic create per event (the store's ``add``), whatever the number already remembered."""
+    store = _store()
+    store.sweep("nonces")
+    return store.add("nonces", f"{minion_id}:{nonce}", {"expires": signed_at.timestamp() + max_age + max_skew})
 
 
-def _verified(tag, event):
-    """(minion id, payload, signed time) of a minion's signed event; _Refused otherwise."""
+def _verified(tag, event, received):
+    """(minion id, payload, signed time) of a minion's signed event; _Refused otherwise. Its age
+    is judged at ``received``, when the master got it, not when a worker gets to it."""
     data = event.get("data")
     try:
         envelope_id = iemkey_auth.signer(data)
         max_age = _setting("reactor", "max_age", REACTOR_DEFAULTS)
         max_skew = _setting("reactor", "max_skew", REACTOR_DEFAULTS)
         minion_id, payload, signed_at, nonce = iemkey_auth.verify(
-            tag, data, _accepted_key(envelope_id) if envelope_id else None, _now(), max_age, max_skew
+            tag, data, _accepted_key(envelope_id) if envelope_id else None, received, max_age, max_skew
         )
     except iemkey_auth.Refused as exc:
         hint = " (a detector sends it with `salt-call iemkey.alert`)" if tag == COMPROMISED_TAG else ""
@@ -711,7 +988,32 @@ def _hook_target(event):
     return minion_id, post.get("reason")
 
 
-def _rotate_minion(tag, minion_id, reason, since):
+def _record_compromise(minion_id, source, reason, received):
+    """The master's own record that it acted on a compromise of ``minion_id``: rotations it
+    receives from ``cooldown`` seconds before until ``compromise_window`` seconds after are
+    compromise rotations. Open clean-ups it covers are re-decided."""
+    store = _store()
+    since = received - datetime.timedelta(seconds=_setting("reactor", "cooldown", REACTOR_DEFAULTS))
+    until = received + datetime.timedelta(seconds=_cleanup_setting("compromise_window"))
+    with store.update("compromises", minion_id) as record:
+        if record:
+            since = min(since, iemkey_cleanup.parse(record["since"]))
+            until = max(until, iemkey_cleanup.parse(record["until"]))
+        record.update(
+            minion=minion_id,
+            since=since.isoformat(),
+            until=until.isoformat(),
+            at=received.isoformat(),
+            first=record.get("first") or received.isoformat(),
+            alerts=record.get("alerts", 0) + 1,
+            source=source,
+            reason=str(reason)[:200] if reason else None,
+        )
+    return _cover(store, {minion_id}, f"iemkey.react ({source})")
+
+
+def _rotate_minion(tag, minion_id, reason, since, received, source):
+    covered = _record_compromise(minion_id, source, reason, received)
     cooldown = _setting("reactor", "cooldown", REACTOR_DEFAULTS)
     since = (since - datetime.timedelta(seconds=cooldown)).isoformat()
     with salt.client.get_local_client(mopts=__opts__) as client:
@@ -724,7 +1026,8 @@ def _rotate_minion(tag, minion_id, reason, since):
         )
     log.warning(
         "iemkey reactor: %s for %s (reason: %s): asking %s to ensure BigFix keys made after %s "
-        "(job %s: salt-run jobs.lookup_jid %s)",
+        "(job %s: salt-run jobs.lookup_jid %s); its rotations are compromise rotations: their old computers "
+        "are to revoke, not delete",
         tag,
         minion_id,
         str(reason)[:200] if reason else "none given",
@@ -733,10 +1036,17 @@ def _rotate_minion(tag, minion_id, reason, since):
         jid,
         jid,
     )
-    return {"result": bool(jid), "action": "rotate", "minion": minion_id, "since": since, "jid": jid}
+    return {
+        "result": bool(jid),
+        "action": "rotate",
+        "minion": minion_id,
+        "since": since,
+        "jid": jid,
+        "compromise_covers": [c["old_computer_id"] for c in covered],
+    }
 
 
-def _record_rotation(minion_id, payload):
+def _record_rotation(minion_id, payload, received):
     old = str(payload.get("old_computer_id") or "")
     new = str(payload.get("new_computer_id") or "")
     if not COMPUTER_ID.fullmatch(old):
@@ -750,19 +1060,11 @@ def _record_rotation(minion_id, payload):
         rotated_at = datetime.datetime.fromisoformat(str(payload.get("rotated_at")))
     except ValueError:
         raise _Refused(f"{minion_id} sent no usable rotated_at ({payload.get('rotated_at')!r})") from None
-    entry = {
-        "minion": minion_id,
-        "old_computer_id": old,
-        "new_computer_id": new or None,
-        "rotated_at": rotated_at.astimezone(UTC).isoformat(),
-        "received": _now().isoformat(),
-        "attempts": 0,
-    }
-    with _stored("cleanup") as document:
-        if any(_key(entry) in (document.get(kind) or {}) for kind in ("pending", "review")):
-            return None
-        document.setdefault("pending", {})[_key(entry)] = entry
-    return _key(entry)
+    store = _store()
+    case = iemkey_cleanup.new_case(minion_id, old, new or None, iemkey_cleanup.parse(rotated_at).isoformat(), received)
+    case["compromise"] = iemkey_cleanup.covering(case, store.all("compromises"), store.all("incidents"))
+    key = iemkey_cleanup.key(minion_id, old)
+    return (key, case) if store.add("cases", key, case) else (None, store.get("cases", key))
 
 
 def react(event_tag=None, event=None, **kwargs):  # pylint: disable=unused-argument
@@ -772,11 +1074,14 @@ def react(event_tag=None, event=None, **kwargs):  # pylint: disable=unused-argum
 
     - ``iemkey/compromised`` (``iemkey.alert`` on a minion): signed with that minion's
       own Salt key, not stale, not a replay: that minion, and only it, is asked to
-      rotate (``state.single iemkey.rotated`` with ``since`` = signed time - cooldown).
+      rotate (``state.single iemkey.rotated`` with ``since`` = signed time - cooldown),
+      and the master records the compromise: that minion's rotations are compromise
+      rotations, whose old computers are revoked, not deleted.
     - ``salt/netapi/hook/iemkey/compromised`` (salt-api): the body's HMAC-SHA256 with
-      ``iemkey:reactor:hook_secret`` matches: the one accepted minion it names rotates.
+      ``iemkey:reactor:hook_secret`` matches: the one accepted minion it names rotates,
+      as for an alert.
     - ``iemkey/rotated`` (``iemkey.rotate`` on a minion), signed likewise: the old
-      computer's console clean-up is recorded and tried (``iemkey.cleanup``).
+      computer's clean-up is recorded and tried (``iemkey.cleanup``).
 
     Anything else acts on nothing and leaves one WARNING line in the master log.
 
@@ -792,31 +1097,42 @@ def react(event_tag=None, event=None, **kwargs):  # pylint: disable=unused-argum
     except _Refused as exc:
         log.log(exc.level, "iemkey reactor: refusing %s event, acting on nothing: %s", event_tag, exc)
         return {"tag": event_tag, "result": False, "action": "refused", "refused": str(exc)}
+    except SaltInvocationError as exc:
+        log.error("iemkey reactor: %s event not acted on: %s", event_tag, exc)
+        return {"tag": event_tag, "result": False, "action": "error", "error": str(exc)}
 
 
 def _react(event_tag, event):
+    received = _received(event)
     if event_tag == HOOK_TAG:
         minion_id, reason = _hook_target(event)
-        return _rotate_minion(event_tag, minion_id, reason, _now())
+        return _rotate_minion(event_tag, minion_id, reason, received, received, "webhook")
     if event_tag == COMPROMISED_TAG:
-        minion_id, payload, signed_at = _verified(event_tag, event)
-        return _rotate_minion(event_tag, minion_id, payload.get("reason"), signed_at)
+        minion_id, payload, signed_at = _verified(event_tag, event, received)
+        return _rotate_minion(event_tag, minion_id, payload.get("reason"), signed_at, received, "alert")
     if event_tag == ROTATED_TAG:
-        minion_id, payload, _signed_at = _verified(event_tag, event)
-        key = _record_rotation(minion_id, payload)
+        minion_id, payload, _signed_at = _verified(event_tag, event, received)
+        key, case = _record_rotation(minion_id, payload, received)
         if key is None:
             return {"result": True, "action": "none", "detail": "this clean-up is already recorded"}
+        kind = f"a compromise rotation ({case['compromise']['incident']})" if case["compromise"] else "routine"
         log.warning(
-            "iemkey reactor: %s rotated its BigFix key; the clean-up of its old computer %s is recorded and tried now",
+            "iemkey reactor: %s rotated its BigFix key (%s); the clean-up of its old computer %s is recorded "
+            "and tried now",
             minion_id,
-            payload.get("old_computer_id"),
+            kind,
+            case["old_computer_id"],
         )
         outcomes = _cleanup_pass(keys={key}, wait=False)
-        decided = next((kind for kind in ("deleted", "gone", "review") if outcomes[kind]), "pending")
+        decided = next(
+            (kind for kind in ("deleted", "gone", "listed", "review") if outcomes[kind]),
+            "busy" if outcomes["busy"] else "pending",
+        )
         return {
             "result": True,
             "action": "cleanup",
             "minion": minion_id,
+            "compromise": bool(case["compromise"]),
             "outcome": decided,
             "error": outcomes["error"],
         }

@@ -4,10 +4,11 @@ each minion with its own stand-in agent. Started once per session (10-15 s each)
 """
 
 import pathlib
+import shutil
 
 import pytest
 from bigfix_rest import StandInBigFix
-from helpers import API_PASSWORD, API_USER, CLEANUP_EVERY, COOLDOWN, HOOK_SECRET
+from helpers import API_PASSWORD, API_USER, CLEANUP_EVERY, COOLDOWN, HOOK_SECRET, REPORT_MARGIN
 from pytestshellutils.utils import ports
 from saltapi import SaltApi, login
 from saltfactories.utils import random_string
@@ -66,6 +67,8 @@ def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port, secret
             "schedule": {"iemkey-cleanup": {"function": "iemkey.cleanup", "seconds": CLEANUP_EVERY}},
             "iemkey": {
                 "reactor": {"cooldown": COOLDOWN, "hook_secret": "sdb://iemkey_secrets/hook_secret"},
+                # the stand-in agents report every second; a real fleet's heartbeat needs the default 900 s
+                "cleanup": {"report_margin": REPORT_MARGIN},
                 "api": {
                     "url": f"http://127.0.0.1:{bigfix_api_port}",
                     "user": "iemkey-operator",
@@ -146,10 +149,13 @@ def _forget_rotations(minion):
 
 @pytest.fixture(autouse=True)
 def _fresh_cleanups(request):
-    """Each test starts with no console clean-ups pending on the master (a file the runner keeps)."""
+    """Each test starts with no clean-ups, compromises, incidents or revocation groups on the master
+    (the store the runner keeps under its cachedir; the replay nonces stay, as they would)."""
     if "salt_master" in request.fixturenames:
         master = request.getfixturevalue("salt_master")
-        (pathlib.Path(master.config["cachedir"]) / "iemkey" / "cleanup.json").unlink(missing_ok=True)
+        store = pathlib.Path(master.config["cachedir"]) / "iemkey"
+        for bank in ("cases", "compromises", "incidents", "groups"):
+            shutil.rmtree(store / bank, ignore_errors=True)
 
 
 @pytest.fixture

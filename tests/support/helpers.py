@@ -36,6 +36,7 @@ def module_globals(loaded_function):
 # integration: the reactor's cooldown window (master iemkey:reactor:cooldown) and the salt-api user
 COOLDOWN = 15
 CLEANUP_EVERY = 5  # seconds between the master schedule's iemkey.cleanup runs
+REPORT_MARGIN = 2  # seconds an old computer must stay silent after the master received its rotation
 API_USER = "siem"
 HOOK_SECRET = "siem-signing-secret-3f9a"
 API_PASSWORD = "bigfix-api-Pw-91d2c"

@@ -1,6 +1,17 @@
-"""Synchronising integration tests on the master's event bus instead of sleeping."""
+"""Synchronising integration tests on the master's event bus instead of sleeping; forging on it."""
 
+import json
 import time
+
+
+def forge(minion, tag, data):
+    """From ``minion`` (root there), put ``tag`` with ``data`` (any id included) on the master bus,
+    as a batched ``_minion_event``: what any minion can send."""
+    preload = {"events": [{"tag": tag, "data": data}]}
+    ret = minion.salt_call_cli(timeout=60).run(
+        "event.fire_master", "{}", "forged/outer", f"preload={json.dumps(preload)}"
+    )
+    assert ret.returncode == 0, ret
 
 
 def runner_returns(event_listener, master, fun, after, count=1, timeout=60, **match):

@@ -17,7 +17,10 @@ Mapped in the master config for two tags:
 
 This file only hands the event over: every decision is made by the runner (synced
 to the master), which logs one WARNING line for each event it refuses. For the
-webhook it passes the body and the signature header, never salt-api's token.
+webhook it passes the body and the signature header, never salt-api's token; for
+every event, the master bus's own stamp of when it arrived. The master records each
+compromise it acts on: that minion's rotations are then compromise rotations, whose
+old computers are revoked in the console, not deleted.
 """
 
 HOOK_TAG = "salt/netapi/hook/iemkey/compromised"
@@ -31,6 +34,8 @@ def run():
         event = {"body": data.get("body"), "signature": signature, "from_minion": "id" in data or "cmd" in data}
     else:
         event = {"id": data.get("id"), "data": data.get("data")}
+    # when the master received it: its bus stamps every event it fires, whatever a minion sent
+    event["stamp"] = data.get("_stamp")
     return {
         "iemkey-react-compromised": {
             "runner.iemkey.react": [{"args": [{"event_tag": tag}, {"event": event}]}],

@@ -9,63 +9,22 @@ import hashlib
 import hmac
 import json
 import logging
+import pathlib
 import re
-import types
 
 import iemkey_auth
 import pytest
-import salt.client
-from bigfix_rest import StandInBigFix
-from helpers import load_source, rsa_key_pair
+from helpers import load_source
+from runner_fakes import KEYS
 
 iemkey = load_source("_runners", "iemkey_runner_unit")
 UTC = datetime.timezone.utc
-SECRET = "unit-hook-secret"
-
-
-KEYS = {"alpha": rsa_key_pair(), "beta": rsa_key_pair()}
-
-
-class FakeLocalClient:
-    """Records what the runner publishes; answers iemkey.status with ``statuses``."""
-
-    def __init__(self):
-        self.published, self.statuses = [], {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def cmd_async(self, tgt, fun, arg=(), tgt_type="glob", kwarg=None, **_kwargs):
-        self.published.append({"tgt": tgt, "fun": fun, "arg": list(arg), "tgt_type": tgt_type, "kwarg": kwarg})
-        return f"2026112712000000000{len(self.published)}"
-
-    def cmd(self, tgt, fun, tgt_type="glob", **_kwargs):
-        assert fun == "iemkey.status" and tgt_type == "list"
-        return {m: self.statuses[m] for m in tgt if m in self.statuses}
+SECRET = "unit-hook-secret"  # the master_opts' iemkey:reactor:hook_secret
 
 
 @pytest.fixture
-def local(monkeypatch):
-    client = FakeLocalClient()
-    monkeypatch.setattr(salt.client, "get_local_client", lambda *a, **k: client)
-    return client
-
-
-@pytest.fixture
-def opts(tmp_path):
-    pki = tmp_path / "pki"
-    (pki / "minions").mkdir(parents=True)
-    for name in ("alpha", "beta"):
-        (pki / "minions" / name).write_bytes(KEYS[name][1])
-    return {
-        "cachedir": str(tmp_path / "cache"),
-        "pki_dir": str(pki),
-        "sock_dir": str(tmp_path / "sock"),
-        "iemkey": {"reactor": {"cooldown": 300, "hook_secret": SECRET}},
-    }
+def opts(master_opts):
+    return master_opts
 
 
 @pytest.fixture
@@ -136,12 +95,36 @@ def test_a_replayed_alert_is_refused_and_the_first_one_acted_on(local):
 def test_remembered_nonces_are_forgotten_once_stale(local, opts):
     old = datetime.datetime.now(UTC) - datetime.timedelta(seconds=200)
     assert _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {}, now=old))["action"] == "rotate"
-    seen_file = f"{opts['cachedir']}/iemkey/seen.json"
-    seen = json.load(open(seen_file))
-    assert len(seen) == 1 and next(iter(seen.values())) == pytest.approx(old.timestamp() + 360)
-    json.dump({k: 0 for k in seen}, open(seen_file, "w"))  # expired
+    nonces = pathlib.Path(opts["cachedir"], "iemkey", "nonces")
+    (remembered,) = nonces.glob("alpha:*.json")
+    assert json.loads(remembered.read_text())["expires"] == pytest.approx(old.timestamp() + 360)
+    remembered.write_text(json.dumps({"expires": 0}))  # expired
+    (nonces / ".swept").unlink(missing_ok=True)  # the next sweep is due
     assert _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {}))["action"] == "rotate"
-    assert len(json.load(open(seen_file))) == 1
+    assert len(list(nonces.glob("alpha:*.json"))) == 1
+
+
+def test_an_events_age_is_judged_by_when_the_master_received_it(local):
+    """An alert that waited in the reactor's queue is as old as it was when the bus stamped it."""
+    signed_at = datetime.datetime.now(UTC) - datetime.timedelta(seconds=400)  # beyond max_age by now
+    data = _signed("iemkey/compromised", "alpha", {"reason": "queued"}, now=signed_at)
+    stamp = (signed_at + datetime.timedelta(seconds=2)).replace(tzinfo=None).isoformat()  # Salt 3006: naive UTC
+    ret = iemkey.react(event_tag="iemkey/compromised", event={"id": "alpha", "data": data, "stamp": stamp})
+    assert ret["action"] == "rotate", ret
+    again = iemkey.react(event_tag="iemkey/compromised", event={"id": "alpha", "data": data, "stamp": stamp})
+    assert again["action"] == "refused" and "replays an event" in again["refused"]  # a replay is still one
+    late = _signed("iemkey/compromised", "alpha", {}, now=signed_at)
+    unstamped = iemkey.react(event_tag="iemkey/compromised", event={"id": "alpha", "data": late})
+    assert unstamped["action"] == "refused" and "signed 400 s ago" in unstamped["refused"]
+    assert len(local.published) == 1
+
+
+def test_a_bus_stamp_from_the_future_counts_as_now(local):
+    signed_at = datetime.datetime.now(UTC) - datetime.timedelta(seconds=400)
+    data = _signed("iemkey/compromised", "alpha", {}, now=signed_at)
+    ahead = (datetime.datetime.now(UTC) + datetime.timedelta(days=1)).isoformat()
+    ret = iemkey.react(event_tag="iemkey/compromised", event={"id": "alpha", "data": data, "stamp": ahead})
+    assert ret["action"] == "refused" and "signed 400 s ago" in ret["refused"]
 
 
 # -- the webhook ---------------------------------------------------------------------------------
@@ -221,161 +204,6 @@ def test_an_sdb_hook_secret_that_does_not_resolve_is_an_error_not_a_secret(local
     assert ret["refused"] == f"iemkey:reactor:hook_secret {uri} did not resolve to a secret"
     (record,) = [r for r in caplog.records if "refusing" in r.getMessage()]
     assert record.levelno == logging.ERROR and local.published == []
-
-
-# -- iemkey/rotated and the console clean-up ------------------------------------------------------
-NAME = "web01.example.com"
-
-
-@pytest.fixture
-def bigfix(httpserver, opts):
-    computers = {}
-    agent = types.SimpleNamespace(computers=lambda: computers)
-    opts["iemkey"]["api"] = {
-        "url": httpserver.url_for("").rstrip("/"),
-        "user": "op",
-        "password": "pw",
-        "timeout": 2,
-        "retries": 2,
-    }
-    server = StandInBigFix([agent], "op", "pw").serve(httpserver)
-    server.known = computers
-    return server
-
-
-def _computer(bigfix, computer_id, name=NAME, last_report=None):
-    bigfix.known[computer_id] = {
-        "name": name,
-        "registered": 0,
-        "last_report": last_report or datetime.datetime.now(UTC).timestamp(),
-    }
-
-
-def _rotated(old="1001", new="2002", rotated_at=None, **extra):
-    rotated_at = rotated_at or datetime.datetime.now(UTC).isoformat()
-    payload = {"old_computer_id": old, "rotated_at": rotated_at, "keystorage": "/var/opt/BESClient/KeyStorage"}
-    if new:
-        payload["new_computer_id"] = new
-    return _react("iemkey/rotated", _signed("iemkey/rotated", "alpha", {**payload, **extra}))
-
-
-def _an_hour_ago():
-    return (datetime.datetime.now(UTC) - datetime.timedelta(hours=1)).timestamp()
-
-
-def test_a_confirmed_duplicate_is_deleted_once(local, bigfix):
-    _computer(bigfix, "1001", last_report=_an_hour_ago())
-    _computer(bigfix, "2002")
-    ret = _rotated()
-    assert ret["action"] == "cleanup" and ret["outcome"] == "deleted", ret
-    assert bigfix.deletes() == ["1001"]
-    assert iemkey.cleanup()["deleted"] == [] and bigfix.deletes() == ["1001"]
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "outcome", "detail"),
-    [
-        ({"name": "db01"}, {}, "review", "names the old computer 1001 'db01' and the new computer 2002"),
-        ({"last_report": "after"}, {}, "review", "reported at .* after the rotation .*still alive"),
-        ({}, None, "pending", "the new computer 2002 is not registered with BigFix yet"),
-        (None, {}, "gone", "BigFix has no computer 1001"),
-    ],
-)
-def test_what_bigfix_does_not_confirm_is_not_deleted(local, bigfix, old, new, outcome, detail):
-    if old is not None:
-        last = (
-            (datetime.datetime.now(UTC) + datetime.timedelta(seconds=5)).timestamp()
-            if old.get("last_report") == "after"
-            else _an_hour_ago()
-        )
-        _computer(bigfix, "1001", name=old.get("name", NAME), last_report=last)
-    if new is not None:
-        _computer(bigfix, "2002")
-    ret = _rotated()
-    assert ret["outcome"] == outcome, ret
-    assert bigfix.deletes() == []
-    cleanups = iemkey._cleanups()
-    if outcome in ("review", "pending"):
-        (entry,) = cleanups[outcome].values()
-        assert re.search(detail, entry["detail"]), entry
-    else:
-        assert cleanups == {"pending": {}, "review": {}}
-
-
-def test_the_new_id_is_asked_of_the_minion_when_the_event_has_none(local, bigfix):
-    _computer(bigfix, "1001", last_report=_an_hour_ago())
-    local.statuses["alpha"] = {"computer_id": "1001"}  # the agent has not registered yet
-    assert _rotated(new=None)["outcome"] == "pending"
-    assert (
-        iemkey._cleanups()["pending"]["alpha:1001"]["detail"] == "the minion has not reported its new computer ID yet"
-    )
-    local.statuses["alpha"] = {"computer_id": "2002"}
-    _computer(bigfix, "2002")
-    ret = iemkey.cleanup()
-    assert [e["old_computer_id"] for e in ret["deleted"]] == ["1001"] and bigfix.deletes() == ["1001"]
-
-
-def test_an_unreachable_api_keeps_it_pending_fails_the_run_and_a_later_run_finishes(local, bigfix):
-    _computer(bigfix, "1001", last_report=_an_hour_ago())
-    _computer(bigfix, "2002")
-    bigfix.down = True
-    assert _rotated()["outcome"] == "pending"
-    down = iemkey.cleanup()
-    assert down["retcode"] == 1 and "HTTP 503 from GET /api/computer/2002" in down["error"]
-    assert [c[2] for c in bigfix.calls] == [503] * 4  # reactor's try and this run, each retried once
-    bigfix.down = False
-    up = iemkey.cleanup()
-    assert up["retcode"] == 0 and [e["old_computer_id"] for e in up["deleted"]] == ["1001"]
-    assert bigfix.deletes() == ["1001"]
-
-
-def test_a_clean_up_pending_too_long_goes_to_review(local, bigfix, opts):
-    opts["iemkey"]["cleanup"] = {"give_up_after": 0}
-    _computer(bigfix, "1001", last_report=_an_hour_ago())
-    assert _rotated()["outcome"] == "review"
-    (entry,) = iemkey._cleanups()["review"].values()
-    assert "not registered with BigFix yet" in entry["detail"] and "give_up_after" in entry["detail"]
-
-
-@pytest.mark.parametrize(
-    ("payload", "match"),
-    [
-        ({"old": "12ab"}, "no usable old computer ID"),
-        ({"old": "", "new": "5"}, "no usable old computer ID"),
-        ({"old": "1001", "new": "1001"}, "reports the new computer ID '1001' for the old 1001"),
-        ({"rotated_at": "yesterday"}, "no usable rotated_at"),
-    ],
-)
-def test_a_signed_rotation_with_unusable_ids_records_nothing(local, bigfix, payload, match):
-    ret = _rotated(**payload)
-    assert ret["action"] == "refused" and match in ret["refused"], ret
-    assert iemkey._cleanups() == {"pending": {}, "review": {}} and bigfix.calls == []
-
-
-def test_an_operator_dismisses_or_removes_a_review_item(local, bigfix):
-    _computer(bigfix, "1001", name="db01", last_report=_an_hour_ago())
-    _computer(bigfix, "2002")
-    assert _rotated()["outcome"] == "review"
-    assert iemkey.cleanup(dismiss="1001")["dismissed"][0]["old_computer_id"] == "1001"
-    assert iemkey._cleanups()["review"] == {} and bigfix.deletes() == []
-    assert iemkey.cleanup(dismiss="1001")["retcode"] == 1  # nothing left to dismiss
-    assert (
-        _react(
-            "iemkey/rotated",
-            _signed(
-                "iemkey/rotated",
-                "alpha",
-                {
-                    "old_computer_id": "1001",
-                    "new_computer_id": "2002",
-                    "rotated_at": datetime.datetime.now(UTC).isoformat(),
-                },
-            ),
-        )["outcome"]
-        == "review"
-    )
-    ret = iemkey.remove_computer("1001")
-    assert ret["result"] is True and bigfix.deletes() == ["1001"] and iemkey._cleanups()["review"] == {}
 
 
 # -- report -----------------------------------------------------------------------------------------

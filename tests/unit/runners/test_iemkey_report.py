@@ -6,9 +6,8 @@ is matched by Salt's own CkMinions against accepted keys there; LocalClient is t
 ask real minions.
 """
 
-import json
-import os
-
+import iemkey_cleanup
+import iemkey_store
 import pytest
 import salt.client
 import salt.config
@@ -154,9 +153,9 @@ def test_every_answer_is_classified_and_any_failure_fails_the_run(monkeypatch):
     assert ret["minions"]["mail1"] == {"error": "no answer within 0.3 s"}
     assert ret["summary"] == (
         "1 compliant, 2 noncompliant, 1 unreachable, 1 without the agent, 1 errors "
-        f"(keys since {SINCE}); console clean-ups: 0 pending, 0 for review"
+        f"(keys since {SINCE}); console clean-ups: 0 pending, 0 for review, 0 to revoke"
     )
-    assert ret["cleanup"] == {"pending": [], "review": []}
+    assert ret["cleanup"] == {"pending": [], "review": [], "revoke": []} and ret["revocation"] == {}
     assert ret["retcode"] == 1 and iemkey.__context__["retcode"] == 1
     assert client.polls > 0  # the silent minion was waited for, until the deadline
 
@@ -213,19 +212,14 @@ def test_what_cannot_be_reported_on_fails_without_asking_anyone(monkeypatch, kwa
 
 
 def test_the_clean_ups_waiting_are_listed_by_minion_then_computer(monkeypatch, opts):
-    def entry(minion, old):
-        return {"minion": minion, "old_computer_id": old, "detail": "waiting"}
-
-    state = os.path.join(opts["cachedir"], "iemkey")
-    os.makedirs(state)
-    with open(os.path.join(state, "cleanup.json"), "w", encoding="utf-8") as handle:
-        json.dump(
-            {
-                "pending": {"30": entry("web2", "30"), "20": entry("web1", "20"), "10": entry("web2", "10")},
-                "review": {"40": entry("db1", "40")},
-            },
-            handle,
-        )
+    store = iemkey_store.from_opts(opts)
+    for minion, old in (("web2", "30"), ("web1", "20"), ("web2", "10")):
+        case = iemkey_cleanup.new_case(minion, old, None, "2026-11-21T09:00:00+00:00", "2026-11-21T09:00:01+00:00")
+        store.put("cases", f"{minion}:{old}", case)
+    review = iemkey_cleanup.new_case("db1", "40", "41", "2026-11-21T09:00:00+00:00", "2026-11-21T09:00:01+00:00")
+    store.put("cases", "db1:40", iemkey_cleanup.settle(review, "review", "names differ", review["received"], "x"))
+    closed = iemkey_cleanup.settle(review, "deleted", "deleted", review["received"], "x")
+    store.put("cases", "db2:50", {**closed, "minion": "db2", "old_computer_id": "50"})
     _answering(monkeypatch, [{"web1": {"ret": _check(True), "retcode": 0}}])
     ret = iemkey.report(SINCE, tgt="web1", timeout=1)
     assert [(e["minion"], e["old_computer_id"]) for e in ret["cleanup"]["pending"]] == [
@@ -233,6 +227,6 @@ def test_the_clean_ups_waiting_are_listed_by_minion_then_computer(monkeypatch, o
         ("web2", "10"),
         ("web2", "30"),
     ]
-    assert ret["cleanup"]["review"] == [entry("db1", "40")]
-    assert ret["summary"].endswith("console clean-ups: 3 pending, 1 for review")
+    assert [(e["minion"], e["detail"]) for e in ret["cleanup"]["review"]] == [("db1", "names differ")]
+    assert ret["summary"].endswith("console clean-ups: 3 pending, 1 for review, 0 to revoke")
     assert ret["retcode"] == 0  # waiting clean-ups are listed, they do not fail the compliance report

@@ -5,10 +5,10 @@ Basic auth, what counts as removed, retries with backoff on 5xx (urllib3's Retry
 """
 
 import base64
-import json
-import os
 import time
 
+import iemkey_cleanup
+import iemkey_store
 import pytest
 from helpers import load_source
 from saltevents import wait_for
@@ -88,7 +88,7 @@ def test_refused_credentials_are_an_authentication_error_and_never_retried(https
     ret = iemkey.remove_computer(5)
     assert ret["error"] == (
         "the BigFix server did not remove: 5: authentication failed: the BigFix server "
-        f"refused user 'op' (HTTP {status})"
+        f"refused user 'op' (HTTP {status} from DELETE /api/computer/5)"
     )
     assert len(_requests(httpserver)) == 1
 
@@ -162,19 +162,24 @@ def test_an_sdb_password_is_resolved_and_sent(httpserver, opts, monkeypatch):
 
 
 def test_a_removal_settles_the_clean_ups_of_that_computer_only(httpserver, opts):
-    def entry(old):
-        return {"minion": "web1", "old_computer_id": old, "detail": "waiting"}
-
-    state = os.path.join(opts["cachedir"], "iemkey")
-    os.makedirs(state)
-    with open(os.path.join(state, "cleanup.json"), "w", encoding="utf-8") as handle:
-        json.dump(
-            {"pending": {"web1 10": entry("10"), "web1 11": entry("11")}, "review": {"web1 12": entry("12")}}, handle
-        )
+    store = iemkey_store.from_opts(opts)
+    for old, status in (("10", "pending"), ("11", "pending"), ("12", "review")):
+        case = iemkey_cleanup.new_case("web1", old, None, "2026-11-21T09:00:00+00:00", "2026-11-21T09:00:01+00:00")
+        store.put("cases", f"web1:{old}", iemkey_cleanup.settle(case, status, "waiting", case["received"], "x"))
     _answers(httpserver, 10, 200)
     _answers(httpserver, 12, 404)
     _answers(httpserver, 11, 500)
     ret = iemkey.remove_computers([10, 12, 11])
     assert ret["result"] is False  # 11 failed: it stays pending
-    with open(os.path.join(state, "cleanup.json"), encoding="utf-8") as handle:
-        assert json.load(handle) == {"pending": {"web1 11": entry("11")}, "review": {}}
+    cases = store.all("cases")
+    assert {key: case["status"] for key, case in cases.items()} == {
+        "web1:10": "deleted",
+        "web1:11": "pending",
+        "web1:12": "deleted",
+    }
+    assert cases["web1:10"]["trail"][-1] == {
+        "at": cases["web1:10"]["checked"],
+        "status": "deleted",
+        "detail": "deleted by an operator",
+        "by": "iemkey.remove_computers",
+    }

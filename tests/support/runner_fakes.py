@@ -1,0 +1,26 @@
+"""What the runner's unit tests share: real minion key pairs, and the one fake, LocalClient."""
+
+from helpers import rsa_key_pair
+
+KEYS = {"alpha": rsa_key_pair(), "beta": rsa_key_pair()}
+
+
+class FakeLocalClient:
+    """Records what the runner publishes; answers iemkey.status with ``statuses``."""
+
+    def __init__(self):
+        self.published, self.statuses = [], {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def cmd_async(self, tgt, fun, arg=(), tgt_type="glob", kwarg=None, **_kwargs):
+        self.published.append({"tgt": tgt, "fun": fun, "arg": list(arg), "tgt_type": tgt_type, "kwarg": kwarg})
+        return f"2026112712000000000{len(self.published)}"
+
+    def cmd(self, tgt, fun, tgt_type="glob", **_kwargs):
+        assert fun == "iemkey.status" and tgt_type == "list"
+        return {m: self.statuses[m] for m in tgt if m in self.statuses}

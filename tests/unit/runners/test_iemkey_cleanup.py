@@ -1,0 +1,544 @@
+"""
+The console clean-up (``iemkey.react`` on ``iemkey/rotated``, ``iemkey.cleanup``, ``iemkey.incident``,
+``iemkey.history``, ``iemkey.report``'s revocation section) with the master's opts in a temp dir,
+real signatures and the stand-in BigFix server on loopback answering as real servers do (full
+property lists, correlated devices, computers not yet reported, a non-master operator's scope,
+server based groups). LocalClient is the one fake.
+
+The tests named ``test_finding_*`` are the findings of the revocation issue; each fails on the
+runner before it (the note on the issue says how each was broken and seen red).
+"""
+
+import datetime
+import json
+import logging
+import pathlib
+
+import iemkey_auth
+import pytest
+from bigfix_rest import ID_PROPERTY, SETTING_SECRET, StandInBigFix
+from helpers import load_source
+from runner_fakes import KEYS
+
+iemkey = load_source("_runners", "iemkey_runner_cleanup")
+UTC = datetime.timezone.utc
+NAME = "alpha.example.com"
+
+
+@pytest.fixture
+def opts(master_opts, httpserver):
+    master_opts["iemkey"].update(
+        api={"url": httpserver.url_for("").rstrip("/"), "user": "op", "password": "pw", "timeout": 2, "retries": 2},
+        cleanup={"report_margin": 0},
+    )
+    return master_opts
+
+
+@pytest.fixture
+def configure_loader_modules(opts):
+    return {iemkey: {"__opts__": opts, "__context__": {}}}
+
+
+class Agents:
+    """What the stand-in server knows: {computer id: {"name", "registered", "last_report"}}."""
+
+    def __init__(self):
+        self.known = {}
+
+    def computers(self):
+        return self.known
+
+
+@pytest.fixture
+def bigfix(httpserver):
+    agents = Agents()
+    server = StandInBigFix([agents], "op", "pw").serve(httpserver)
+    server.known = agents.known
+    return server
+
+
+def _now(seconds=0):
+    return datetime.datetime.now(UTC) + datetime.timedelta(seconds=seconds)
+
+
+def _computer(bigfix, computer_id, name=NAME, last_report=-3600):
+    """A computer the server knows, whose last report was ``last_report`` seconds from now."""
+    bigfix.known[computer_id] = {"name": name, "registered": _now(-86400).timestamp(), "last_report": _now(last_report)}
+    bigfix.known[computer_id]["last_report"] = bigfix.known[computer_id]["last_report"].timestamp()
+
+
+def _duplicate(bigfix, old="1001", new="2002", name=NAME):
+    _computer(bigfix, old, name, last_report=-3600)
+    _computer(bigfix, new, name, last_report=-1)
+
+
+def _signed(tag, minion, payload, signer=None):
+    return iemkey_auth.sign(tag, minion, payload, KEYS[signer or minion][0])
+
+
+def _rotated(minion="alpha", old="1001", new="2002", rotated_at=None, signer=None, **extra):
+    rotated_at = rotated_at or _now().isoformat()
+    payload = {"old_computer_id": old, "rotated_at": rotated_at, "keystorage": "/var/opt/BESClient/KeyStorage"}
+    if new:
+        payload["new_computer_id"] = new
+    data = _signed("iemkey/rotated", minion, {**payload, **extra}, signer)
+    return iemkey.react(event_tag="iemkey/rotated", event={"id": minion, "data": data})
+
+
+def _alert(minion="alpha"):
+    data = _signed("iemkey/compromised", minion, {"reason": "IDS rule 4711"})
+    ret = iemkey.react(event_tag="iemkey/compromised", event={"id": minion, "data": data})
+    assert ret["action"] == "rotate", ret
+    return ret
+
+
+def _case(opts, minion="alpha", old="1001"):
+    path = pathlib.Path(opts["cachedir"], "iemkey", "cases", f"{minion}:{old}.json")
+    return json.loads(path.read_text())
+
+
+def _writes(bigfix):
+    return [(m, p) for m, p, _s in bigfix.calls if m in ("DELETE", "POST", "PUT") and p != "/api/query"]
+
+
+# -- routine rotations -------------------------------------------------------------------------------
+def test_a_routine_rotations_confirmed_duplicate_is_deleted_exactly_once(local, bigfix, opts):
+    _duplicate(bigfix)
+    ret = _rotated()
+    assert (ret["action"], ret["outcome"], ret["compromise"]) == ("cleanup", "deleted", False), ret
+    assert bigfix.deletes() == ["1001"]
+    again = iemkey.cleanup()
+    assert again["deleted"] == [] and again["retcode"] == 0 and bigfix.deletes() == ["1001"]
+    (computer,) = iemkey.history(computer="1001")["computers"]
+    assert [step["status"] for step in computer["trail"]] == ["pending", "deleted"]
+    assert computer["trail"][-1]["by"] == "iemkey.cleanup" and computer["incident"] is None
+
+
+def test_a_duplicate_is_deleted_only_after_the_report_margin(local, bigfix, opts):
+    opts["iemkey"]["cleanup"]["report_margin"] = 3600
+    _duplicate(bigfix)
+    assert _rotated()["outcome"] == "pending"
+    assert "iemkey:cleanup:report_margin, 3600 s" in _case(opts)["detail"]
+    assert bigfix.deletes() == []
+
+
+def test_the_new_id_is_asked_of_the_minion_when_the_event_has_none(local, bigfix):
+    _computer(bigfix, "1001")
+    local.statuses["alpha"] = {"computer_id": "1001"}  # the agent has not registered yet
+    assert _rotated(new=None)["outcome"] == "pending"
+    local.statuses["alpha"] = {"computer_id": "2002"}
+    _computer(bigfix, "2002", last_report=-1)
+    ret = iemkey.cleanup()
+    assert [c["old_computer_id"] for c in ret["deleted"]] == ["1001"] and bigfix.deletes() == ["1001"]
+
+
+def test_an_unreachable_api_keeps_it_pending_fails_the_run_and_a_later_run_finishes(local, bigfix):
+    _duplicate(bigfix)
+    bigfix.down = True
+    assert _rotated()["outcome"] == "pending"
+    down = iemkey.cleanup()
+    assert down["retcode"] == 1 and down["error"] == "HTTP 503 from GET /api/operator/op"
+    assert [c["old_computer_id"] for c in down["pending"]] == ["1001"]
+    bigfix.down = False
+    up = iemkey.cleanup()
+    assert up["retcode"] == 0 and [c["old_computer_id"] for c in up["deleted"]] == ["1001"]
+    assert bigfix.deletes() == ["1001"]
+
+
+def test_a_clean_up_pending_too_long_goes_to_review(local, bigfix, opts):
+    opts["iemkey"]["cleanup"]["give_up_after"] = 0
+    _computer(bigfix, "1001")
+    assert _rotated()["outcome"] == "review"
+    detail = _case(opts)["detail"]
+    assert "not registered with BigFix yet" in detail and "give_up_after" in detail
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        ({"old": "12ab"}, "no usable old computer ID"),
+        ({"old": "", "new": "5"}, "no usable old computer ID"),
+        ({"old": "1001", "new": "1001"}, "reports the new computer ID '1001' for the old 1001"),
+        ({"rotated_at": "yesterday"}, "no usable rotated_at"),
+    ],
+)
+def test_a_signed_rotation_with_unusable_ids_records_nothing(local, bigfix, payload, match):
+    ret = _rotated(**payload)
+    assert ret["action"] == "refused" and match in ret["refused"], ret
+    assert iemkey.history()["computers"] == [] and bigfix.calls == []
+
+
+def test_max_deletes_bounds_one_pass_and_the_rest_wait_with_a_warning(local, bigfix, opts, caplog, monkeypatch):
+    opts["iemkey"]["cleanup"]["max_deletes"] = 2
+    opts["iemkey"]["cleanup"]["report_margin"] = 3600  # the reactor's own tries decide nothing
+    for n in range(3):
+        _duplicate(bigfix, old=f"100{n}", new=f"200{n}", name=f"host{n}")
+        assert _rotated(old=f"100{n}", new=f"200{n}")["outcome"] == "pending"
+    opts["iemkey"]["cleanup"]["report_margin"] = 0
+    with caplog.at_level(logging.WARNING):
+        first = iemkey.cleanup()
+    assert bigfix.deletes() == ["1000", "1001"]
+    assert [c["old_computer_id"] for c in first["pending"]] == ["1002"]
+    assert first["pending"][0]["detail"] == (
+        "confirmed, waiting for the next pass: iemkey:cleanup:max_deletes (2) reached"
+    )
+    assert first["summary"].endswith("(1 wait for the next pass: iemkey:cleanup:max_deletes)")
+    assert "1 confirmed duplicates wait for the next pass: iemkey:cleanup:max_deletes is 2" in caplog.text
+    monkeypatch.setattr(iemkey, "_targets", lambda tgt, tgt_type: ["alpha"])
+    monkeypatch.setattr(iemkey, "_gather", lambda *a: {"alpha": {"ret": _compliant(), "retcode": 0}})
+    summary = iemkey.report("2026-01-01T00:00:00Z")["summary"]
+    assert summary.endswith("; 1 confirmed duplicates wait for the next pass (iemkey:cleanup:max_deletes)")
+    second = iemkey.cleanup()
+    assert [c["old_computer_id"] for c in second["deleted"]] == ["1002"]
+    assert bigfix.deletes() == ["1000", "1001", "1002"]  # each exactly once
+
+
+# -- compromise rotations end in revocation -------------------------------------------------------------
+def test_finding_a_compromise_rotation_is_listed_to_revoke_never_deleted(local, bigfix, opts):
+    _duplicate(bigfix)
+    _alert("alpha")
+    ret = _rotated()
+    assert (ret["outcome"], ret["compromise"]) == ("listed", True), ret
+    assert bigfix.deletes() == []
+    case = _case(opts)
+    assert case["status"] == "revoke" and case["compromise"]["incident"] == "alerts"
+    assert "revoke its certificate in the console (group 'iemkey revoke: alerts')" in case["detail"]
+    # one console action: a server based group in the master action site listing exactly the old computer
+    ((group_id, group),) = bigfix.groups.items()
+    assert group["name"] == "iemkey revoke: alerts" and bigfix.members(group_id) == {"1001"}
+    assert group["rules"] == [(ID_PROPERTY, "Equals", "1001")]
+
+
+def test_a_revocation_is_confirmed_once_the_computer_leaves_the_console(local, bigfix, opts):
+    _duplicate(bigfix)
+    _alert("alpha")
+    _rotated()
+    still = iemkey.cleanup()
+    assert [c["old_computer_id"] for c in still["revoke"]] == ["1001"] and still["revoked"] == []
+    assert still["revocation"]["alerts"]["computers"] == ["1001"] and still["revocation"]["alerts"]["console_steps"]
+    assert still["groups"]["alerts"]["matches"] is True and still["groups"]["alerts"]["seen"] == ["1001"]
+    bigfix.revoke("1001")  # the operator's Revoke Certificate in the console
+    done = iemkey.cleanup()
+    assert [c["old_computer_id"] for c in done["revoked"]] == ["1001"] and done["revoke"] == []
+    assert "left the BigFix console (seen gone at " in done["revoked"][0]["detail"]
+    assert bigfix.deletes() == [] and bigfix.groups == {}  # the emptied group is removed; no computer was
+    assert "revocation" not in done
+    (computer,) = iemkey.history(minion="alpha")["computers"]
+    assert [step["status"] for step in computer["trail"]] == ["pending", "revoke", "revoked"]
+
+
+def test_the_report_fails_while_a_stolen_key_is_still_valid_and_says_what_to_click(local, bigfix, opts, monkeypatch):
+    _duplicate(bigfix)
+    _alert("alpha")
+    _rotated()
+    monkeypatch.setattr(iemkey, "_targets", lambda tgt, tgt_type: ["alpha"])
+    monkeypatch.setattr(iemkey, "_gather", lambda *a: {"alpha": {"ret": _compliant(), "retcode": 0}})
+    ret = iemkey.report("2026-01-01T00:00:00Z")
+    assert ret["compliant"] == ["alpha"] and ret["retcode"] == 1
+    (listed,) = ret["cleanup"]["revoke"]
+    assert {k: listed[k] for k in ("old_computer_id", "name", "minion", "incident")} == {
+        "old_computer_id": "1001",
+        "name": NAME,
+        "minion": "alpha",
+        "incident": "alerts",
+    }
+    assert listed["rotated_at"] and listed["received"]
+    revocation = ret["revocation"]["alerts"]
+    assert revocation["computers"] == ["1001"] and revocation["group"]["matches"] is True
+    assert "Revoke Certificate" in " ".join(revocation["console_steps"])
+    assert "1 to revoke (the stolen keys stay valid until revoked: see revocation)" in ret["summary"]
+    bigfix.revoke("1001")
+    iemkey.cleanup()
+    assert iemkey.report("2026-01-01T00:00:00Z")["retcode"] == 0
+
+
+def _compliant():
+    status = {"installed": True, "computer_id": "2002", "last_rotated": None, "agent_running": True, "pending": False}
+    return {"compliant": True, "stale": False, "basis": "key_created", "key_time": "x", "reason": "x", "status": status}
+
+
+def test_a_rooted_minion_cannot_turn_its_compromise_rotation_into_a_delete(local, bigfix, opts):
+    """beta (rooted) is under a compromise; it signs its own rotation with a rotation time long
+    before the alert and payload keys of its own invention: the master decides from its records."""
+    _duplicate(bigfix, name="beta.example.com")
+    _alert("beta")
+    ret = _rotated(
+        minion="beta",
+        rotated_at="2020-01-01T00:00:00+00:00",
+        compromise=False,
+        incident=None,
+        cleanup="delete",
+    )
+    assert ret["compromise"] is True and ret["outcome"] == "listed", ret
+    assert iemkey.cleanup()["deleted"] == [] and bigfix.deletes() == []
+    assert _case(opts, "beta")["status"] == "revoke"
+
+
+def test_compromised_delete_deletes_compromise_rotations_too(local, bigfix, opts):
+    opts["iemkey"]["cleanup"]["compromised"] = "delete"
+    _duplicate(bigfix)
+    _alert("alpha")
+    assert _rotated()["outcome"] == "deleted" and bigfix.deletes() == ["1001"]
+    assert _case(opts)["compromise"]["incident"] == "alerts"  # still on record as one
+
+
+def test_an_unknown_compromised_mode_is_an_error_not_a_delete(local, bigfix, opts):
+    opts["iemkey"]["cleanup"]["compromised"] = "wipe"
+    _duplicate(bigfix)
+    _alert("alpha")
+    assert _rotated()["action"] == "error"
+    ret = iemkey.cleanup()
+    assert ret["retcode"] == 1 and ret["error"] == "iemkey:cleanup:compromised must be revoke or delete, not 'wipe'"
+    assert bigfix.deletes() == []
+
+
+# -- incidents -------------------------------------------------------------------------------------------
+def test_an_incident_makes_later_and_open_clean_ups_revocations_and_reopens_a_deleted_one(
+    local, bigfix, opts, monkeypatch
+):
+    monkeypatch.setattr(iemkey, "_targets", lambda tgt, tgt_type: ["alpha", "beta"])
+    _duplicate(bigfix, "1001", "2002")
+    assert _rotated()["outcome"] == "deleted"  # routine, before anyone knew
+    opts["iemkey"]["cleanup"]["report_margin"] = 3600
+    _duplicate(bigfix, "3003", "4004", name="beta.example.com")
+    assert _rotated(minion="beta", old="3003", new="4004")["outcome"] == "pending"
+    since = _now(-600).isoformat()
+    declared = iemkey.incident(since=since, tgt="*", name="worm-2026-12")
+    assert declared["retcode"] == 0 and declared["incident"]["minions"] == ["alpha", "beta"]
+    assert {c["old_computer_id"]: c["status"] for c in declared["covered"]} == {"1001": "review", "3003": "pending"}
+    reopened = _case(opts, "alpha", "1001")
+    assert "its certificate is NOT revoked" in reopened["detail"]
+    opts["iemkey"]["cleanup"]["report_margin"] = 0
+    ret = iemkey.cleanup()
+    assert [c["old_computer_id"] for c in ret["revoke"]] == ["3003"] and bigfix.deletes() == ["1001"]
+    assert bigfix.members(next(iter(bigfix.groups))) == {"3003"}
+    assert next(iter(bigfix.groups.values()))["name"] == "iemkey revoke: worm-2026-12"
+    _duplicate(bigfix, "5005", "6006")
+    assert _rotated(old="5005", new="6006")["outcome"] == "listed"  # received after since: covered
+    assert iemkey.incident(name="worm-2026-12", close=True)["incident"]["until"]
+    assert iemkey.incident()["incidents"]["worm-2026-12"]["until"]
+
+
+def test_an_incident_may_choose_delete_for_its_old_computers(local, bigfix, monkeypatch):
+    monkeypatch.setattr(iemkey, "_targets", lambda tgt, tgt_type: ["alpha"])
+    assert iemkey.incident(since=_now(-60).isoformat(), name="lab", cleanup="delete")["retcode"] == 0
+    _duplicate(bigfix)
+    assert _rotated()["outcome"] == "deleted"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"since": "last week"}, "since 'last week' is not an ISO 8601 time"),
+        ({"since": "2026-01-01T00:00:00Z", "name": "../x"}, "an incident name is letters, digits"),
+        ({"since": "2026-01-01T00:00:00Z", "cleanup": "wipe"}, "cleanup must be revoke or delete, not 'wipe'"),
+        ({"close": True}, "close=True needs the incident's name"),
+        ({"close": True, "name": "nosuch"}, "no incident 'nosuch' on record"),
+        ({"since": "2999-01-01T00:00:00Z"}, "is in the future"),
+    ],
+)
+def test_an_incident_that_cannot_be_declared_changes_nothing(local, opts, kwargs, error):
+    ret = iemkey.incident(**kwargs)
+    assert ret["retcode"] == 1 and error in ret["error"]
+    assert iemkey.incident()["incidents"] == {}
+
+
+# -- what a real server answers -------------------------------------------------------------------------
+def test_finding_a_correlated_reply_cannot_make_a_live_computer_look_superseded(local, bigfix, opts):
+    """The old computer's own agent record reported after the rotation (it is alive); its cloud
+    representation, nested in ManagementExtension, last reported long ago."""
+    _computer(bigfix, "1001", last_report=60)
+    _computer(bigfix, "2002", last_report=-1)
+    bigfix.correlations["1001"] = {
+        "Type": "Cloud - AWS",
+        "Computer Name": NAME,
+        "Last Report Time": "Mon, 02 Nov 2026 08:00:00 +0000",
+        "Agent Type": "Native",
+    }
+    ret = _rotated()
+    assert ret["outcome"] == "review", ret
+    assert "reported at " in _case(opts)["detail"] and "it is still alive" in _case(opts)["detail"]
+    assert bigfix.deletes() == []
+
+
+def test_finding_a_new_computer_not_yet_named_keeps_the_clean_up_pending(local, bigfix, opts):
+    _duplicate(bigfix)
+    bigfix.unreported.add("2002")  # registered, has not reported its name or a report time yet
+    ret = _rotated()
+    assert ret["outcome"] == "pending", ret
+    assert _case(opts)["detail"] == "the new computer 2002 has registered but not reported its Computer Name yet"
+    bigfix.unreported.clear()
+    assert [c["old_computer_id"] for c in iemkey.cleanup()["deleted"]] == ["1001"]
+
+
+def test_finding_a_404_outside_a_non_master_operators_scope_is_review_not_gone(local, bigfix, opts):
+    _duplicate(bigfix)
+    bigfix.master_operator, bigfix.scope = False, {"2002"}  # 1001 is there, outside this operator's scope
+    ret = _rotated()
+    assert ret["outcome"] == "review", ret
+    assert "the API user is not a master operator" in _case(opts)["detail"]
+    assert "1001" in bigfix.computers() and bigfix.deletes() == []
+
+
+def test_finding_a_minion_clock_running_ahead_cannot_make_a_live_computer_look_silent(local, bigfix, opts):
+    _computer(bigfix, "1001", last_report=30)  # it reports after the master received the rotation
+    _computer(bigfix, "2002", last_report=-1)
+    ret = _rotated(rotated_at=_now(3600).isoformat())  # the minion's clock is an hour ahead
+    assert ret["outcome"] == "review", ret
+    assert bigfix.deletes() == []
+
+
+def test_an_old_computer_of_another_agent_type_is_review(local, bigfix, opts):
+    _duplicate(bigfix)
+    bigfix.agent_types["1001"] = "Proxy - VMware"
+    assert _rotated()["outcome"] == "review" and bigfix.deletes() == []
+
+
+def test_secrets_in_full_replies_reach_no_return_log_or_store(local, bigfix, opts, caplog):
+    bigfix.ignore_fields = True  # the server answers every property, client settings included
+    _duplicate(bigfix)
+    _alert("alpha")
+    with caplog.at_level(logging.DEBUG):
+        returns = [_rotated(), iemkey.cleanup(), iemkey.cleanup(test=True), iemkey.history()]
+    assert any("1001" in json.dumps(r) for r in returns)  # the data searched is this test's
+    for ret in returns:
+        assert SETTING_SECRET not in json.dumps(ret)
+    assert "1001" in caplog.text and SETTING_SECRET not in caplog.text
+    stored = "".join(p.read_text() for p in pathlib.Path(opts["cachedir"]).rglob("*.json"))
+    assert "1001" in stored and SETTING_SECRET not in stored
+    assert "pw" not in json.dumps(returns).replace("pw-", "")
+
+
+# -- the revocation group -------------------------------------------------------------------------------
+def test_the_group_property_is_looked_up_once_and_a_relevance_error_is_an_error(local, bigfix, opts):
+    bigfix.relevance_error = 'The operator "reserved flag" is not defined.'
+    _duplicate(bigfix)
+    _alert("alpha")
+    assert _rotated()["outcome"] == "listed"
+    ret = iemkey.cleanup()
+    assert ret["retcode"] == 1 and "the revocation group 'iemkey revoke: alerts'" in ret["error"]
+    assert "relevance failed" in ret["error"] and bigfix.groups == {}
+    assert [c["old_computer_id"] for c in ret["revoke"]] == ["1001"]  # still listed, with its steps
+    bigfix.relevance_error = None
+    assert iemkey.cleanup()["retcode"] == 0 and len(bigfix.groups) == 1
+    queries = len(bigfix.requests("POST", "/api/query"))
+    iemkey.cleanup()
+    assert len(bigfix.requests("POST", "/api/query")) == queries  # looked up once
+
+
+def test_a_group_that_does_not_match_its_list_is_flagged(local, bigfix, opts, caplog):
+    opts["iemkey"]["cleanup"]["revoke_group"] = {"property_id": 1}  # the Computer Name property, not ID
+    _duplicate(bigfix)
+    _computer(bigfix, "1001", name="1001")  # a computer whose name looks like the ID
+    _computer(bigfix, "7777", name="1001")
+    _computer(bigfix, "2002", name="1001", last_report=-1)
+    _alert("alpha")
+    with caplog.at_level(logging.WARNING):
+        _rotated()
+    (group,) = iemkey.cleanup()["groups"].values()
+    assert group["matches"] is False and group["seen"] == ["1001", "2002", "7777"]
+    assert "do not revoke from that group until it matches" in caplog.text
+
+
+def test_groups_can_be_switched_off(local, bigfix, opts):
+    opts["iemkey"]["cleanup"]["revoke_group"] = {"enabled": False}
+    _duplicate(bigfix)
+    _alert("alpha")
+    assert _rotated()["outcome"] == "listed"
+    assert bigfix.groups == {} and iemkey.cleanup()["retcode"] == 0
+
+
+# -- dry run, operators' own actions -----------------------------------------------------------------
+def test_test_mode_says_what_it_would_do_and_changes_nothing(local, bigfix, opts):
+    opts["iemkey"]["cleanup"]["report_margin"] = 3600
+    _duplicate(bigfix, "1001", "2002")
+    _rotated()  # routine, confirmed once the margin passes
+    _duplicate(bigfix, "3003", "4004", name="beta.example.com")
+    _alert("beta")
+    _rotated(minion="beta", old="3003", new="4004")  # compromise
+    opts["iemkey"]["cleanup"]["report_margin"] = 0
+    store = pathlib.Path(opts["cachedir"], "iemkey")
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    calls = len(bigfix.calls)
+    ret = iemkey.cleanup(test=True)
+    assert ret["test"] is True and ret["retcode"] == 0
+    assert [c["old_computer_id"] for c in ret["would_delete"]] == ["1001"]
+    assert [c["old_computer_id"] for c in ret["would_list_to_revoke"]] == ["3003"]
+    assert ret["summary"] == (
+        "test: would delete 1, list 1 to revoke, confirm 0 revoked, list 0 for review; nothing was changed"
+    )
+    after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    assert after == before
+    assert len(bigfix.calls) > calls and _writes(bigfix) == []  # it asked BigFix; it changed nothing there
+
+
+def test_an_operators_explicit_delete_refuses_a_computer_to_revoke_unless_forced(local, bigfix, opts):
+    _duplicate(bigfix)
+    _alert("alpha")
+    _rotated()
+    ret = iemkey.remove_computer("1001")
+    assert ret["retcode"] == 1 and ret["to_revoke"] == ["1001"] and "are listed to revoke" in ret["error"]
+    assert bigfix.deletes() == []
+    forced = iemkey.remove_computer("1001", force=True)
+    assert forced["result"] is True and bigfix.deletes() == ["1001"]
+    assert _case(opts)["status"] == "deleted" and _case(opts)["trail"][-1]["by"] == "iemkey.remove_computers"
+
+
+def test_an_operator_dismisses_or_removes_a_review_item(local, bigfix, opts):
+    _computer(bigfix, "1001", name="db01")
+    _computer(bigfix, "2002", last_report=-1)
+    assert _rotated()["outcome"] == "review"
+    assert iemkey.cleanup(dismiss="1001")["dismissed"][0]["old_computer_id"] == "1001"
+    assert iemkey.cleanup()["review"] == [] and bigfix.deletes() == []
+    assert iemkey.cleanup(dismiss="1001")["retcode"] == 1  # nothing open left to dismiss
+    assert _case(opts)["status"] == "dismissed"
+
+
+def test_dismissing_a_computer_to_revoke_says_iemkey_no_longer_tracks_it(local, bigfix, opts, caplog):
+    _duplicate(bigfix)
+    _alert("alpha")
+    _rotated()
+    with caplog.at_level(logging.WARNING):
+        assert iemkey.cleanup(dismiss="1001")["retcode"] == 0
+    assert "iemkey no longer tracks whether its certificate is revoked" in caplog.text
+
+
+def test_history_filters_by_minion_and_by_either_computer(local, bigfix):
+    _duplicate(bigfix, "1001", "2002")
+    _rotated()
+    _duplicate(bigfix, "3003", "4004", name="beta.example.com")
+    _rotated(minion="beta", old="3003", new="4004")
+    assert [c["old_computer_id"] for c in iemkey.history()["computers"]] == ["1001", "3003"]
+    assert [c["minion"] for c in iemkey.history(minion="beta")["computers"]] == ["beta"]
+    assert [c["old_computer_id"] for c in iemkey.history(computer="4004")["computers"]] == ["3003"]
+    assert iemkey.history(computer="9")["count"] == 0
+
+
+def test_clean_ups_an_earlier_version_kept_are_imported_once(local, bigfix, opts):
+    state = pathlib.Path(opts["cachedir"], "iemkey")
+    state.mkdir(parents=True)
+    entry = {
+        "minion": "alpha",
+        "old_computer_id": "1001",
+        "new_computer_id": "2002",
+        "rotated_at": _now(-60).isoformat(),
+        "received": _now(-60).isoformat(),
+        "detail": "the new computer 2002 is not registered with BigFix yet",
+    }
+    (state / "cleanup.json").write_text(json.dumps({"pending": {"alpha:1001": entry}, "review": {}}))
+    _duplicate(bigfix)
+    ret = iemkey.cleanup()
+    assert [c["old_computer_id"] for c in ret["deleted"]] == ["1001"]
+    assert not (state / "cleanup.json").exists() and (state / "cleanup.json.imported").exists()
+
+
+def test_an_api_that_is_not_configured_is_one_error_per_pass_naming_the_keys(local, bigfix, opts, caplog):
+    del opts["iemkey"]["api"]
+    with caplog.at_level(logging.ERROR):
+        ret = _rotated()
+    assert ret["outcome"] == "pending"
+    assert ret["error"] == (
+        "the BigFix REST API is not configured: set iemkey:api:url, iemkey:api:user, iemkey:api:password in the "
+        "master config: 1 clean-ups wait for it"
+    )
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [f"iemkey cleanup: {ret['error']}"]
