@@ -39,6 +39,7 @@ def main():
             ],
             "iemkey": {
                 "reactor": {"cooldown": 5},
+                "cleanup": {"report_margin": 2},
                 "api": {
                     "url": rest.url_for("").rstrip("/"),
                     "user": "iemkey-operator",
@@ -74,9 +75,19 @@ def main():
         time.sleep(6)  # past the cooldown: the alert is a new incident
         box.salt_call(MINION, "iemkey.alert", "reason=IDS rule 4711")
         time.sleep(10)
+        box.run("salt-run", "iemkey.cleanup", "test=True")
         box.run("salt-run", "iemkey.cleanup")
         box.run("salt-run", "iemkey.report", f"since={since}")
+        for computer in bigfix.computers():
+            if computer in [g for group in bigfix.groups for g in bigfix.members(group)]:
+                bigfix.revoke(computer)  # the operator's Revoke Certificate on the group's computers
+        box.run("salt-run", "iemkey.cleanup")
         box.run("salt-run", "iemkey.report", f"since={since}", "tgt=nosuch*")
+        box.run("salt-run", "iemkey.incident", f"since={since}", "tgt=web*", "name=worm-2026-11")
+        box.salt("*", "iemkey.rotate", "wait=30")
+        time.sleep(3)
+        box.run("salt-run", "iemkey.cleanup")
+        box.run("salt-run", "iemkey.history", f"minion={MINION}")
         old = sorted(box.agent.computers(), key=lambda c: box.agent.computers()[c]["registered"])[0]
         box.run("salt-run", "iemkey.remove_computer", old)
         log = (top / "root/var/log/salt/master").read_text().splitlines()

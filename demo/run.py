@@ -6,13 +6,17 @@ without root, serving this repo, with a stand-in BigFix agent. It shows
 2. a highstate with pillar `iemkey:rotated_since`, run twice (the second changes nothing);
 3. a compromise alert from the minion (``salt-call iemkey.alert``, signed with the minion's
    own Salt key), rotated by the master's reactor; an unsigned one, refused;
-4. the fleet compliance report, `salt-run iemkey.report`;
+4. the console clean-up against a stand-in BigFix server: the routine rotations' old computers
+   deleted once confirmed; the compromise rotation's old computer listed to revoke (never
+   deleted), in a computer group; the operator revokes it; `iemkey.cleanup` confirms it;
+5. the fleet compliance report, `salt-run iemkey.report`, red while a key is to revoke, then green;
 
 printing Salt's own output, and stops everything it started.
 """
 
 import datetime
 import json
+import logging
 import pathlib
 import shutil
 import sys
@@ -20,11 +24,15 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "support"))
 
+from bigfix_rest import StandInBigFix
+from pytest_httpserver import HTTPServer
 from sandbox import Sandbox
 
 MINION = "demo-minion"
 COOLDOWN = 5
+MARGIN = 2  # iemkey:cleanup:report_margin: the stand-in agent reports every second (real fleets: 900 s)
 
 
 def banner(text):
@@ -32,20 +40,31 @@ def banner(text):
 
 
 def main():
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the stand-in server's access log
     top = pathlib.Path(tempfile.mkdtemp(prefix="iemkey-demo-"))
+    rest = HTTPServer(host="127.0.0.1", port=0)
+    rest.start()
     box = Sandbox(
         top,
         minions=[MINION],
         master_extra={
-            "reactor": [{"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]}],
-            # a 5 s window (the default is 300 s), so the demo's alert, seconds after the highstate's
-            # rotation, counts as a new incident rather than a duplicate
-            "iemkey": {"reactor": {"cooldown": COOLDOWN}},
+            "reactor": [
+                {"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]},
+                {"iemkey/rotated": ["salt://iemkey/reactor/rotated.sls"]},
+            ],
+            "iemkey": {
+                # a 5 s window (the default is 300 s), so the demo's alert, seconds after the highstate's
+                # rotation, counts as a new incident rather than a duplicate
+                "reactor": {"cooldown": COOLDOWN},
+                "cleanup": {"report_margin": MARGIN},
+                "api": {"url": rest.url_for("").rstrip("/"), "user": "iemkey-operator", "password": "demo-pw"},
+            },
         },
     )
+    bigfix = StandInBigFix([box.agent], "iemkey-operator", "demo-pw").serve(rest)
     try:
         banner(f"A salt-master and salt-minion on 127.0.0.1 under {top}, a stand-in agent with a 30-day-old key")
-        box.agent.install(key_age=30 * 86400)
+        box.agent.install(key_age=30 * 86400, name="demo-minion.example.com")
         box.write_config()
         box.start()
         box.sync()
@@ -96,11 +115,35 @@ def main():
         reactor_lines = [line for line in master_log.read_text().splitlines() if "iemkey reactor" in line]
         print("\nmaster log:\n" + "\n".join(reactor_lines))
 
-        banner("4. Fleet compliance report on the master: salt-run iemkey.report")
-        box.run("salt-run", "iemkey.report", f"since={since:%Y-%m-%dT%H:%M:%SZ}")
+        banner("4. The console clean-up against a stand-in BigFix server")
+        print(
+            "Each rotation sent a signed iemkey/rotated; the master recorded its old computer. The two routine\n"
+            "rotations' old computers are deleted once BigFix confirms they are superseded duplicates. The\n"
+            "alert's rotation is a compromise rotation: its old computer is listed to revoke, never deleted\n"
+            "(a deleted computer's stolen key stays valid), in a computer group for the console.",
+            flush=True,
+        )
+        time.sleep(MARGIN + 1)
+        box.run("salt-run", "iemkey.cleanup")
+        stamp = f"{since:%Y-%m-%dT%H:%M:%SZ}"
+        box.run("salt-run", "iemkey.report", f"since={stamp}")
+        print(
+            "\nThe report fails while a stolen key is still valid. The operator selects the group's computers\n"
+            "in the console and chooses Revoke Certificate; the stand-in server does that now.",
+            flush=True,
+        )
+        for computer in json.loads(box.run("salt-run", "iemkey.cleanup", "--out=json", show=False).stdout)["revoke"]:
+            bigfix.revoke(computer["old_computer_id"])
+        box.run("salt-run", "iemkey.cleanup")
+
+        banner("5. Fleet compliance report on the master: salt-run iemkey.report")
+        box.run("salt-run", "iemkey.report", f"since={stamp}")
+        box.run("salt-run", "iemkey.history", f"minion={MINION}")
+        print(f"\nREST requests the stand-in BigFix server answered: {len(bigfix.calls)}, DELETEs: {bigfix.deletes()}")
     finally:
-        banner("Stopping the master, the minion and the stand-in agent")
+        banner("Stopping the master, the minion, the stand-in agent and BigFix server")
         box.stop()
+        rest.stop()
         shutil.rmtree(top, ignore_errors=True)
         print("done")
 
