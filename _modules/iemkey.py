@@ -49,6 +49,13 @@ __virtualname__ = "iemkey"
 
 UTC = datetime.timezone.utc
 DEFAULTS = {"command_timeout": 120, "lock_wait": 300, "stale_after": 900}
+# what a number of seconds may be: below the low end or above the high end is a mistake, not a setting
+BOUNDS = {
+    "wait": (0, 3600),
+    "lock_wait": (0, 86400),
+    "command_timeout": (0.1, 3600),
+    "stale_after": (1, 30 * 86400),
+}
 
 
 def __virtual__():
@@ -60,7 +67,7 @@ def __virtual__():
 
 
 # -- public functions -----------------------------------------------------------------
-def rotate(wait=0, since=None, test=False, **kwargs):
+def rotate(wait=0, since=None, test=False, force=False, **kwargs):
     """
     Rotate the BigFix agent's private key (IBM technote 1670787): stop the agent,
     delete KeyStorage and nothing else, start the agent, record the rotation and
@@ -79,6 +86,15 @@ def rotate(wait=0, since=None, test=False, **kwargs):
     test
         Say what would be done; change nothing.
 
+    force
+        Rotate although KeyStorage is absent where the agent's settings say it is
+        registered, or ``iemkey:storage_path`` disagrees with the agent's own
+        StoragePath (both are refused otherwise: a wrong path would rotate nothing).
+
+    A rotation that removed nothing (KeyStorage was absent) is ``rotated: False``
+    unless the agent then made a new key within ``wait``; a ``wait`` that ends
+    without the new key and computer ID fails the job (the rotation stands).
+
     A rotation interrupted after the delete (crash, failed start) is finished by the
     next call without deleting anything new. One rotation runs at a time per
     minion; another caller waits up to ``iemkey:lock_wait`` seconds.
@@ -92,9 +108,9 @@ def rotate(wait=0, since=None, test=False, **kwargs):
         salt '*' iemkey.rotate test=True
     """
     test = bool(test or kwargs.get("__pub_test") or __opts__.get("test"))
-    wait = _seconds(wait)
+    wait = _seconds("wait", wait)
     with _rotation_lock():
-        resolved = _agent_to_rotate()
+        resolved = _agent_to_rotate(force)
         keystorage, control = resolved["keystorage"], resolved["control"]
         if since is not None:
             verdict = check(since)
@@ -103,17 +119,22 @@ def rotate(wait=0, since=None, test=False, **kwargs):
         interrupted = _interrupted_rotation(keystorage)
         if test:
             return _plan(resolved, interrupted)
+        previous = _read_record()
         if interrupted:
             deleted = _resume(interrupted)
         else:
             deleted = _stop_and_delete(control, keystorage, resolved["computer_id"])
         _start_and_confirm(control, keystorage, deleted["removed"])
         ret = {"rotated": True, "keystorage": keystorage, **deleted, "resumed": bool(interrupted)}
+        if not deleted["removed"] and not interrupted:
+            nothing = _nothing_removed(ret, wait, previous)
+            if nothing:
+                return nothing
         _after_the_delete(
             ret, "recording the rotation", _write_record, {"step": "done", **deleted, "keystorage": keystorage}
         )
     _after_the_delete(ret, "the manual key exchange", _key_exchange, ret)
-    if wait > 0:
+    if wait > 0 and "new_computer_id" not in ret:
         _after_the_delete(ret, "waiting for the new key", _await_new_key, ret, wait)
     _after_the_delete(ret, "sending iemkey/rotated", _send_rotated, ret)
     return ret
@@ -126,6 +147,10 @@ def check(since, probe_agent=True):
     since
         ISO 8601 (``2026-11-20T08:00:00Z``, any offset; no zone means UTC) or epoch
         seconds. A time in the future is an error.
+
+    A KeyStorage that is unsafe to delete or cannot be the agent's (see ``status``'s
+    ``path_problem``) is an error, not an answer: no key time found there would mean
+    anything.
 
     The time that counts (``basis``) is ``key_created`` while KeyStorage holds keys;
     while KeyStorage is absent after a rotation by iemkey (the agent makes keys
@@ -149,6 +174,8 @@ def check(since, probe_agent=True):
             "no key could ever satisfy it"
         )
     current = _status(probe_agent)
+    if current["path_problem"]:
+        raise CommandExecutionError(f"cannot tell whether the BigFix key is rotated: {current['path_problem']}")
     ret = {"since": since_dt.isoformat(), "status": current, "basis": None, "key_time": None, "stale": False}
     if not current["installed"]:
         return {**ret, "compliant": False, "reason": f"the BigFix agent is not installed: {current['problem']}"}
@@ -306,11 +333,16 @@ def alert(reason=None):
 
 
 # -- the rotation's steps, in the order rotate takes them --------------------------
-def _seconds(wait):
+def _seconds(name, value):
+    """A number of seconds within ``BOUNDS[name]``; SaltInvocationError for anything else."""
+    low, high = BOUNDS[name]
     try:
-        return float(wait or 0)
-    except (TypeError, ValueError):
-        raise SaltInvocationError(f"wait must be a number of seconds, not {wait!r}") from None
+        number = float(0 if value in (None, "") else value)
+    except (TypeError, ValueError, OverflowError):
+        raise SaltInvocationError(f"{name} must be a number of seconds, not {value!r}") from None
+    if isinstance(value, bool) or not low <= number <= high:  # NaN fails both comparisons
+        raise SaltInvocationError(f"{name} must be between {low:g} and {high:g} seconds, not {value!r}")
+    return number
 
 
 def _rotation_lock():
@@ -318,12 +350,18 @@ def _rotation_lock():
     return iemkey_record.lock(os.path.join(_cache_dir(), "rotate.lock"), _number("lock_wait"))
 
 
-def _agent_to_rotate():
+def _agent_to_rotate(force=False):
     """This minion's agent, once every check the delete needs has passed; refuses before anything changes."""
     resolved = _resolve()
     _checked_keystorage(resolved, live=False)  # a refused path is refused before anything else
     _require_installed(resolved)
     _checked_keystorage(resolved)
+    misconfigured = _misconfigured(resolved, _read_record())
+    if misconfigured and not force:
+        raise CommandExecutionError(
+            f"{misconfigured}; nothing was changed (force=True rotates anyway: it restarts the agent, which "
+            "makes a new key if KeyStorage really is absent)"
+        )
     return resolved
 
 
@@ -439,7 +477,39 @@ def _key_exchange(ret):
 
 
 def _await_new_key(ret, wait):
+    """Wait for the new key and computer ID; a wait that ends without them fails the job."""
     ret.update(_wait_for_new_key(ret["keystorage"], ret["old_computer_id"], wait))
+    if ret["new_computer_id"] is None:
+        made = "made a new key but registered no new computer ID" if ret["key_created"] else "made no new key"
+        raise CommandExecutionError(
+            f"the agent {made} within wait={wait:g} s: it may be down, or unable to register (an authenticating "
+            "relay without the key exchange?); see iemkey.status"
+        )
+
+
+def _nothing_removed(ret, wait, previous):
+    """KeyStorage was absent: the restart alone rotated nothing unless the agent now makes a new key
+    within ``wait``. Without one this is ``rotated: False`` (no record, no event, the job fails), and
+    the record of the last real rotation stays as it was."""
+    if wait > 0:
+        ret.update(_wait_for_new_key(ret["keystorage"], ret["old_computer_id"], wait))
+        if ret["new_computer_id"]:
+            return None  # the agent made a new key and registered: that is a rotation
+        why = f"and the agent made no new key within wait={wait:g} s"
+    else:
+        why = "and wait=0 does not see whether the agent makes a new key (pass wait=60)"
+    if previous:
+        _write_record(previous)
+    else:
+        os.unlink(_record_path())
+    __context__["retcode"] = 1
+    return {
+        "rotated": False,
+        "keystorage": ret["keystorage"],
+        "removed": [],
+        "old_computer_id": ret["old_computer_id"],
+        "reason": f"KeyStorage {ret['keystorage']} was absent: nothing was removed; the agent was restarted {why}",
+    }
 
 
 def _wait_for_new_key(keystorage, old_computer_id, wait):
@@ -481,11 +551,11 @@ def _conf(key, default=None):
 
 
 def _number(key):
-    value = _conf(key, DEFAULTS[key])
+    """``iemkey:<key>`` from config (minion config, grains, pillar), checked like an argument."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise SaltInvocationError(f"iemkey:{key} must be a number of seconds, not {value!r}") from None
+        return _seconds(key, _conf(key, DEFAULTS[key]))
+    except SaltInvocationError as exc:
+        raise SaltInvocationError(f"iemkey:{exc}") from None
 
 
 def _cache_dir():
@@ -510,8 +580,36 @@ def _resolve():
         "storage_path_source": storage_source,
         "keystorage": keystorage,
         "computer_id": settings.get("ComputerID", (None, None))[0],
+        # what the agent's own settings say, when iemkey:storage_path overrides them
+        "own_storage_path": settings.get("StoragePath", (None, None)),
         "control": iemkey_platforms.resolve_control(platform, _conf("init_script")),
     }
+
+
+def _misconfigured(resolved, record):
+    """Why this KeyStorage cannot be the agent's, though the path itself is safe; None when it can be.
+
+    - ``iemkey:storage_path`` names another folder than the agent's own StoragePath setting;
+    - no KeyStorage is there, yet the agent's settings carry a ComputerID (a registered agent has
+      keys), and no rotation by iemkey of this KeyStorage explains its absence."""
+    own, where = resolved["own_storage_path"]
+    storage = resolved["storage_path"]
+    pathmod = _pathmod()
+    if (
+        own
+        and resolved["storage_path_source"].startswith("config")
+        and pathmod.normpath(own) != pathmod.normpath(storage)
+    ):
+        return f"iemkey:storage_path {storage} is not the agent's own StoragePath {own} ({where})"
+    keystorage = resolved["keystorage"]
+    rotated_here = bool(record and record.get("keystorage") == keystorage and record.get("step") in ("deleted", "done"))
+    if resolved["computer_id"] and not os.path.lexists(keystorage) and not rotated_here:
+        return (
+            f"there is no KeyStorage at {keystorage}, but the agent's settings carry ComputerID "
+            f"{resolved['computer_id']}: a registered agent has keys, so they are elsewhere "
+            f"(storage path from {resolved['storage_path_source']})"
+        )
+    return None
 
 
 # -- safety ---------------------------------------------------------------------------
@@ -652,13 +750,15 @@ def _require_installed(resolved):
 
 # -- status ---------------------------------------------------------------------------
 def _status(probe_agent=True):
+    stale_after = _number("stale_after")  # checked whether or not it is needed now
     resolved = _resolve()
     installed, missing = _installed(resolved)
     keystorage = resolved["keystorage"]
     unsafe = _unsafe_reason(resolved["storage_path"]) if installed else None
     files = [] if unsafe or not installed else iemkey_storage.key_files(keystorage)
-    problem = missing or unsafe or _control_missing(resolved["control"])
     record = _read_record()
+    path_problem = unsafe or (_misconfigured(resolved, record) if installed else None)
+    problem = missing or path_problem or _control_missing(resolved["control"])
     own = record if record and record.get("keystorage") == keystorage else None
     pending = bool(own and own.get("step") == "deleted" and not os.path.lexists(keystorage))
     keyless_for = None
@@ -674,9 +774,11 @@ def _status(probe_agent=True):
         "last_rotated": own.get("rotated_at") if own else None,
         "pending": pending,
         # keyless this long after a rotation: the agent is down or cannot register
-        "stale": keyless_for is not None and keyless_for > _number("stale_after"),
+        "stale": keyless_for is not None and keyless_for > stale_after,
         "agent_running": _agent_running(resolved["control"]) if installed and probe_agent else None,
         "problem": problem,
+        # a KeyStorage that is unsafe or cannot be the agent's: no answer about its key can be trusted
+        "path_problem": path_problem,
     }
 
 

@@ -72,11 +72,15 @@ def rotated(name, since, wait=0, **kwargs):
     except (SaltInvocationError, CommandExecutionError) as exc:
         ret["comment"] = f"Rotating the BigFix agent key failed: {exc}"
         return ret
-    ret["result"] = True
     if not rotation["rotated"]:
+        if "reason" in rotation:  # nothing was removed and no new key seen: not a rotation
+            ret["comment"] = f"The BigFix agent key was not rotated: {rotation['reason']}"
+            return ret
         # another rotation (reactor, operator) finished while this one waited for the lock
+        ret["result"] = True
         ret["comment"] = f"The BigFix agent key is rotated: {rotation['comment']}"
         return ret
+    ret["result"] = True
     ret["changes"] = {
         "key": {
             "old": {**old, "computer_id": rotation["old_computer_id"]},

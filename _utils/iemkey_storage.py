@@ -34,6 +34,10 @@ def unsafe_reason(storage_path, pathmod, live=True):
         return None
     if not os.path.isdir(norm):
         return f"the storage path {norm} is not a directory"
+    if pathmod is os.path:  # what the path really is: a link to / (or C:\\) is the root too
+        real = os.path.realpath(norm)
+        if pathmod.dirname(real) == real:
+            return f"the storage path {norm} resolves to {real}, the root of a file system"
     keystorage = pathmod.join(norm, KEYSTORAGE)
     try:
         mode = os.lstat(keystorage).st_mode

@@ -62,9 +62,10 @@ def test_links_inside_keystorage_are_removed_not_followed(modules, agent, tmp_pa
     assert outside.read_text() == "survives" and tmp_path.is_dir()
 
 
-def test_a_missing_keystorage_restarts_the_agent_which_makes_a_key(modules, agent, tmp_path):
+def test_a_missing_keystorage_of_an_unregistered_agent_restarts_it_and_it_makes_a_key(modules, agent, tmp_path):
     agent.kill()  # an administrator stopped it and moved KeyStorage away
     os.rename(agent.keystorage, tmp_path / "gone")
+    agent.set_computer_id("")  # and it never registered (a registered one is refused without force=True)
     ret = modules.iemkey.rotate(wait=20)
     assert ret["rotated"] is True and ret["removed"] == []
     assert ret["new_computer_id"] and agent.key_files()
