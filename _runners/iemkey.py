@@ -82,13 +82,32 @@ HOOK_TAG = "salt/netapi/hook/iemkey/compromised"
 STATE_NAME = "bigfix-agent-key"
 
 
+_WARNED = set()  # the unresolved hook secrets this process has already logged
+
+
 def __virtual__():
     if iemkey_auth is None:
         return (
             False,
             "iemkey runner: its utility modules (_utils/iemkey_*.py) are missing: run salt-run saltutil.sync_all",
         )
+    _warn_unresolved_hook_secret()
     return __virtualname__
+
+
+def _warn_unresolved_hook_secret():
+    """Salt resolves sdb:// URIs in the master config when it reads it; one still there did not
+    resolve. Said once per process when the master (its reactor, its scheduler) loads this runner,
+    not first when a SIEM's webhook is refused."""
+    secret = salt.utils.data.traverse_dict_and_list(__opts__, "iemkey:reactor:hook_secret", None)
+    if isinstance(secret, str) and secret.startswith("sdb://") and secret not in _WARNED:
+        _WARNED.add(secret)
+        log.error(
+            "iemkey: iemkey:reactor:hook_secret %s did not resolve when the master read its config: every "
+            "webhook is refused until it does (iemkey tries it again for each one); check the sdb profile %r",
+            secret,
+            secret[len("sdb://") :].split("/", 1)[0],
+        )
 
 
 def _fail(ret, message):
@@ -747,7 +766,10 @@ def _cover(store, minions, by):
     """Apply the compromise records to the cases of ``minions``: the cases they now cover."""
     compromises, incidents = store.all("compromises"), store.all("incidents")
     now, changed = _now(), []
-    for key, case in store.all("cases").items():
+    cases = {}
+    for minion in minions:  # only these minions' cases are read
+        cases.update(store.all("cases", prefix=f"{minion}:"))
+    for key, case in cases.items():
         if case["minion"] not in minions:
             continue
         covered = iemkey_cleanup.covering(case, compromises, incidents)
@@ -961,19 +983,40 @@ def _hook_secret():
     return str(secret).encode()
 
 
-def _hook_target(event):
-    """(minion id, reason) from a salt-api webhook event whose body carries our HMAC; _Refused otherwise."""
+def _hook_signature(header):
+    """(t, hex) from ``X-Iemkey-Signature: t=<unix>,sha256=<hex>``; _Refused for anything else."""
+    fields = dict(part.strip().partition("=")[::2] for part in header.split(",")) if isinstance(header, str) else {}
+    stamp, digest = fields.get("t", ""), fields.get("sha256", "")
+    if not re.fullmatch(r"[0-9]{1,12}", stamp) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise _Refused(
+            "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature: t=<unix time>,"
+            "sha256=<HMAC-SHA256 of '<t>.<body>'>)"
+        )
+    return stamp, digest
+
+
+def _hook_target(event, received):
+    """(minion id, reason, signed time) from a salt-api webhook event whose header carries our HMAC
+    over a signed time and the body, neither stale nor a replay; _Refused otherwise."""
     if event.get("from_minion"):
         raise _Refused("it was sent by a minion, not by salt-api")
     secret = _hook_secret()
     body = event.get("body")
     body = body.encode() if isinstance(body, str) else body
-    signature = event.get("signature")
-    if not isinstance(body, bytes) or not isinstance(signature, str):
+    if not isinstance(body, bytes):
         raise _Refused("its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)")
-    expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(signature.strip().encode(), expected.encode()):
+    stamp, digest = _hook_signature(event.get("signature"))
+    expected = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(digest.encode(), expected.encode()):
         raise _Refused("its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)")
+    signed_at = datetime.datetime.fromtimestamp(int(stamp), UTC)
+    max_age = _setting("reactor", "max_age", REACTOR_DEFAULTS)
+    max_skew = _setting("reactor", "max_skew", REACTOR_DEFAULTS)
+    age = (received - signed_at).total_seconds()
+    if age > max_age:
+        raise _Refused(f"it was signed {age:.0f} s ago, more than {max_age:g} s (iemkey:reactor:max_age)")
+    if age < -max_skew:
+        raise _Refused(f"it was signed {-age:.0f} s in the future (clock skew beyond {max_skew:g} s)")
     try:
         post = json.loads(body)
     except ValueError:
@@ -985,17 +1028,23 @@ def _hook_target(event):
         raise _Refused(f"minion id {minion_id!r} is not exactly one minion id")
     if _accepted_key(minion_id) is None:
         raise _Refused(f"{minion_id!r} is not an accepted minion")
-    return minion_id, post.get("reason")
+    store = _store()
+    store.sweep("nonces")
+    if not store.add("nonces", f"hook:{digest}", {"expires": signed_at.timestamp() + max_age + max_skew}):
+        raise _Refused(f"it replays a webhook signed at {signed_at.isoformat()}, already acted on")
+    return minion_id, post.get("reason"), signed_at
 
 
 def _record_compromise(minion_id, source, reason, received):
     """The master's own record that it acted on a compromise of ``minion_id``: rotations it
     receives from ``cooldown`` seconds before until ``compromise_window`` seconds after are
-    compromise rotations. Open clean-ups it covers are re-decided."""
+    compromise rotations. Open clean-ups it covers are re-decided. (the covered cases, the record
+    as it was before this alert)."""
     store = _store()
     since = received - datetime.timedelta(seconds=_setting("reactor", "cooldown", REACTOR_DEFAULTS))
     until = received + datetime.timedelta(seconds=_cleanup_setting("compromise_window"))
     with store.update("compromises", minion_id) as record:
+        before = dict(record)
         if record:
             since = min(since, iemkey_cleanup.parse(record["since"]))
             until = max(until, iemkey_cleanup.parse(record["until"]))
@@ -1008,13 +1057,29 @@ def _record_compromise(minion_id, source, reason, received):
             alerts=record.get("alerts", 0) + 1,
             source=source,
             reason=str(reason)[:200] if reason else None,
+            jid=None,
         )
-    return _cover(store, {minion_id}, f"iemkey.react ({source})")
+    return _cover(store, {minion_id}, f"iemkey.react ({source})"), before
+
+
+def _duplicates(minion_id, previous, received, cooldown):
+    """What an alert duplicates, from the master's records: the alert it acted on for this minion,
+    or the rotation it received from it, within ``cooldown`` seconds; None when there is neither."""
+    window = received - datetime.timedelta(seconds=cooldown)
+    if previous.get("at") and iemkey_cleanup.parse(previous["at"]) >= window:
+        job = f" (job {previous['jid']})" if previous.get("jid") else ""
+        return f"the {previous.get('source') or 'alert'} acted on at {previous['at']}{job}"
+    rotations = [c for c in _store().all("cases", prefix=f"{minion_id}:").values() if c.get("received")]
+    latest = max(rotations, key=lambda c: c["received"], default=None)
+    if latest and iemkey_cleanup.parse(latest["received"]) >= window:
+        return f"the rotation the master received at {latest['received']} (old computer {latest['old_computer_id']})"
+    return None
 
 
 def _rotate_minion(tag, minion_id, reason, since, received, source):
-    covered = _record_compromise(minion_id, source, reason, received)
+    covered, previous = _record_compromise(minion_id, source, reason, received)
     cooldown = _setting("reactor", "cooldown", REACTOR_DEFAULTS)
+    duplicate_of = _duplicates(minion_id, previous, received, cooldown)
     since = (since - datetime.timedelta(seconds=cooldown)).isoformat()
     with salt.client.get_local_client(mopts=__opts__) as client:
         jid = client.cmd_async(
@@ -1024,13 +1089,23 @@ def _rotate_minion(tag, minion_id, reason, since, received, source):
             tgt_type="list",
             kwarg={"name": STATE_NAME, "since": since, "queue": True},
         )
+    with _store().update("compromises", minion_id) as record:
+        record["jid"] = jid
+    if duplicate_of:
+        outcome = (
+            f"a duplicate of {duplicate_of}, within iemkey:reactor:cooldown ({cooldown:g} s): its state changes "
+            "nothing unless the key still predates that"
+        )
+    else:
+        outcome = f"no alert or rotation of {minion_id} within iemkey:reactor:cooldown ({cooldown:g} s): it rotates"
     log.warning(
-        "iemkey reactor: %s for %s (reason: %s): asking %s to ensure BigFix keys made after %s "
+        "iemkey reactor: %s for %s (reason: %s): %s; asking %s to ensure BigFix keys made after %s "
         "(job %s: salt-run jobs.lookup_jid %s); its rotations are compromise rotations: their old computers "
         "are to revoke, not delete",
         tag,
         minion_id,
         str(reason)[:200] if reason else "none given",
+        outcome,
         minion_id,
         since,
         jid,
@@ -1042,6 +1117,7 @@ def _rotate_minion(tag, minion_id, reason, since, received, source):
         "minion": minion_id,
         "since": since,
         "jid": jid,
+        "duplicate_of": duplicate_of,
         "compromise_covers": [c["old_computer_id"] for c in covered],
     }
 
@@ -1077,9 +1153,10 @@ def react(event_tag=None, event=None, **kwargs):  # pylint: disable=unused-argum
       rotate (``state.single iemkey.rotated`` with ``since`` = signed time - cooldown),
       and the master records the compromise: that minion's rotations are compromise
       rotations, whose old computers are revoked, not deleted.
-    - ``salt/netapi/hook/iemkey/compromised`` (salt-api): the body's HMAC-SHA256 with
-      ``iemkey:reactor:hook_secret`` matches: the one accepted minion it names rotates,
-      as for an alert.
+    - ``salt/netapi/hook/iemkey/compromised`` (salt-api): ``X-Iemkey-Signature:
+      t=<unix>,sha256=<hex>`` is the HMAC-SHA256 of ``<t>.<body>`` with
+      ``iemkey:reactor:hook_secret``, ``t`` is recent and the signature new: the one
+      accepted minion it names rotates, as for an alert.
     - ``iemkey/rotated`` (``iemkey.rotate`` on a minion), signed likewise: the old
       computer's clean-up is recorded and tried (``iemkey.cleanup``).
 
@@ -1105,8 +1182,8 @@ def react(event_tag=None, event=None, **kwargs):  # pylint: disable=unused-argum
 def _react(event_tag, event):
     received = _received(event)
     if event_tag == HOOK_TAG:
-        minion_id, reason = _hook_target(event)
-        return _rotate_minion(event_tag, minion_id, reason, received, received, "webhook")
+        minion_id, reason, signed_at = _hook_target(event, received)
+        return _rotate_minion(event_tag, minion_id, reason, signed_at, received, "webhook")
     if event_tag == COMPROMISED_TAG:
         minion_id, payload, signed_at = _verified(event_tag, event, received)
         return _rotate_minion(event_tag, minion_id, payload.get("reason"), signed_at, received, "alert")

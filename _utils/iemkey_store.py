@@ -90,12 +90,13 @@ class LocalStore:
         """The record at ``bank``/``key``, or None."""
         return _read(self._path(bank, key))
 
-    def all(self, bank):
-        """Every record in ``bank``: {key: record}."""
+    def all(self, bank, prefix=""):
+        """Every record in ``bank`` (whose key starts with ``prefix``): {key: record}. Only the
+        records asked for are read."""
         folder = self._bank(bank)
         found = {}
         for name in sorted(os.listdir(folder)):
-            if name.endswith(".json") and not name.startswith("."):
+            if name.endswith(".json") and not name.startswith(".") and name.startswith(prefix):
                 record = _read(os.path.join(folder, name))
                 if record is not None:
                     found[name[: -len(".json")]] = record

@@ -5,6 +5,7 @@ import pathlib
 import re
 
 import pytest
+import salt.config
 import yaml
 from helpers import REPO
 
@@ -74,3 +75,37 @@ def test_every_sls_file_readme_names_exists():
     for path in set(re.findall(r"salt://(iemkey/[\w/]+\.sls)", README)):
         assert (REPO / "salt" / path).is_file(), path
     assert pathlib.Path(REPO / "docs" / "bigfix-facts.md").is_file()
+
+
+def _reactor_blocks():
+    """README's reactor.conf blocks, as the YAML they are."""
+    return [
+        (text, yaml.safe_load(text))
+        for lang, text in BLOCKS
+        if lang == "yaml" and "reactor.conf" in text.split("\n", 1)[0] and "reactor:" in text
+    ]
+
+
+def test_the_reactor_blocks_merge_into_an_existing_reactor_conf_that_salt_loads(tmp_path):
+    """Operators already have a reactor.conf. README's entries, merged into its one ``reactor:``
+    list as README says, load with Salt's own config loader; pasted after it as a second
+    ``reactor:`` key they do not (Salt ignores that whole file: the failure README warns of)."""
+    blocks = _reactor_blocks()
+    assert len(blocks) >= 2
+    readme_entries = []
+    for _text, block in blocks:
+        readme_entries += [entry for entry in block["reactor"] if entry not in readme_entries]
+    existing = [{"salt/auth": ["salt://auth/accept.sls"]}, {"salt/minion/*/start": ["salt://start.sls"]}]
+    conf = tmp_path / "master"
+    conf.write_text(yaml.safe_dump({"root_dir": str(tmp_path / "root")}))
+    (tmp_path / "master.d").mkdir()
+    reactor_conf = tmp_path / "master.d" / "reactor.conf"
+    reactor_conf.write_text(yaml.safe_dump({"reactor": existing + readme_entries}))
+    opts = salt.config.master_config(str(conf))
+    assert opts["reactor"] == existing + readme_entries
+    tags = {tag for entry in opts["reactor"] for tag in entry}
+    assert {"iemkey/compromised", "salt/netapi/hook/iemkey/compromised", "iemkey/rotated"} <= tags
+    # what README's warning is about: a block appended as is, with a second reactor: key
+    reactor_conf.write_text(yaml.safe_dump({"reactor": existing}) + blocks[-1][0])
+    assert salt.config.master_config(str(conf))["reactor"] == []  # the whole file is ignored
+    assert "merge" in README.split("Console clean-up and revocation")[1][:600]

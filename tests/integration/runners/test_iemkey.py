@@ -76,6 +76,22 @@ def test_report_says_which_minions_have_no_agent(salt_run_cli, salt_minion, agen
     assert report.data["not_installed"] == [salt_minion.id]
 
 
+def test_report_lists_an_unsafe_keystorage_path_under_errors_with_its_reason(
+    salt_run_cli, salt_minion, agent, set_pillar, tmp_path
+):
+    link = tmp_path / "storage-to-root"
+    link.symlink_to("/")
+    set_pillar(f"iemkey:\n  storage_path: {link}\n")
+    report = salt_run_cli.run("iemkey.report", "since=2026-01-01T00:00:00Z", f"tgt={salt_minion.id}")
+    assert report.returncode != 0
+    assert report.data["errors"] == [salt_minion.id] and report.data["noncompliant"] == [], report
+    assert (
+        f"the storage path {link} resolves to /, the root of a file system"
+        in (report.data["minions"][salt_minion.id]["error"])
+    )
+    assert agent.untouched()
+
+
 def test_report_with_a_malformed_since_is_an_error(salt_run_cli, salt_minion, agent):
     report = salt_run_cli.run("iemkey.report", "since=last-week", f"tgt={salt_minion.id}")
     assert report.returncode != 0

@@ -11,10 +11,13 @@ import json
 import logging
 import pathlib
 import re
+import time
 
 import iemkey_auth
+import iemkey_cleanup
+import iemkey_store
 import pytest
-from helpers import load_source
+from helpers import hook_signature, load_source
 from runner_fakes import KEYS
 
 iemkey = load_source("_runners", "iemkey_runner_unit")
@@ -84,6 +87,36 @@ def test_alerts_that_prove_nothing_rotate_nobody(local, caplog, data, claimed, m
     assert record.levelno == logging.WARNING and ret["refused"] in record.getMessage()
 
 
+def test_the_reaction_says_whether_it_rotates_or_duplicates_an_earlier_alert_or_rotation(local, opts, caplog):
+    with caplog.at_level(logging.WARNING):
+        first = _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {"reason": "one"}))
+        second = _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {"reason": "two"}))
+    assert first["duplicate_of"] is None
+    assert second["duplicate_of"].startswith("the alert acted on at ")
+    assert second["duplicate_of"].endswith(f" (job {first['jid']})")
+    lines = [r.getMessage() for r in caplog.records if "iemkey reactor: iemkey/compromised" in r.getMessage()]
+    assert "no alert or rotation of alpha within iemkey:reactor:cooldown (300 s): it rotates" in lines[0]
+    assert f"a duplicate of {second['duplicate_of']}, within iemkey:reactor:cooldown (300 s)" in lines[1]
+    store = iemkey_store.from_opts(opts)
+    received = datetime.datetime.now(UTC).isoformat()
+    store.put("cases", "beta:1001", iemkey_cleanup.new_case("beta", "1001", None, received, received))
+    third = _react("iemkey/compromised", _signed("iemkey/compromised", "beta", {}), claimed="beta")
+    assert third["duplicate_of"] == f"the rotation the master received at {received} (old computer 1001)"
+
+
+def test_an_unresolved_sdb_hook_secret_is_logged_once_when_the_runner_loads(opts, caplog):
+    opts["iemkey"]["reactor"]["hook_secret"] = "sdb://vault/bigfix/hook_secret"
+    iemkey._WARNED.clear()
+    with caplog.at_level(logging.ERROR):
+        assert iemkey.__virtual__() == "iemkey" and iemkey.__virtual__() == "iemkey"
+    (line,) = [r.getMessage() for r in caplog.records if "did not resolve" in r.getMessage()]
+    assert line.startswith("iemkey: iemkey:reactor:hook_secret sdb://vault/bigfix/hook_secret did not resolve")
+    assert line.endswith("check the sdb profile 'vault'")
+    opts["iemkey"]["reactor"]["hook_secret"] = "a-resolved-secret"
+    caplog.clear()
+    assert iemkey.__virtual__() == "iemkey" and "did not resolve" not in caplog.text
+
+
 def test_a_replayed_alert_is_refused_and_the_first_one_acted_on(local):
     data = _signed("iemkey/compromised", "alpha", {"reason": "once"})
     assert _react("iemkey/compromised", data)["action"] == "rotate"
@@ -128,13 +161,19 @@ def test_a_bus_stamp_from_the_future_counts_as_now(local):
 
 
 # -- the webhook ---------------------------------------------------------------------------------
-def _hook(body, secret=SECRET, from_minion=False, signature=None):
+def _hook(body, secret=SECRET, from_minion=False, signature=None, age=0):
     body = body if isinstance(body, str) else json.dumps(body)
-    signature = signature or "sha256=" + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+    signature = signature or hook_signature(secret, body, time.time() - age)
     return iemkey.react(
         event_tag="salt/netapi/hook/iemkey/compromised",
         event={"body": body, "signature": signature, "from_minion": from_minion},
     )
+
+
+UNSIGNED = (
+    "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature: t=<unix time>,"
+    "sha256=<HMAC-SHA256 of '<t>.<body>'>)"
+)
 
 
 def test_a_signed_webhook_rotates_the_one_accepted_minion_it_names(local):
@@ -147,6 +186,8 @@ def test_a_signed_webhook_rotates_the_one_accepted_minion_it_names(local):
     [
         ({"body": {"minion_id": "alpha"}, "secret": "wrong"}, "not signed with iemkey:reactor:hook_secret"),
         ({"body": {"minion_id": "alpha"}, "signature": "sha256=00"}, "not signed"),
+        ({"body": {"minion_id": "alpha"}, "age": 400}, "more than 300 s (iemkey:reactor:max_age)"),
+        ({"body": {"minion_id": "alpha"}, "age": -120}, "s in the future (clock skew beyond 60 s)"),
         ({"body": {"minion_id": "alpha"}, "from_minion": True}, "sent by a minion"),
         ({"body": "[1, 2]"}, "not a JSON object"),
         ({"body": {"minion_id": "*"}}, "not exactly one minion id"),
@@ -159,23 +200,50 @@ def test_webhooks_that_prove_nothing_rotate_nobody(local, kwargs, match):
     assert ret["action"] == "refused" and match in ret["refused"] and local.published == []
 
 
+BODY = '{"minion_id": "alpha"}'
+NO_BODY = "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)"
+# the earlier header, a bare body HMAC: replayable by whoever saw it once, so refused
+BARE = "sha256=" + hmac.new(SECRET.encode(), BODY.encode(), hashlib.sha256).hexdigest()
+
+
 @pytest.mark.parametrize(
-    "event",
+    ("event", "refused"),
     [
-        {"body": '{"minion_id": "alpha"}', "from_minion": False},  # no signature header at all
-        {"signature": "sha256=00", "from_minion": False},  # no body
-        {"body": '{"minion_id": "alpha"}', "signature": ["sha256=00"], "from_minion": False},
+        ({"body": BODY, "from_minion": False}, UNSIGNED),  # no signature header at all
+        (
+            {"signature": hook_signature(SECRET, BODY), "from_minion": False},
+            UNSIGNED.split(" (", maxsplit=1)[0] + " (X-Iemkey-Signature)",
+        ),
+        ({"body": BODY, "signature": [hook_signature(SECRET, BODY)], "from_minion": False}, UNSIGNED),
+        # the earlier header, a bare body HMAC: replayable by whoever saw it once, so refused
+        (
+            {
+                "body": BODY,
+                "signature": "sha256=" + hmac.new(SECRET.encode(), BODY.encode(), hashlib.sha256).hexdigest(),
+            },
+            UNSIGNED,
+        ),
+        ({"body": BODY, "signature": "t=soon,sha256=" + "0" * 64}, UNSIGNED),
     ],
 )
-def test_a_webhook_without_body_or_signature_is_refused_by_name(local, event):
+def test_a_webhook_without_body_or_a_timed_signature_is_refused_by_name(local, event, refused):
     ret = iemkey.react(event_tag="salt/netapi/hook/iemkey/compromised", event=event)
     assert ret == {
         "tag": "salt/netapi/hook/iemkey/compromised",
         "result": False,
         "action": "refused",
-        "refused": "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)",
+        "refused": refused,
     }
     assert local.published == []
+
+
+def test_a_replayed_webhook_is_refused_and_the_first_acted_on(local):
+    signature = hook_signature(SECRET, BODY)
+    event = {"body": BODY, "signature": signature, "from_minion": False}
+    assert iemkey.react(event_tag="salt/netapi/hook/iemkey/compromised", event=dict(event))["action"] == "rotate"
+    again = iemkey.react(event_tag="salt/netapi/hook/iemkey/compromised", event=dict(event))
+    assert again["action"] == "refused" and again["refused"].startswith("it replays a webhook signed at ")
+    assert len(local.published) == 1
 
 
 def test_an_sdb_hook_secret_that_resolves_is_the_secret(local, opts, monkeypatch):

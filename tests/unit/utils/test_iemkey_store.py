@@ -29,6 +29,16 @@ def test_records_are_one_file_each_and_read_back(store, tmp_path):
     assert store.all("cases") == {"web02:1002": {"status": "review"}}
 
 
+def test_a_prefix_reads_only_the_records_it_names(store, monkeypatch):
+    for key in ("web01:1", "web01:2", "web010:3", "db01:4"):
+        store.put("cases", key, {"key": key})
+    reads = []
+    real = iemkey_store._read
+    monkeypatch.setattr(iemkey_store, "_read", lambda path: reads.append(path) or real(path))
+    assert sorted(store.all("cases", prefix="web01:")) == ["web01:1", "web01:2"]
+    assert len(reads) == 2
+
+
 def test_add_creates_only_a_new_key(store):
     assert store.add("nonces", "alpha:ab", {"expires": 1}) is True
     assert store.add("nonces", "alpha:ab", {"expires": 2}) is False
