@@ -50,13 +50,34 @@ def _crypto():
     return InvalidSignature, hashes, serialization, padding
 
 
+_PARSED = {}  # PEM bytes -> parsed key, for this process (a minion's job, the master's reactor)
+
+
+def _parsed(pem, load):
+    key = _PARSED.get(pem)
+    if key is None:
+        if len(_PARSED) > 64:
+            _PARSED.clear()
+        key = _PARSED[pem] = load(pem)
+    return key
+
+
+def _load_private(pem):
+    from cryptography.hazmat.primitives import serialization
+
+    try:  # the minion's own key, made by Salt: re-checking its primes costs ~35 ms and proves nothing here
+        return serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
+    except TypeError:  # cryptography < 39 has no such switch
+        return serialization.load_pem_private_key(pem, password=None)
+
+
 def sign(tag, minion_id, payload, private_key_pem, now=None):
     """``payload`` plus the signature envelope, ready for ``event.send``."""
-    _invalid, hashes, serialization, padding = _crypto()
+    _invalid, hashes, _serialization, padding = _crypto()
     payload = json.loads(json.dumps(payload))  # exactly what will arrive: lists, not tuples
     when = (now or datetime.datetime.now(UTC)).astimezone(UTC).isoformat()
     nonce = secrets.token_hex(16)
-    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    key = _parsed(private_key_pem, _load_private)
     signature = key.sign(canonical(tag, minion_id, payload, when, nonce), padding.PKCS1v15(), hashes.SHA256())
     envelope = {
         "v": VERSION,
@@ -116,7 +137,7 @@ def verify(tag, data, public_key_pem, now, max_age, max_skew):
         raise Refused("its time has no zone")
     invalid, hashes, serialization, padding = _crypto()
     try:
-        key = serialization.load_pem_public_key(public_key_pem)
+        key = _parsed(public_key_pem, serialization.load_pem_public_key)
         key.verify(signature, canonical(tag, minion_id, payload, when, nonce), padding.PKCS1v15(), hashes.SHA256())
     except (invalid, ValueError, TypeError):
         raise Refused(f"its signature does not verify with the accepted key of {minion_id!r}") from None

@@ -28,6 +28,18 @@ def rsa_key_pair():
     )
 
 
+def hook_signature(secret, body, signed_at=None):
+    """The X-Iemkey-Signature header a SIEM sends: ``t=<unix>,sha256=<HMAC-SHA256 of '<t>.<body>'>``."""
+    import hashlib
+    import hmac
+    import time
+
+    stamp = str(int(time.time() if signed_at is None else signed_at))
+    body = body if isinstance(body, bytes) else body.encode()
+    digest = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={stamp},sha256={digest}"
+
+
 def module_globals(loaded_function):
     """The globals of the module the Salt loader built a function from (to inject faults there)."""
     return loaded_function.func.__globals__

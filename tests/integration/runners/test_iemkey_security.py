@@ -9,8 +9,6 @@ why it refused) and nothing changed; and the genuine path still works.
 """
 
 import contextlib
-import hashlib
-import hmac
 import json
 import pathlib
 import time
@@ -19,7 +17,7 @@ import iemkey_auth
 import pytest
 import requests
 import yaml
-from helpers import HOOK_SECRET
+from helpers import HOOK_SECRET, hook_signature
 from saltapi import login
 from saltevents import forge as _forge
 from saltevents import job_returns, log_lines, published_targets, runner_returns, wait_for
@@ -55,7 +53,7 @@ def _rotation_job(event_listener, salt_master, start, tag):
 
 def _hook(salt_api, token, payload, secret=HOOK_SECRET):
     body = json.dumps(payload).encode()
-    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    signature = hook_signature(secret, body)
     return requests.post(
         f"{salt_api}/hook/iemkey/compromised",
         data=body,
@@ -218,7 +216,7 @@ def test_a_forged_webhook_event_without_an_id_rotates_nobody(
 ):
     keys = agent.key_files(), agent_2.key_files()
     body = json.dumps({"minion_id": salt_minion.id, "reason": "forged"})
-    wrong = "sha256=" + hmac.new(b"guessed", body.encode(), hashlib.sha256).hexdigest()
+    wrong = hook_signature("guessed", body)
     start = time.time()
     for headers in ({}, {"X-Iemkey-Signature": wrong}):
         _forge(
