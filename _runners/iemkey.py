@@ -474,16 +474,21 @@ class _Budget:
         return True
 
 
-def _decide(client, case, master_operator, budget, now, test):
-    """One open case, asked of BigFix: (the case as it now stands, what was done)."""
+def _decide(client, case, master_operator, budget, now, test, latest=None):
+    """One open case, asked of BigFix: (the case as it now stands, what was done). ``latest``: the
+    newest computer the rotation's new computer led to (``iemkey_cleanup.successor``)."""
     old_id = case["old_computer_id"]
     if case["status"] == "revoke":
         status, detail = iemkey_cleanup.still_to_revoke(case, client.computer(old_id), now, master_operator)
         return iemkey_cleanup.settle(case, status, detail, now, "iemkey.cleanup"), status
-    new_id = case.get("new_computer_id")
+    new_id = latest or case.get("new_computer_id")
     new = client.computer(new_id) if new_id else None
     old = client.computer(old_id) if new is not None and new.name and new.last_report else None
-    outcome, detail = iemkey_cleanup.verdict(case, old, new, now, master_operator, _cleanup_setting("report_margin"))
+    outcome, detail = iemkey_cleanup.verdict(
+        {**case, "new_computer_id": new_id}, old, new, now, master_operator, _cleanup_setting("report_margin")
+    )
+    if new_id != case.get("new_computer_id"):
+        detail += f" (the rotation's new computer {case['new_computer_id']} was itself rotated since)"
     if old is not None:
         case = {**case, "name": old.name}
     if outcome == "superseded":
@@ -613,6 +618,8 @@ def _cleanup_pass(keys=None, wait=True, test=False):
             return ret
         found = _new_computer_ids([c for c in cases.values() if c["status"] == "pending"])
         budget = _Budget(_cleanup_setting("max_deletes"))
+        minions = {c["minion"] for c in cases.values()}
+        chains = [c for m in minions for c in store.all("cases", prefix=f"{m}:").values()]
         with iemkey_bigfix.session(api) as client:
             try:
                 master_operator = client.master_operator() if cases else True
@@ -621,7 +628,8 @@ def _cleanup_pass(keys=None, wait=True, test=False):
                     asked = case
                     if not case.get("new_computer_id") and fresh and fresh != case["old_computer_id"]:
                         asked = {**case, "new_computer_id": fresh}
-                    decided, action = _decide(client, asked, master_operator, budget, now, test)
+                    latest = iemkey_cleanup.successor(asked, chains)
+                    decided, action = _decide(client, asked, master_operator, budget, now, test, latest)
                     if not test and not _write_case(store, key, cases[key], decided):
                         continue  # an operator dismissed or removed it meanwhile
                     ret.get(action, ret["pending"]).append(iemkey_cleanup.public(decided))

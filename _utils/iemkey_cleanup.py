@@ -126,6 +126,23 @@ def mode(case, default):
     return compromise.get("cleanup") or default
 
 
+def successor(case, cases):
+    """The newest computer this rotation's new computer led to. Rotations can follow each other
+    before a clean-up decides (an ad-hoc rotation, then the highstate): a later rotation of the
+    same minion whose old computer is this one's new computer superseded it in turn, and the
+    later clean-up may already have deleted it. ``cases``: the minion's cases, any status."""
+    by_old = {c["old_computer_id"]: c for c in cases if c["minion"] == case["minion"]}
+    seen = {case["old_computer_id"]}
+    current = case.get("new_computer_id")
+    while current in by_old:
+        following = by_old[current].get("new_computer_id")
+        if not following or following in seen or following == current:
+            break  # the end of the chain, or a loop back: never a computer that came before
+        seen.add(current)
+        current = following
+    return current
+
+
 def verdict(case, old, new, now, master_operator, margin):
     """What BigFix says of a pending case: (outcome, detail), the outcome one of ``pending`` (not
     decidable yet), ``review`` (BigFix does not confirm it), ``gone`` (the old computer is not in
@@ -143,6 +160,8 @@ def verdict(case, old, new, now, master_operator, margin):
     received = parse(case["received"])
     if not new_id:
         return "pending", "the minion has not reported its new computer ID yet"
+    if new_id == old_id:
+        return "review", f"the rotation names its old computer {old_id} as its new one"
     if new is None:
         return "pending", f"the new computer {new_id} is not registered with BigFix yet"
     if new.name is None or new.last_report is None:

@@ -122,6 +122,38 @@ def test_a_duplicate_is_deleted_only_after_the_report_margin(local, bigfix, opts
     assert bigfix.deletes() == []
 
 
+def test_rotations_in_a_row_are_each_cleaned_up_against_the_newest_computer(local, bigfix, opts):
+    """An ad-hoc rotation, then the highstate's, before either clean-up decided: the first rotation's
+    new computer is the second's old one, and the second clean-up deletes it."""
+    opts["iemkey"]["cleanup"]["report_margin"] = 3600
+    _computer(bigfix, "1001", last_report=-3600)
+    _computer(bigfix, "2002", last_report=-1800)
+    _computer(bigfix, "3003", last_report=-1)
+    assert _rotated(old="1001", new="2002")["outcome"] == "pending"
+    assert _rotated(old="2002", new="3003")["outcome"] == "pending"
+    opts["iemkey"]["cleanup"]["report_margin"] = 0
+    ret = iemkey.cleanup()
+    assert sorted(c["old_computer_id"] for c in ret["deleted"]) == ["1001", "2002"] and ret["pending"] == []
+    assert sorted(bigfix.deletes()) == ["1001", "2002"] and "3003" in bigfix.computers()
+    first = _case(opts, "alpha", "1001")
+    assert "superseded by 3003" in first["detail"]
+    assert first["detail"].endswith("(the rotation's new computer 2002 was itself rotated since)")
+
+
+def test_two_signed_rotations_naming_each_others_computers_delete_nothing_unconfirmed(local, bigfix, opts):
+    """A rooted minion signs 1001 -> 2002, then 2002 -> 1001, hoping a loop makes a computer its own
+    successor and skips the name check: each is judged against the other, names differ, review."""
+    opts["iemkey"]["cleanup"]["report_margin"] = 3600
+    _computer(bigfix, "1001", name="victim.example.com", last_report=-3600)
+    _computer(bigfix, "2002", name=NAME, last_report=-1)
+    _rotated(old="1001", new="2002")
+    _rotated(old="2002", new="1001")
+    opts["iemkey"]["cleanup"]["report_margin"] = 0
+    ret = iemkey.cleanup()
+    assert ret["deleted"] == [] and bigfix.deletes() == []
+    assert sorted(c["old_computer_id"] for c in ret["review"]) == ["1001", "2002"]
+
+
 def test_the_new_id_is_asked_of_the_minion_when_the_event_has_none(local, bigfix):
     _computer(bigfix, "1001")
     local.statuses["alpha"] = {"computer_id": "1001"}  # the agent has not registered yet

@@ -49,6 +49,7 @@ def test_a_confirmed_duplicate_is_superseded_once_the_margin_has_passed():
     ("kwargs", "outcome", "detail"),
     [
         ({"case": _case(new_computer_id=None)}, "pending", "the minion has not reported its new computer ID yet"),
+        ({"case": _case(new_computer_id="1001")}, "review", "the rotation names its old computer 1001 as its new one"),
         ({"new": None}, "pending", "the new computer 2002 is not registered with BigFix yet"),
         (
             {"new": Computer("2002", None, None, "Native")},
@@ -222,3 +223,20 @@ def test_salts_naive_bus_stamps_are_utc():
 def test_the_console_steps_name_the_group():
     steps = iemkey_cleanup.console_steps("iemkey revoke: worm")
     assert "'iemkey revoke: worm'" in steps[0] and "Revoke Certificate" in steps[2]
+
+
+def test_the_successor_follows_a_minions_rotations_and_stops_at_loops_and_other_minions():
+    first = _case(old_computer_id="1", new_computer_id="2")
+    cases = [
+        first,
+        _case(old_computer_id="2", new_computer_id="3"),
+        _case(old_computer_id="3", new_computer_id="4"),
+        _case(minion="db01", old_computer_id="4", new_computer_id="5"),  # another minion's
+    ]
+    assert iemkey_cleanup.successor(first, cases) == "4"
+    assert iemkey_cleanup.successor(_case(old_computer_id="9", new_computer_id="8"), cases) == "8"
+    loop = [_case(old_computer_id="1", new_computer_id="2"), _case(old_computer_id="2", new_computer_id="1")]
+    assert iemkey_cleanup.successor(loop[0], loop) == "2"  # never back to its own old computer
+    assert iemkey_cleanup.successor(loop[1], loop) == "1"
+    unknown = [first, _case(old_computer_id="2", new_computer_id=None)]
+    assert iemkey_cleanup.successor(first, unknown) == "2"
