@@ -39,32 +39,37 @@ with each old computer), ``iemkey_store`` (everything the master keeps), ``iemke
 (signatures). This module is the Salt glue.
 """
 
+import concurrent.futures
 import datetime
-import hashlib
-import hmac
 import json
 import logging
 import os
 import re
 import time
 
-import salt.cache
 import salt.client
 import salt.utils.data
 import salt.utils.minions
 import salt.utils.sdb
-import salt.utils.verify
 from salt.exceptions import SaltInvocationError
 
 try:  # _utils/, synced with saltutil.sync_all (formula install)
     import iemkey_auth
     import iemkey_bigfix
     import iemkey_cleanup
+    import iemkey_react
     import iemkey_store
     import iemkey_time
 except ImportError:
     try:  # pip install (Salt extension)
-        from saltext.iemkey.utils import iemkey_auth, iemkey_bigfix, iemkey_cleanup, iemkey_store, iemkey_time
+        from saltext.iemkey.utils import (
+            iemkey_auth,
+            iemkey_bigfix,
+            iemkey_cleanup,
+            iemkey_react,
+            iemkey_store,
+            iemkey_time,
+        )
     except ImportError:
         iemkey_auth = None
 
@@ -73,13 +78,8 @@ log = logging.getLogger(__name__)
 __virtualname__ = "iemkey"
 
 UTC = datetime.timezone.utc
-REACTOR_DEFAULTS = {"cooldown": 300, "max_age": 300, "max_skew": 60}
 COMPUTER_ID = re.compile(r"[0-9]{1,20}")
 INCIDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-COMPROMISED_TAG = "iemkey/compromised"
-ROTATED_TAG = "iemkey/rotated"
-HOOK_TAG = "salt/netapi/hook/iemkey/compromised"
-STATE_NAME = "bigfix-agent-key"
 
 
 _WARNED = set()  # the unresolved hook secrets this process has already logged
@@ -474,16 +474,32 @@ class _Budget:
         return True
 
 
-def _decide(client, case, master_operator, budget, now, test, latest=None):
-    """One open case, asked of BigFix: (the case as it now stands, what was done). ``latest``: the
-    newest computer the rotation's new computer led to (``iemkey_cleanup.successor``)."""
+def _prefetch(client, api, computer_ids):
+    """Every computer one pass needs, asked at once: {id: Computer}, without those BigFix does not
+    show. ``iemkey:api:lookup: query`` (default): session relevance, one request per chunk of IDs;
+    ``get``: ``GET /api/computer/{id}`` each, ``iemkey:api:concurrency`` at a time (for an operator
+    who may not submit queries)."""
+    if not computer_ids:
+        return {}
+    if api["lookup"] == "query":
+        return client.computers(computer_ids)
+    ids = sorted(computer_ids, key=int)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=api["concurrency"]) as pool:
+        found = dict(zip(ids, pool.map(client.computer, ids), strict=True))
+    return {computer_id: computer for computer_id, computer in found.items() if computer is not None}
+
+
+def _decide(computers, case, master_operator, budget, now, test, latest=None):
+    """One open case, judged from what BigFix showed (``computers``): (the case as it now stands,
+    what to do or was done). ``delete`` means its DELETE is still to be sent. ``latest``: the newest
+    computer the rotation's new computer led to (``iemkey_cleanup.successor``)."""
     old_id = case["old_computer_id"]
     if case["status"] == "revoke":
-        status, detail = iemkey_cleanup.still_to_revoke(case, client.computer(old_id), now, master_operator)
+        status, detail = iemkey_cleanup.still_to_revoke(case, computers.get(old_id), now, master_operator)
         return iemkey_cleanup.settle(case, status, detail, now, "iemkey.cleanup"), status
     new_id = latest or case.get("new_computer_id")
-    new = client.computer(new_id) if new_id else None
-    old = client.computer(old_id) if new is not None and new.name and new.last_report else None
+    new = computers.get(new_id) if new_id else None
+    old = computers.get(old_id)
     outcome, detail = iemkey_cleanup.verdict(
         {**case, "new_computer_id": new_id}, old, new, now, master_operator, _cleanup_setting("report_margin")
     )
@@ -504,22 +520,32 @@ def _decide(client, case, master_operator, budget, now, test, latest=None):
             return iemkey_cleanup.settle(case, "pending", detail, now, "iemkey.cleanup"), "waiting"
         if test:
             return iemkey_cleanup.settle(case, "deleted", f"would delete: {detail}", now, "test"), "would_delete"
-        gone = client.delete(old_id) == 404
-        outcome = "gone" if gone else "deleted"
-        detail = f"{'already gone' if gone else 'deleted'}: {detail}"
+        return {**case, "detail": detail}, "delete"
     if outcome == "pending":
         outcome, detail = iemkey_cleanup.give_up(case, outcome, detail, now, _cleanup_setting("give_up_after"))
     return iemkey_cleanup.settle(case, outcome, detail, now, "iemkey.cleanup"), outcome
 
 
+def _delete_all(client, api, confirmed, now):
+    """Send the DELETEs of the confirmed duplicates, ``iemkey:api:concurrency`` at a time (no bulk
+    delete exists): each case settled (deleted, already gone, or pending with the error)."""
+
+    def one(item):
+        key, case = item
+        try:
+            gone = client.delete(case["old_computer_id"]) == 404
+        except iemkey_bigfix.ApiError as exc:
+            return key, iemkey_cleanup.settle(case, "pending", f"DELETE failed: {exc}", now, "iemkey.cleanup"), str(exc)
+        outcome = "gone" if gone else "deleted"
+        detail = f"{'already gone' if gone else 'deleted'}: {case['detail']}"
+        return key, iemkey_cleanup.settle(case, outcome, detail, now, "iemkey.cleanup"), None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=api["concurrency"]) as pool:
+        return list(pool.map(one, confirmed))
+
+
 def _write_case(store, key, before, after):
-    """Store a decided case, unless an operator changed it meanwhile (dismissed, removed it)."""
-    with store.update("cases", key) as stored:
-        if stored.get("status") != before["status"] or stored.get("detail") != before["detail"]:
-            return False
-        stored.clear()
-        stored.update(after)
-    return True
+    return iemkey_react.write_case(store, key, before, after)
 
 
 def _sync_groups(client, store, ret, test):
@@ -576,7 +602,8 @@ def _sync_groups(client, store, ret, test):
 
 def _mark_compromises(store, cases, now):
     """Cases the master's own records now cover become compromise cases (sticky)."""
-    compromises, incidents = store.all("compromises"), store.all("incidents")
+    compromises = iemkey_react.compromises_of(store, {c["minion"] for c in cases.values()})
+    incidents = store.all("incidents")
     for key, case in list(cases.items()):
         covered = iemkey_cleanup.covering(case, compromises, incidents)
         if covered and not case.get("compromise"):
@@ -599,11 +626,9 @@ def _cleanup_pass(keys=None, wait=True, test=False):
         if not mine:
             return {**ret, "busy": True}
         now = _now()
-        cases = {
-            k: c
-            for k, c in store.all("cases").items()
-            if c.get("status") in ("pending", "revoke") and (keys is None or k in keys)
-        }
+        # the reactor's try of one rotation reads that case only; a full pass reads them all
+        found = store.all("cases") if keys is None else {k: store.get("cases", k) for k in keys}
+        cases = {k: c for k, c in found.items() if c and c.get("status") in ("pending", "revoke")}
         if not test:
             _mark_compromises(store, cases, now)
         if not cases and keys is not None:
@@ -613,30 +638,42 @@ def _cleanup_pass(keys=None, wait=True, test=False):
         except SaltInvocationError as exc:
             ret["pending"] = [iemkey_cleanup.public(c) for c in cases.values() if c["status"] == "pending"]
             ret["error"] = f"{exc}: {len(cases)} clean-ups wait for it" if cases else None
-            if cases:
-                log.error("iemkey cleanup: %s", ret["error"])
-            return ret
+            return ret  # iemkey.cleanup logs it: one ERROR line per pass
         found = _new_computer_ids([c for c in cases.values() if c["status"] == "pending"])
         budget = _Budget(_cleanup_setting("max_deletes"))
         minions = {c["minion"] for c in cases.values()}
         chains = [c for m in minions for c in store.all("cases", prefix=f"{m}:").values()]
+        asked = {}  # key -> (the case as this pass asks BigFix about it, the newest computer it led to)
+        for key, case in cases.items():
+            fresh = found.get(case["minion"])
+            if not case.get("new_computer_id") and fresh and fresh != case["old_computer_id"]:
+                asked[key] = {**case, "new_computer_id": fresh}
+            else:
+                asked[key] = case
+            asked[key] = (asked[key], iemkey_cleanup.successor(asked[key], chains))
+        wanted = {c["old_computer_id"] for c, _latest in asked.values()}
+        wanted |= {latest for c, latest in asked.values() if latest and c["status"] == "pending"}
         with iemkey_bigfix.session(api) as client:
             try:
                 master_operator = client.master_operator() if cases else True
-                for key, case in sorted(cases.items()):
-                    fresh = found.get(case["minion"])
-                    asked = case
-                    if not case.get("new_computer_id") and fresh and fresh != case["old_computer_id"]:
-                        asked = {**case, "new_computer_id": fresh}
-                    latest = iemkey_cleanup.successor(asked, chains)
-                    decided, action = _decide(client, asked, master_operator, budget, now, test, latest)
-                    if not test and not _write_case(store, key, cases[key], decided):
+                computers = _prefetch(client, api, wanted)
+                decided, confirmed = [], []
+                for key, (case, latest) in sorted(asked.items()):
+                    after, action = _decide(computers, case, master_operator, budget, now, test, latest)
+                    (confirmed if action == "delete" else decided).append((key, after, action))
+                for key, after, error in _delete_all(client, api, [(k, c) for k, c, _a in confirmed], now):
+                    decided.append((key, after, "pending" if error else after["status"]))
+                    ret["error"] = ret["error"] or error
+                for key, after, action in decided:
+                    if not test and not _write_case(store, key, cases[key], after):
                         continue  # an operator dismissed or removed it meanwhile
-                    ret.get(action, ret["pending"]).append(iemkey_cleanup.public(decided))
-                    _log_outcome(action, decided)
-                _sync_groups(client, store, ret, test)
+                    ret.get(action, ret["pending"]).append(iemkey_cleanup.public(after))
+                    _log_outcome(action, after)
+                if keys is None:  # a full pass keeps the groups; the reactor's try of one case does not
+                    _sync_groups(client, store, ret, test)
             except iemkey_bigfix.ApiError as exc:
                 ret["error"] = str(exc)
+            ret["requests"] = client.requests
         ret["deferred"] = budget.deferred
         if budget.deferred:
             log.warning(
@@ -770,23 +807,6 @@ def _dismiss(store, computer_id):
 
 
 # -- incidents and the audit trail -----------------------------------------------------------
-def _cover(store, minions, by):
-    """Apply the compromise records to the cases of ``minions``: the cases they now cover."""
-    compromises, incidents = store.all("compromises"), store.all("incidents")
-    now, changed = _now(), []
-    cases = {}
-    for minion in minions:  # only these minions' cases are read
-        cases.update(store.all("cases", prefix=f"{minion}:"))
-    for key, case in cases.items():
-        if case["minion"] not in minions:
-            continue
-        covered = iemkey_cleanup.covering(case, compromises, incidents)
-        marked = iemkey_cleanup.reopened_by(case, covered, now, by) if covered else None
-        if marked and _write_case(store, key, case, marked):
-            changed.append(iemkey_cleanup.public(marked))
-    return changed
-
-
 def incident(since=None, tgt="*", tgt_type="glob", name=None, cleanup=None, close=False):  # pylint: disable=redefined-outer-name
     """
     Declare an incident: the rotations of the targeted minions that the master
@@ -859,7 +879,7 @@ def incident(since=None, tgt="*", tgt_type="glob", name=None, cleanup=None, clos
         "cleanup": cleanup or None,
     }
     store.put("incidents", name, record)
-    covered = _cover(store, set(minions), f"iemkey.incident {name}")
+    covered = _reactions().cover(set(minions), f"iemkey.incident {name}")
     log.warning(
         "iemkey: incident %s declared by an operator: rotations of %d minions received since %s are compromise "
         "rotations (%s); %d clean-ups re-decided",
@@ -907,266 +927,34 @@ def history(minion=None, computer=None):
 
 
 # -- the reactors' decisions ---------------------------------------------------------------------
-class _Refused(Exception):
-    """The event is not acted on; its message is the one line the master log gets, at ``level``."""
-
-    def __init__(self, message, level=logging.WARNING):
-        super().__init__(message)
-        self.level = level
+_PUBLISHER = {}  # master opts id -> iemkey_react.Publisher, kept for this process
 
 
-def _accepted_key(minion_id):
-    """The public key the master accepted for ``minion_id`` (PEM bytes), or None."""
-    if not iemkey_auth.MINION_ID.fullmatch(minion_id) or not salt.utils.verify.valid_id(__opts__, minion_id):
-        return None
-    driver = __opts__.get("keys.cache_driver")
-    if driver:  # Salt 3008 keeps minion keys behind a cache driver (localfs_key by default)
-        try:
-            found = salt.cache.Cache(__opts__, driver=driver).fetch("keys", minion_id)
-        except Exception as exc:  # pylint: disable=broad-except
-            log.debug("iemkey: the keys cache could not answer for %s (%s); reading pki_dir", minion_id, exc)
-        else:
-            accepted = isinstance(found, dict) and found.get("state") == "accepted" and found.get("pub")
-            return found["pub"].encode() if accepted else None
-    pki_dir = __opts__.get("cluster_pki_dir") if __opts__.get("cluster_id") else __opts__["pki_dir"]
-    path = os.path.join(pki_dir, "minions", minion_id)
-    if os.path.islink(path) or not os.path.isfile(path):
-        return None
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def _received(event):
-    """When the master received the event: the bus's own ``_stamp`` (the master sets it when it
-    fires the event, whatever the minion sent), else now."""
-    try:
-        stamp = iemkey_cleanup.parse(event.get("stamp"))
-    except (TypeError, ValueError):
-        return _now()
-    return min(stamp, _now())
-
-
-def _claim_nonce(minion_id, nonce, signed_at, max_age, max_skew):
-    """Remember a verified event's nonce until it is stale anyway; False when it was seen before.
-    One atomic create per event (the store's ``add``), whatever the number already remembered."""
-    store = _store()
-    store.sweep("nonces")
-    return store.add("nonces", f"{minion_id}:{nonce}", {"expires": signed_at.timestamp() + max_age + max_skew})
-
-
-def _verified(tag, event, received):
-    """(minion id, payload, signed time) of a minion's signed event; _Refused otherwise. Its age
-    is judged at ``received``, when the master got it, not when a worker gets to it."""
-    data = event.get("data")
-    try:
-        envelope_id = iemkey_auth.signer(data)
-        max_age = _setting("reactor", "max_age", REACTOR_DEFAULTS)
-        max_skew = _setting("reactor", "max_skew", REACTOR_DEFAULTS)
-        minion_id, payload, signed_at, nonce = iemkey_auth.verify(
-            tag, data, _accepted_key(envelope_id) if envelope_id else None, received, max_age, max_skew
-        )
-    except iemkey_auth.Refused as exc:
-        hint = " (a detector sends it with `salt-call iemkey.alert`)" if tag == COMPROMISED_TAG else ""
-        raise _Refused(f"{exc}{hint}") from None
-    claimed = event.get("id")
-    if claimed is not None and claimed != minion_id:
-        raise _Refused(f"it is signed by {minion_id!r} but arrived as from {claimed!r}")
-    if not _claim_nonce(minion_id, nonce, signed_at, max_age, max_skew):
-        raise _Refused(f"it replays an event {minion_id!r} signed at {signed_at.isoformat()}, already acted on")
-    return minion_id, payload, signed_at
-
-
-def _hook_secret():
-    secret = salt.utils.data.traverse_dict_and_list(__opts__, "iemkey:reactor:hook_secret", None)
-    if secret in (None, ""):
-        raise _Refused(
-            "iemkey:reactor:hook_secret is not set in the master config (an sdb:// URI that "
-            "resolved to nothing when the master started counts as not set); the webhook is refused "
-            "until it is"
-        )
-    if isinstance(secret, str) and secret.startswith("sdb://"):
-        uri, secret = secret, salt.utils.sdb.sdb_get(secret, __opts__)
-        if secret in (None, "") or secret == uri:
-            raise _Refused(f"iemkey:reactor:hook_secret {uri} did not resolve to a secret", logging.ERROR)
-    return str(secret).encode()
-
-
-def _hook_signature(header):
-    """(t, hex) from ``X-Iemkey-Signature: t=<unix>,sha256=<hex>``; _Refused for anything else."""
-    fields = dict(part.strip().partition("=")[::2] for part in header.split(",")) if isinstance(header, str) else {}
-    stamp, digest = fields.get("t", ""), fields.get("sha256", "")
-    if not re.fullmatch(r"[0-9]{1,12}", stamp) or not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise _Refused(
-            "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature: t=<unix time>,"
-            "sha256=<HMAC-SHA256 of '<t>.<body>'>)"
-        )
-    return stamp, digest
-
-
-def _hook_target(event, received):
-    """(minion id, reason, signed time) from a salt-api webhook event whose header carries our HMAC
-    over a signed time and the body, neither stale nor a replay; _Refused otherwise."""
-    if event.get("from_minion"):
-        raise _Refused("it was sent by a minion, not by salt-api")
-    secret = _hook_secret()
-    body = event.get("body")
-    body = body.encode() if isinstance(body, str) else body
-    if not isinstance(body, bytes):
-        raise _Refused("its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)")
-    stamp, digest = _hook_signature(event.get("signature"))
-    expected = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(digest.encode(), expected.encode()):
-        raise _Refused("its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)")
-    signed_at = datetime.datetime.fromtimestamp(int(stamp), UTC)
-    max_age = _setting("reactor", "max_age", REACTOR_DEFAULTS)
-    max_skew = _setting("reactor", "max_skew", REACTOR_DEFAULTS)
-    age = (received - signed_at).total_seconds()
-    if age > max_age:
-        raise _Refused(f"it was signed {age:.0f} s ago, more than {max_age:g} s (iemkey:reactor:max_age)")
-    if age < -max_skew:
-        raise _Refused(f"it was signed {-age:.0f} s in the future (clock skew beyond {max_skew:g} s)")
-    try:
-        post = json.loads(body)
-    except ValueError:
-        post = None
-    if not isinstance(post, dict):
-        raise _Refused("its body is not a JSON object")
-    minion_id = post.get("minion_id")
-    if not isinstance(minion_id, str) or not iemkey_auth.MINION_ID.fullmatch(minion_id):
-        raise _Refused(f"minion id {minion_id!r} is not exactly one minion id")
-    if _accepted_key(minion_id) is None:
-        raise _Refused(f"{minion_id!r} is not an accepted minion")
-    store = _store()
-    store.sweep("nonces")
-    if not store.add("nonces", f"hook:{digest}", {"expires": signed_at.timestamp() + max_age + max_skew}):
-        raise _Refused(f"it replays a webhook signed at {signed_at.isoformat()}, already acted on")
-    return minion_id, post.get("reason"), signed_at
-
-
-def _record_compromise(minion_id, source, reason, received):
-    """The master's own record that it acted on a compromise of ``minion_id``: rotations it
-    receives from ``cooldown`` seconds before until ``compromise_window`` seconds after are
-    compromise rotations. Open clean-ups it covers are re-decided. (the covered cases, the record
-    as it was before this alert)."""
-    store = _store()
-    since = received - datetime.timedelta(seconds=_setting("reactor", "cooldown", REACTOR_DEFAULTS))
-    until = received + datetime.timedelta(seconds=_cleanup_setting("compromise_window"))
-    with store.update("compromises", minion_id) as record:
-        before = dict(record)
-        if record:
-            since = min(since, iemkey_cleanup.parse(record["since"]))
-            until = max(until, iemkey_cleanup.parse(record["until"]))
-        record.update(
-            minion=minion_id,
-            since=since.isoformat(),
-            until=until.isoformat(),
-            at=received.isoformat(),
-            first=record.get("first") or received.isoformat(),
-            alerts=record.get("alerts", 0) + 1,
-            source=source,
-            reason=str(reason)[:200] if reason else None,
-            jid=None,
-        )
-    return _cover(store, {minion_id}, f"iemkey.react ({source})"), before
-
-
-def _duplicates(minion_id, previous, received, cooldown):
-    """What an alert duplicates, from the master's records: the alert it acted on for this minion,
-    or the rotation it received from it, within ``cooldown`` seconds; None when there is neither."""
-    window = received - datetime.timedelta(seconds=cooldown)
-    if previous.get("at") and iemkey_cleanup.parse(previous["at"]) >= window:
-        job = f" (job {previous['jid']})" if previous.get("jid") else ""
-        return f"the {previous.get('source') or 'alert'} acted on at {previous['at']}{job}"
-    rotations = [c for c in _store().all("cases", prefix=f"{minion_id}:").values() if c.get("received")]
-    latest = max(rotations, key=lambda c: c["received"], default=None)
-    if latest and iemkey_cleanup.parse(latest["received"]) >= window:
-        return f"the rotation the master received at {latest['received']} (old computer {latest['old_computer_id']})"
-    return None
-
-
-def _rotate_minion(tag, minion_id, reason, since, received, source):
-    covered, previous = _record_compromise(minion_id, source, reason, received)
-    cooldown = _setting("reactor", "cooldown", REACTOR_DEFAULTS)
-    duplicate_of = _duplicates(minion_id, previous, received, cooldown)
-    since = (since - datetime.timedelta(seconds=cooldown)).isoformat()
-    with salt.client.get_local_client(mopts=__opts__) as client:
-        jid = client.cmd_async(
-            [minion_id],
-            "state.single",
-            ["iemkey.rotated"],
-            tgt_type="list",
-            kwarg={"name": STATE_NAME, "since": since, "queue": True},
-        )
-    with _store().update("compromises", minion_id) as record:
-        record["jid"] = jid
-    if duplicate_of:
-        outcome = (
-            f"a duplicate of {duplicate_of}, within iemkey:reactor:cooldown ({cooldown:g} s): its state changes "
-            "nothing unless the key still predates that"
-        )
-    else:
-        outcome = f"no alert or rotation of {minion_id} within iemkey:reactor:cooldown ({cooldown:g} s): it rotates"
-    log.warning(
-        "iemkey reactor: %s for %s (reason: %s): %s; asking %s to ensure BigFix keys made after %s "
-        "(job %s: salt-run jobs.lookup_jid %s); its rotations are compromise rotations: their old computers "
-        "are to revoke, not delete",
-        tag,
-        minion_id,
-        str(reason)[:200] if reason else "none given",
-        outcome,
-        minion_id,
-        since,
-        jid,
-        jid,
+def _reactions():
+    publish = _PUBLISHER.setdefault(id(__opts__), iemkey_react.Publisher(__opts__))
+    return iemkey_react.Reactions(
+        __opts__, _store(), publish, resolve=lambda uri: salt.utils.sdb.sdb_get(uri, __opts__), now=_now
     )
-    return {
-        "result": bool(jid),
-        "action": "rotate",
-        "minion": minion_id,
-        "since": since,
-        "jid": jid,
-        "duplicate_of": duplicate_of,
-        "compromise_covers": [c["old_computer_id"] for c in covered],
-    }
-
-
-def _record_rotation(minion_id, payload, received):
-    old = str(payload.get("old_computer_id") or "")
-    new = str(payload.get("new_computer_id") or "")
-    if not COMPUTER_ID.fullmatch(old):
-        raise _Refused(
-            f"{minion_id} rotated with no usable old computer ID ({payload.get('old_computer_id')!r}): "
-            "nothing to clean up"
-        )
-    if new and (not COMPUTER_ID.fullmatch(new) or new == old):
-        raise _Refused(f"{minion_id} reports the new computer ID {new!r} for the old {old}: not cleaning up")
-    try:
-        rotated_at = datetime.datetime.fromisoformat(str(payload.get("rotated_at")))
-    except ValueError:
-        raise _Refused(f"{minion_id} sent no usable rotated_at ({payload.get('rotated_at')!r})") from None
-    store = _store()
-    case = iemkey_cleanup.new_case(minion_id, old, new or None, iemkey_cleanup.parse(rotated_at).isoformat(), received)
-    case["compromise"] = iemkey_cleanup.covering(case, store.all("compromises"), store.all("incidents"))
-    key = iemkey_cleanup.key(minion_id, old)
-    return (key, case) if store.add("cases", key, case) else (None, store.get("cases", key))
 
 
 def react(event_tag=None, event=None, **kwargs):  # pylint: disable=unused-argument
     """
-    The reactors' decision, made on the master: act on an iemkey event only when it
-    proves where it came from. ``salt://iemkey/reactor/*.sls`` hand their event here.
+    The reactors' decision on an iemkey event, made on the master: act on it only when it
+    proves where it came from. The reactor files (``salt://iemkey/reactor/*.sls``) make
+    the same decision in the reactor process; this runs it from the command line.
 
     - ``iemkey/compromised`` (``iemkey.alert`` on a minion): signed with that minion's
       own Salt key, not stale, not a replay: that minion, and only it, is asked to
       rotate (``state.single iemkey.rotated`` with ``since`` = signed time - cooldown),
       and the master records the compromise: that minion's rotations are compromise
-      rotations, whose old computers are revoked, not deleted.
+      rotations, whose old computers are revoked, not deleted. Another alert for it
+      within the cooldown publishes nothing new.
     - ``salt/netapi/hook/iemkey/compromised`` (salt-api): ``X-Iemkey-Signature:
       t=<unix>,sha256=<hex>`` is the HMAC-SHA256 of ``<t>.<body>`` with
       ``iemkey:reactor:hook_secret``, ``t`` is recent and the signature new: the one
       accepted minion it names rotates, as for an alert.
     - ``iemkey/rotated`` (``iemkey.rotate`` on a minion), signed likewise: the old
-      computer's clean-up is recorded and tried (``iemkey.cleanup``).
+      computer's clean-up is recorded, for ``iemkey.cleanup`` to decide.
 
     Anything else acts on nothing and leaves one WARNING line in the master log.
 
@@ -1176,49 +964,7 @@ def react(event_tag=None, event=None, **kwargs):  # pylint: disable=unused-argum
 
         salt-run iemkey.react event_tag=iemkey/compromised event='{"id": "web01", "data": {...}}'
     """
-    event = event if isinstance(event, dict) else {}
     try:
-        return {"tag": event_tag, **_react(event_tag, event)}
-    except _Refused as exc:
-        log.log(exc.level, "iemkey reactor: refusing %s event, acting on nothing: %s", event_tag, exc)
-        return {"tag": event_tag, "result": False, "action": "refused", "refused": str(exc)}
-    except SaltInvocationError as exc:
-        log.error("iemkey reactor: %s event not acted on: %s", event_tag, exc)
-        return {"tag": event_tag, "result": False, "action": "error", "error": str(exc)}
-
-
-def _react(event_tag, event):
-    received = _received(event)
-    if event_tag == HOOK_TAG:
-        minion_id, reason, signed_at = _hook_target(event, received)
-        return _rotate_minion(event_tag, minion_id, reason, signed_at, received, "webhook")
-    if event_tag == COMPROMISED_TAG:
-        minion_id, payload, signed_at = _verified(event_tag, event, received)
-        return _rotate_minion(event_tag, minion_id, payload.get("reason"), signed_at, received, "alert")
-    if event_tag == ROTATED_TAG:
-        minion_id, payload, _signed_at = _verified(event_tag, event, received)
-        key, case = _record_rotation(minion_id, payload, received)
-        if key is None:
-            return {"result": True, "action": "none", "detail": "this clean-up is already recorded"}
-        kind = f"a compromise rotation ({case['compromise']['incident']})" if case["compromise"] else "routine"
-        log.warning(
-            "iemkey reactor: %s rotated its BigFix key (%s); the clean-up of its old computer %s is recorded "
-            "and tried now",
-            minion_id,
-            kind,
-            case["old_computer_id"],
-        )
-        outcomes = _cleanup_pass(keys={key}, wait=False)
-        decided = next(
-            (kind for kind in ("deleted", "gone", "listed", "review") if outcomes[kind]),
-            "busy" if outcomes["busy"] else "pending",
-        )
-        return {
-            "result": True,
-            "action": "cleanup",
-            "minion": minion_id,
-            "compromise": bool(case["compromise"]),
-            "outcome": decided,
-            "error": outcomes["error"],
-        }
-    raise _Refused(f"its tag is not {COMPROMISED_TAG}, {ROTATED_TAG} or {HOOK_TAG}")
+        return _reactions().handle(event_tag, event)
+    except SaltInvocationError as exc:  # the store is misconfigured
+        return _fail({"tag": event_tag, "action": "error"}, str(exc))

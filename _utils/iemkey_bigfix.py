@@ -26,13 +26,15 @@ import datetime
 import email.utils
 import json
 import re
+import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
 UTC = datetime.timezone.utc
-DEFAULTS = {"verify": True, "timeout": 30, "retries": 3}
+DEFAULTS = {"verify": True, "timeout": 30, "retries": 3, "concurrency": 3, "lookup": "query"}
+LOOKUPS = ("query", "get")
 REQUIRED = ("url", "user", "password")
 COMPUTER_ID = re.compile(r"[0-9]{1,20}")
 # What iemkey reads of a computer; everything else a reply may carry (client settings) is not asked for.
@@ -41,6 +43,14 @@ NATIVE = "Native"
 RETRY_STATUS = (500, 502, 503, 504)
 BACKOFF = 0.5  # seconds before the first retry; doubled for each one after (at most BACKOFF_MAX)
 BACKOFF_MAX = 8
+# Many computers in one request: the agent record's own properties, each guarded (a computer that
+# never reported has none), for a chunk of IDs. Session relevance, forwarded to BigFix Explorer or
+# Web Reports (its data can lag the server's by ~15 s).
+BATCH = (
+    '(id of it, (name of it | "<none>"), (last report time of it as string | "<none>"), '
+    '(agent type of it | "<none>")) of bes computers whose (id of it is contained by set of ({ids}))'
+)
+CHUNK = 200  # IDs per query
 # The reserved "ID" property's id, for a server based group's membership rule (inferred).
 ID_PROPERTY_RELEVANCE = '(item 2 of id of it) of bes properties whose (reserved flag of it and name of it = "ID")'
 
@@ -96,6 +106,14 @@ def settings(conf, resolve=None):
         if not low <= api[key] <= 3600:
             raise ConfigError(f"iemkey:api:{key} must be between {low:g} and 3600, not {api[key]:g}")
     api["retries"] = int(api["retries"])
+    try:
+        api["concurrency"] = int(api["concurrency"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"iemkey:api:concurrency must be a whole number, not {api['concurrency']!r}") from None
+    if not 1 <= api["concurrency"] <= 32:
+        raise ConfigError(f"iemkey:api:concurrency must be between 1 and 32, not {api['concurrency']}")
+    if api["lookup"] not in LOOKUPS:
+        raise ConfigError(f"iemkey:api:lookup must be query or get, not {api['lookup']!r}")
     return api
 
 
@@ -184,6 +202,26 @@ def parse_query(content, content_type=""):
     return answers
 
 
+def parse_batch(answers, asked):
+    """The answers to ``BATCH`` as {computer id: Computer}; a computer BigFix does not show (gone, or
+    outside the operator's scope) is absent. ApiError for answers that are not of that form."""
+    found = {}
+    for answer in answers:
+        if not isinstance(answer, (list, tuple)) or len(answer) != 4:
+            raise ApiError("POST /api/query answered something else than (id, name, last report, agent type)")
+        computer_id, name, last_report, agent_type = (str(item).strip() for item in answer)
+        if computer_id not in asked:
+            raise ApiError(f"POST /api/query answered for computer {computer_id[:20]}, which was not asked for")
+        none = {"<none>"}
+        found[computer_id] = Computer(
+            id=computer_id,
+            name=None if name in none else value(name),
+            last_report=None if last_report in none else report_time(last_report),
+            agent_type=None if agent_type in none else value(agent_type),
+        )
+    return found
+
+
 def parse_master_operator(content, name):
     """``GET /api/operator/{name}``: whether that operator is a master operator."""
     root = _xml(content, f"GET /api/operator/{name}")
@@ -264,7 +302,8 @@ def session(api):
     with requests.Session() as http:
         http.auth = (api["user"], api["password"])
         http.verify = api["verify"]
-        http.mount(api["url"] + "/", HTTPAdapter(max_retries=retry))
+        size = max(10, int(api.get("concurrency", 1)))
+        http.mount(api["url"] + "/", HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=size))
         yield Client(api, http)
 
 
@@ -275,6 +314,7 @@ class Client:
         self.api, self.http = api, http
         self.sleep = time.sleep
         self.requests = 0  # requests sent (retries included where this client makes them)
+        self._count = threading.Lock()
 
     def call(self, method, path, data=None, params=None, expect=(200,)):
         """One request (retried by the session for GET/PUT/DELETE); the response, whose status is
@@ -282,7 +322,8 @@ class Client:
         import requests
 
         url = f"{self.api['url']}{path}"
-        self.requests += 1
+        with self._count:
+            self.requests += 1
         try:
             response = self.http.request(method, url, data=data, params=params, timeout=self.api["timeout"])
         except requests.RequestException as exc:
@@ -306,6 +347,17 @@ class Client:
         if response.status_code == 404:
             return None
         return parse_computer(response.content, computer_id)
+
+    def computers(self, computer_ids):
+        """Many computers' own records in one request per ``CHUNK`` IDs (``POST /api/query``):
+        {id: Computer}, without the ones BigFix does not show."""
+        ids = sorted({str(c) for c in computer_ids}, key=int)
+        found = {}
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            answers = self.query(BATCH.format(ids=";".join(chunk)))
+            found.update(parse_batch(answers, set(chunk)))
+        return found
 
     def delete(self, computer_id):
         """``DELETE /api/computer/{id}``: the HTTP status (404: already gone)."""

@@ -20,8 +20,10 @@ sources: developer.bigfix.com ``rest-api/api/*`` and ``rest-api/examples/get-com
 - ``DELETE /api/computer/{id}``: marks it deleted ("ok"); 404 when not visible.
 - ``GET /api/operator/{name}``: ``<MasterOperator>true|false</MasterOperator>``.
 - ``POST /api/query`` (``relevance``, ``output=json|xml``): the session relevance iemkey sends
-  (the reserved ID property's id); anything else, or everything while ``relevance_error`` is
-  set, is a relevance error answered with HTTP 200 (``{"error": ...}`` / ``<Error>``).
+  (the reserved ID property's id; the (id, name, last report time, agent type) tuples of a set of
+  computer IDs, over the computers this operator sees, ``<none>`` for what a computer has not
+  reported); anything else, or everything while ``relevance_error`` is set, is a relevance error
+  answered with HTTP 200 (``{"error": ...}`` / ``<Error>``).
 - Server based computer groups in the master action site: ``GET|POST /api/computergroups/master``,
   ``PUT|DELETE /api/computergroup/master/{id}``, ``GET /api/computergroup/master/{id}/computers``
   (members evaluated from the group's rules over the properties the server holds, computers that
@@ -49,6 +51,14 @@ PDT = datetime.timezone(datetime.timedelta(hours=-7))  # client-reported dates k
 ID_PROPERTY = 27  # the id this server gives its reserved "ID" property
 PROPERTY_NAMES = {ID_PROPERTY: "ID", 1: "Computer Name", 2: "OS"}
 ID_PROPERTY_RELEVANCE = '(item 2 of id of it) of bes properties whose (reserved flag of it and name of it = "ID")'
+# the tuples of many computers iemkey asks for; the properties a computer has not reported are "<none>"
+BATCH_RELEVANCE = re.compile(
+    re.escape(
+        '(id of it, (name of it | "<none>"), (last report time of it as string | "<none>"), '
+        '(agent type of it | "<none>")) of bes computers whose (id of it is contained by set of ('
+    )
+    + r"([0-9;]+)\)\)"
+)
 # a client setting real replies carry (the vendor's own example holds an obfuscated DB password)
 SETTING_SECRET = "{obf}c3RhbmQtaW4tZGItc2VjcmV0LTcxMw=="
 CLIENT_SETTINGS = (
@@ -81,9 +91,13 @@ class StandInBigFix:
         self.groups = {}  # group id -> {"name": ..., "rules": [(property id, comparison, text)]}
         self.down = False
         self.ignore_fields = False
-        self.relevance_error = None
+        self.relevance_error = None  # every query fails with this message
+        self.relevance_errors = {}  # a query containing the key fails with its message
         self.latency = float(latency)
         self.calls = []  # (method, path, status) of every request, in order
+        self.call_times = []  # when each of those was answered (epoch seconds)
+        self.in_flight = self.max_in_flight = 0  # requests being answered now, and at most so far
+        self.queries = []  # the session relevance of every POST /api/query, in order
         self.lock = threading.Lock()
         self._next_group = 100
 
@@ -145,12 +159,20 @@ class StandInBigFix:
 
     # -- serving ------------------------------------------------------------------------------
     def handle(self, request):
-        if self.latency:
-            time.sleep(self.latency)  # outside the lock: concurrent requests overlap, as on a real server
         with self.lock:
-            response = self._answer(request)
-            self.calls.append((request.method, request.path, response.status_code))
-            return response
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                time.sleep(self.latency)  # outside the lock: concurrent requests overlap, as on a real server
+            with self.lock:
+                response = self._answer(request)
+                self.calls.append((request.method, request.path, response.status_code))
+                self.call_times.append(time.time())
+                return response
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
     def _answer(self, request):
         if self.down:
@@ -238,8 +260,13 @@ class StandInBigFix:
     def _query(self, request):
         relevance = request.form.get("relevance", "")
         output = request.form.get("output", "xml")
-        if self.relevance_error or relevance != ID_PROPERTY_RELEVANCE:
-            error = self.relevance_error or 'The operator "whose" is not defined.'
+        self.queries.append(relevance)
+        failing = self.relevance_error or next((m for k, m in self.relevance_errors.items() if k in relevance), None)
+        batch = BATCH_RELEVANCE.fullmatch(relevance)
+        if batch and not failing:
+            return self._batch(relevance, batch.group(1).split(";"), output)
+        if failing or relevance != ID_PROPERTY_RELEVANCE:
+            error = failing or 'The operator "whose" is not defined.'
             if output == "json":
                 return Response(json.dumps({"error": error}), status=200, content_type="application/json")
             return _xml(f'<Query Resource="{escape(relevance)}"><Result /><Error>{escape(error)}</Error></Query>')
@@ -250,6 +277,29 @@ class StandInBigFix:
             f'<Query Resource="{escape(relevance)}"><Result><Answer type="integer">{ID_PROPERTY}</Answer></Result>'
             "<Evaluation><Time>0.302ms</Time><Plurality>Plural</Plurality></Evaluation></Query>"
         )
+
+    def _batch(self, relevance, ids, output):
+        """Session relevance over the computers this operator sees: (id, name, last report, type)."""
+        visible = self.visible()
+        rows = []
+        for computer_id in sorted(set(ids) & set(visible), key=int):
+            record = visible[computer_id]
+            reported = computer_id not in self.unreported
+            rows.append(
+                [
+                    int(computer_id),
+                    record["name"] if reported else "<none>",
+                    _rfc2822(record["last_report"]) if reported else "<none>",
+                    self.agent_types.get(computer_id, "Native"),
+                ]
+            )
+        if output == "json":
+            document = {"result": rows, "count": len(rows), "plural": True, "type": "( integer, string, time, string )"}
+            return Response(json.dumps(document), status=200, content_type="application/json")
+        tuples = "".join(
+            "<Tuple>" + "".join(f"<Answer>{escape(str(item))}</Answer>" for item in row) + "</Tuple>" for row in rows
+        )
+        return _xml(f'<Query Resource="{escape(relevance)}"><Result>{tuples}</Result></Query>')
 
     def _groups(self, request):
         if request.method == "GET":

@@ -15,6 +15,7 @@ import logging
 import pathlib
 
 import iemkey_auth
+import iemkey_bigfix
 import pytest
 from bigfix_rest import ID_PROPERTY, SETTING_SECRET, StandInBigFix
 from helpers import load_source
@@ -36,6 +37,7 @@ def opts(master_opts, httpserver):
 
 @pytest.fixture
 def configure_loader_modules(opts):
+    iemkey._PUBLISHER.clear()  # each test's own fake LocalClient
     return {iemkey: {"__opts__": opts, "__context__": {}}}
 
 
@@ -76,13 +78,23 @@ def _signed(tag, minion, payload, signer=None):
     return iemkey_auth.sign(tag, minion, payload, KEYS[signer or minion][0])
 
 
+OUTCOMES = {"deleted": "deleted", "gone": "gone", "revoke": "listed", "review": "review", "pending": "pending"}
+
+
 def _rotated(minion="alpha", old="1001", new="2002", rotated_at=None, signer=None, **extra):
+    """A minion's signed iemkey/rotated, as the reactor decides it (recorded), then the master
+    schedule's next iemkey.cleanup pass: the decision, with the case's outcome."""
     rotated_at = rotated_at or _now().isoformat()
     payload = {"old_computer_id": old, "rotated_at": rotated_at, "keystorage": "/var/opt/BESClient/KeyStorage"}
     if new:
         payload["new_computer_id"] = new
     data = _signed("iemkey/rotated", minion, {**payload, **extra}, signer)
-    return iemkey.react(event_tag="iemkey/rotated", event={"id": minion, "data": data})
+    recorded = iemkey.react(event_tag="iemkey/rotated", event={"id": minion, "data": data})
+    if recorded["action"] != "recorded":
+        return recorded
+    passed = iemkey.cleanup()
+    case = _case(iemkey.__opts__, minion, old)
+    return {**recorded, "outcome": OUTCOMES[case["status"]], "error": passed.get("error")}
 
 
 def _alert(minion="alpha"):
@@ -105,7 +117,7 @@ def _writes(bigfix):
 def test_a_routine_rotations_confirmed_duplicate_is_deleted_exactly_once(local, bigfix, opts):
     _duplicate(bigfix)
     ret = _rotated()
-    assert (ret["action"], ret["outcome"], ret["compromise"]) == ("cleanup", "deleted", False), ret
+    assert (ret["action"], ret["outcome"], ret["compromise"]) == ("recorded", "deleted", False), ret
     assert bigfix.deletes() == ["1001"]
     again = iemkey.cleanup()
     assert again["deleted"] == [] and again["retcode"] == 0 and bigfix.deletes() == ["1001"]
@@ -209,7 +221,7 @@ def test_max_deletes_bounds_one_pass_and_the_rest_wait_with_a_warning(local, big
     opts["iemkey"]["cleanup"]["report_margin"] = 0
     with caplog.at_level(logging.WARNING):
         first = iemkey.cleanup()
-    assert bigfix.deletes() == ["1000", "1001"]
+    assert sorted(bigfix.deletes()) == ["1000", "1001"]  # sent concurrently: in any order
     assert [c["old_computer_id"] for c in first["pending"]] == ["1002"]
     assert first["pending"][0]["detail"] == (
         "confirmed, waiting for the next pass: iemkey:cleanup:max_deletes (2) reached"
@@ -222,7 +234,7 @@ def test_max_deletes_bounds_one_pass_and_the_rest_wait_with_a_warning(local, big
     assert summary.endswith("; 1 confirmed duplicates wait for the next pass (iemkey:cleanup:max_deletes)")
     second = iemkey.cleanup()
     assert [c["old_computer_id"] for c in second["deleted"]] == ["1002"]
-    assert bigfix.deletes() == ["1000", "1001", "1002"]  # each exactly once
+    assert sorted(bigfix.deletes()) == ["1000", "1001", "1002"]  # each exactly once
 
 
 # -- compromise rotations end in revocation -------------------------------------------------------------
@@ -318,7 +330,7 @@ def test_an_unknown_compromised_mode_is_an_error_not_a_delete(local, bigfix, opt
     opts["iemkey"]["cleanup"]["compromised"] = "wipe"
     _duplicate(bigfix)
     _alert("alpha")
-    assert _rotated()["action"] == "error"
+    assert _rotated()["error"] == "iemkey:cleanup:compromised must be revoke or delete, not 'wipe'"
     ret = iemkey.cleanup()
     assert ret["retcode"] == 1 and ret["error"] == "iemkey:cleanup:compromised must be revoke or delete, not 'wipe'"
     assert bigfix.deletes() == []
@@ -443,7 +455,7 @@ def test_secrets_in_full_replies_reach_no_return_log_or_store(local, bigfix, opt
 
 # -- the revocation group -------------------------------------------------------------------------------
 def test_the_group_property_is_looked_up_once_and_a_relevance_error_is_an_error(local, bigfix, opts):
-    bigfix.relevance_error = 'The operator "reserved flag" is not defined.'
+    bigfix.relevance_errors["bes properties"] = 'The operator "reserved flag" is not defined.'
     _duplicate(bigfix)
     _alert("alpha")
     assert _rotated()["outcome"] == "listed"
@@ -451,11 +463,11 @@ def test_the_group_property_is_looked_up_once_and_a_relevance_error_is_an_error(
     assert ret["retcode"] == 1 and "the revocation group 'iemkey revoke: alerts'" in ret["error"]
     assert "relevance failed" in ret["error"] and bigfix.groups == {}
     assert [c["old_computer_id"] for c in ret["revoke"]] == ["1001"]  # still listed, with its steps
-    bigfix.relevance_error = None
+    bigfix.relevance_errors.clear()
     assert iemkey.cleanup()["retcode"] == 0 and len(bigfix.groups) == 1
-    queries = len(bigfix.requests("POST", "/api/query"))
+    lookups = [q for q in bigfix.queries if "bes properties" in q]
     iemkey.cleanup()
-    assert len(bigfix.requests("POST", "/api/query")) == queries  # looked up once
+    assert [q for q in bigfix.queries if "bes properties" in q] == lookups  # looked up once
 
 
 def test_a_group_that_does_not_match_its_list_is_flagged(local, bigfix, opts, caplog):
@@ -574,3 +586,66 @@ def test_an_api_that_is_not_configured_is_one_error_per_pass_naming_the_keys(loc
         "master config: 1 clean-ups wait for it"
     )
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [f"iemkey cleanup: {ret['error']}"]
+
+
+# -- many computers at once -----------------------------------------------------------------------------
+@pytest.fixture
+def threaded_bigfix(opts):
+    """The stand-in on a server answering requests in parallel, as a real BigFix server does."""
+    from pytest_httpserver import HTTPServer
+
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    agents = Agents()
+    bigfix = StandInBigFix([agents], "op", "pw", latency=0.1).serve(server)
+    bigfix.known = agents.known
+    opts["iemkey"]["api"]["url"] = server.url_for("").rstrip("/")
+    yield bigfix
+    server.clear()
+    server.stop()
+
+
+def test_one_pass_asks_for_its_computers_in_batches_and_deletes_concurrency_at_a_time(local, threaded_bigfix, opts):
+    bigfix = threaded_bigfix
+    opts["iemkey"]["cleanup"]["report_margin"] = 3600
+    for n in range(12):
+        _duplicate(bigfix, old=str(1000 + n), new=str(2000 + n), name=f"host{n}")
+        assert _rotated(old=str(1000 + n), new=str(2000 + n))["outcome"] == "pending"
+    opts["iemkey"]["cleanup"]["report_margin"] = 0
+    calls, queries = len(bigfix.calls), len(bigfix.queries)
+    ret = iemkey.cleanup()
+    assert sorted(c["old_computer_id"] for c in ret["deleted"]) == [str(1000 + n) for n in range(12)]
+    assert sorted(bigfix.deletes()) == [str(1000 + n) for n in range(12)]  # each exactly once
+    assert len(bigfix.queries) - queries == 1  # one look-up for the 24 computers
+    assert len(bigfix.calls) - calls == 1 + 1 + 12  # the operator, the look-up, the DELETEs
+    assert bigfix.max_in_flight == 3  # iemkey:api:concurrency, the community's 3
+
+
+def test_a_relevance_error_in_the_batch_is_an_error_never_no_such_computer(local, bigfix, opts):
+    bigfix.relevance_errors["bes computers"] = "Singular expression refers to nonexistent object."
+    _duplicate(bigfix)
+    assert _rotated()["outcome"] == "pending"
+    ret = iemkey.cleanup()
+    assert ret["retcode"] == 1 and ret["error"].startswith("POST /api/query: the relevance failed: Singular")
+    assert [c["old_computer_id"] for c in ret["pending"]] == ["1001"] and ret["gone"] == []
+    assert bigfix.deletes() == []
+
+
+def test_more_ids_than_a_chunk_take_more_than_one_query(local, bigfix, opts):
+    with iemkey_bigfix.session(iemkey._api()) as client:
+        ids = [str(5000 + n) for n in range(iemkey_bigfix.CHUNK + 5)]
+        for computer_id in ids[:3]:
+            _computer(bigfix, computer_id)
+        found = client.computers(ids)
+    assert sorted(found) == ids[:3] and found[ids[0]].name == NAME
+    assert len(bigfix.queries) == 2 and all(q.count(";") < iemkey_bigfix.CHUNK for q in bigfix.queries)
+
+
+def test_an_operator_who_may_not_query_uses_gets(local, bigfix, opts):
+    opts["iemkey"]["api"]["lookup"] = "get"
+    _duplicate(bigfix)
+    assert _rotated()["outcome"] == "deleted" and bigfix.queries == []
+    assert sorted(p for m, p, _s in bigfix.calls if m == "GET" and p.startswith("/api/computer/")) == [
+        "/api/computer/1001",
+        "/api/computer/2002",
+    ]

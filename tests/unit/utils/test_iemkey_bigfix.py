@@ -175,6 +175,8 @@ def test_settings_fill_defaults_and_resolve_an_sdb_password():
         "verify": True,
         "timeout": 30.0,
         "retries": 3,
+        "concurrency": 3,
+        "lookup": "query",
     }
 
 
