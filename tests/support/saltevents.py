@@ -32,6 +32,21 @@ def runner_returns(event_listener, master, fun, after, count=1, timeout=60, **ma
         time.sleep(0.2)
 
 
+def decisions(event_listener, master, after, count=1, timeout=60, **match):
+    """The reactor's decisions announced since ``after`` (``iemkey/reactor/decided``): each a dict
+    with ``tag``, ``action`` and what was done, if it has the ``match`` items; waits for ``count``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [
+            event.data
+            for event in event_listener.get_events([(master.id, "iemkey/reactor/decided")], after_time=after)
+            if all(event.data.get(key) == value for key, value in match.items())
+        ]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def job_returns(event_listener, master, minion_id, fun, after, count=1, timeout=90):
     """Returns of ``fun`` jobs from ``minion_id`` since ``after``; waits for ``count`` of them."""
     deadline = time.monotonic() + timeout
@@ -65,8 +80,16 @@ def wait_for(predicate, timeout=60, every=0.2):
     return True
 
 
-def log_lines(daemon, text, timeout=30):
-    """Lines of ``daemon``'s log file that contain ``text``, once there is at least one.
+def log_since(daemon):
+    """Where ``daemon``'s log ends now: ``log_lines(..., since=...)`` reads only what follows."""
+    path = daemon.config["log_file"]
+    with open(path, "rb") as log:
+        return log.seek(0, 2)
+
+
+def log_lines(daemon, text, timeout=30, since=0, count=1):
+    """Lines of ``daemon``'s log file (after offset ``since``) that contain ``text``, once there are
+    ``count`` of them, or what there is after ``timeout`` seconds.
 
     Salt daemons log through a queue to a separate process: a line can reach the file after
     the event that followed it reached the bus, so tests wait for it instead of reading once."""
@@ -74,9 +97,11 @@ def log_lines(daemon, text, timeout=30):
     found = []
 
     def written():
-        with open(path, encoding="utf-8", errors="replace") as log:
-            found[:] = [line.rstrip("\n") for line in log if text in line]
-        return bool(found)
+        with open(path, "rb") as log:
+            log.seek(since)
+            lines = log.read().decode("utf-8", errors="replace").splitlines()
+        found[:] = [line for line in lines if text in line]
+        return len(found) >= count
 
     wait_for(written, timeout=timeout)
     return found

@@ -15,29 +15,47 @@ Mapped in the master config for two tags:
   iemkey:reactor:hook_secret>``. Without that secret configured, every hook event is
   refused.
 
-This file only hands the event over: every decision is made by the runner (synced
-to the master), which logs one WARNING line for each event it refuses. For the
-webhook it passes the body and the signature header, never salt-api's token; for
-every event, the master bus's own stamp of when it arrived. The master records each
-compromise it acts on: that minion's rotations are then compromise rotations, whose
-old computers are revoked in the console, not deleted.
+This file asks ``iemkey_gate`` (a utility module synced to the master) first, in the
+reactor process: what cannot be genuine (unsigned, badly signed, not accepted, stale,
+an untimed webhook HMAC) or goes beyond ``iemkey:reactor:rate`` per minion is refused
+there, for the price of a check, with one log line per kind and then counts, never a
+queued runner reaction. What passes goes to the runner ``iemkey.react``, which checks
+again, refuses replays and decides. For the webhook it passes the body and the
+signature header, never salt-api's token; for every event, the master bus's own stamp
+of when it arrived. The master records each compromise it acts on: that minion's
+rotations are then compromise rotations, whose old computers are revoked in the
+console, not deleted.
 """
 
-HOOK_TAG = "salt/netapi/hook/iemkey/compromised"
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def _gate():
+    """``iemkey_gate`` from the master's synced utility modules (formula) or the installed package."""
+    import importlib
+    import os
+    import sys
+
+    try:
+        from saltext.iemkey.utils import iemkey_gate  # pylint: disable=import-outside-toplevel
+
+        return iemkey_gate
+    except ImportError:
+        pass
+    utils = os.path.join(__opts__["extension_modules"], "utils")
+    if utils not in sys.path:
+        sys.path.append(utils)
+    try:
+        return importlib.import_module("iemkey_gate")
+    except ImportError:
+        return None
 
 
 def run():
-    if tag == HOOK_TAG:
-        headers = data.get("headers") if isinstance(data.get("headers"), dict) else {}
-        signature = next((v for k, v in headers.items() if str(k).lower() == "x-iemkey-signature"), None)
-        # salt-api's own events carry no minion id; one that does was put on the bus by a minion
-        event = {"body": data.get("body"), "signature": signature, "from_minion": "id" in data or "cmd" in data}
-    else:
-        event = {"id": data.get("id"), "data": data.get("data")}
-    # when the master received it: its bus stamps every event it fires, whatever a minion sent
-    event["stamp"] = data.get("_stamp")
-    return {
-        "iemkey-react-compromised": {
-            "runner.iemkey.react": [{"args": [{"event_tag": tag}, {"event": event}]}],
-        }
-    }
+    gate = _gate()
+    if gate is None:
+        log.error("iemkey reactor: _utils/iemkey_gate.py is not on the master: run salt-run saltutil.sync_all")
+        return {}
+    return gate.reaction(tag, data, __opts__)

@@ -16,15 +16,39 @@ since the master received the rotation. A routine rotation's old computer is the
 deleted; a compromise rotation's (the master acted on an alert for that minion, or an
 incident covers it) is listed to revoke, never deleted. Anything else is listed for
 review (``salt-run iemkey.report``); what cannot be decided yet waits for
-``salt-run iemkey.cleanup`` (a master schedule).
+``salt-run iemkey.cleanup`` (a master schedule). Like the compromise reactor, it asks
+``iemkey_gate`` first: what cannot be genuine never costs a runner reaction.
 """
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def _gate():
+    """``iemkey_gate`` from the master's synced utility modules (formula) or the installed package."""
+    import importlib
+    import os
+    import sys
+
+    try:
+        from saltext.iemkey.utils import iemkey_gate  # pylint: disable=import-outside-toplevel
+
+        return iemkey_gate
+    except ImportError:
+        pass
+    utils = os.path.join(__opts__["extension_modules"], "utils")
+    if utils not in sys.path:
+        sys.path.append(utils)
+    try:
+        return importlib.import_module("iemkey_gate")
+    except ImportError:
+        return None
 
 
 def run():
-    # the master bus stamps every event it fires (whatever a minion sent): when it arrived
-    event = {"id": data.get("id"), "data": data.get("data"), "stamp": data.get("_stamp")}
-    return {
-        "iemkey-react-rotated": {
-            "runner.iemkey.react": [{"args": [{"event_tag": tag}, {"event": event}]}],
-        }
-    }
+    gate = _gate()
+    if gate is None:
+        log.error("iemkey reactor: _utils/iemkey_gate.py is not on the master: run salt-run saltutil.sync_all")
+        return {}
+    return gate.reaction(tag, data, __opts__)

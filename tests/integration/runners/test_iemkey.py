@@ -12,7 +12,7 @@ import time
 
 import pytest
 from helpers import API_PASSWORD
-from saltevents import runner_returns, wait_for
+from saltevents import decisions, wait_for
 from werkzeug import Response
 
 BASIC = "Basic " + base64.b64encode(f"iemkey-operator:{API_PASSWORD}".encode()).decode()
@@ -165,8 +165,8 @@ def test_rotation_chain_deletes_the_old_id_and_never_the_new_one(
     assert ret.returncode == 0, ret
     new_id = ret.data["new_computer_id"]
     assert new_id not in (None, old_id)
-    decisions = runner_returns(event_listener, salt_master, "iemkey.react", start)
-    assert decisions and decisions[0]["action"] == "cleanup", decisions
+    decided = decisions(event_listener, salt_master, start)
+    assert decided and decided[0]["action"] == "recorded", decided
     assert wait_for(lambda: bigfix.deletes() == [old_id]), bigfix.calls  # never the new ID
     assert new_id in bigfix.computers() and old_id not in bigfix.computers()
     cleaned = salt_run_cli.run("iemkey.cleanup")

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 from helpers import COOLDOWN, HOOK_SECRET, hook_signature
-from saltevents import job_returns, log_lines, published_targets, runner_returns
+from saltevents import decisions, job_returns, log_lines, log_since, published_targets
 
 HOOK = "salt/netapi/hook/iemkey/compromised"
 
@@ -43,7 +43,7 @@ def _send(minion, reason):
 def _rotation(event_listener, salt_master, tag, start, minion_id):
     """The reactor's one rotation decision since ``start``: published to ``minion_id`` only, and its
     job's return."""
-    (decision,) = runner_returns(event_listener, salt_master, "iemkey.react", start, tag=tag)
+    (decision,) = decisions(event_listener, salt_master, start, tag=tag)
     assert decision["action"] == "rotate" and decision["minion"] == minion_id, decision
     assert published_targets(event_listener, salt_master, decision["jid"], start) == [minion_id]
     (job,) = [
@@ -78,14 +78,15 @@ def test_a_burst_of_alerts_rotates_once_and_a_later_alert_again(salt_master, sal
         for _ in range(3)
     ]
     assert [d.wait(timeout=120) for d in detectors] == [0, 0, 0]  # three alerts at once, well inside COOLDOWN
-    decisions = runner_returns(event_listener, salt_master, "iemkey.react", start, count=3, tag="iemkey/compromised")
-    assert [d["action"] for d in decisions] == ["rotate"] * 3
-    assert sum(d["duplicate_of"] is None for d in decisions) == 1  # the master says which ones duplicate
+    decided = decisions(event_listener, salt_master, start, count=3, tag="iemkey/compromised")
+    # one rotation job; the two duplicates inside the cooldown publish nothing and say which alert they repeat
+    assert sorted(d["action"] for d in decided) == ["duplicate", "duplicate", "rotate"], decided
+    (rotating,) = [d for d in decided if d["action"] == "rotate"]
+    assert all(d["duplicate_of"].startswith("the alert acted on at ") for d in decided if d is not rotating)
     assert log_lines(salt_master, f"no alert or rotation of {salt_minion.id} within iemkey:reactor:cooldown")
-    assert log_lines(salt_master, "a duplicate of the alert acted on at ")
-    reactions = job_returns(event_listener, salt_master, salt_minion.id, "state.single", start, count=3)
-    assert sorted(_changed(r) for r in reactions) == [False, False, True]
-    assert all(r["success"] and r["retcode"] == 0 for r in reactions)
+    assert log_lines(salt_master, "nothing published (that job rotates it")
+    (reaction,) = job_returns(event_listener, salt_master, salt_minion.id, "state.single", start)
+    assert reaction["jid"] == rotating["jid"] and _changed(reaction) and reaction["success"]
     assert agent.wait_for_keys()
     rotated = event_listener.get_events([(salt_master.id, "iemkey/rotated")], after_time=start)
     assert len(rotated) == 1
@@ -154,7 +155,7 @@ def test_the_webhook_rotates_nobody_for_anything_but_one_exact_id(
     start = time.time()
     response = _hook(salt_api, {"minion_id": fill(minion_id)}, api_token)
     assert response.status_code == 200
-    (decision,) = runner_returns(event_listener, salt_master, "iemkey.react", start, tag=HOOK)
+    (decision,) = decisions(event_listener, salt_master, start, tag=HOOK)
     assert decision["action"] == "refused" and why in decision["refused"], decision
     assert (agent.key_files(), agent_2.key_files()) == keys
     assert agent.untouched() and agent_2.untouched()
@@ -162,15 +163,12 @@ def test_the_webhook_rotates_nobody_for_anything_but_one_exact_id(
 
 def test_an_unsigned_webhook_rotates_nobody(salt_master, salt_api, api_token, salt_minion, agent, event_listener):
     keys = agent.key_files()
-    start = time.time()
+    start, since = time.time(), log_since(salt_master)
     for secret in (None, "wrong-secret"):
         assert _hook(salt_api, {"minion_id": salt_minion.id}, api_token, secret=secret).status_code == 200
-    decisions = runner_returns(event_listener, salt_master, "iemkey.react", start, count=2, tag=HOOK)
-    assert len(decisions) == 2
-    assert all(
-        d["refused"].startswith("its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature")
-        for d in decisions
-    ), decisions
+    refused = "(from salt-api), acting on nothing: its body is not signed with iemkey:reactor:hook_secret"
+    assert len(log_lines(salt_master, refused, since=since, count=2)) == 2  # refused by the reactor's gate
+    assert not decisions(event_listener, salt_master, start, timeout=0)  # refused before any decision
     assert agent.key_files() == keys and agent.untouched()
 
 
@@ -178,10 +176,9 @@ def test_a_minion_forging_the_webhook_tag_rotates_nobody(
     salt_master, salt_minion, salt_minion_2, agent, agent_2, event_listener
 ):
     keys = agent.key_files(), agent_2.key_files()
-    start = time.time()
+    since = log_since(salt_master)
     forged = {"post": {"minion_id": salt_minion.id}, "headers": {"X-Auth-Token": "forged"}}
     ret = salt_minion_2.salt_call_cli(timeout=60).run("event.send", HOOK, json.dumps(forged))
     assert ret.returncode == 0, ret
-    (decision,) = runner_returns(event_listener, salt_master, "iemkey.react", start, tag=HOOK)
-    assert decision["refused"] == "it was sent by a minion, not by salt-api", decision
+    assert log_lines(salt_master, "acting on nothing: it was sent by a minion, not by salt-api", since=since)
     assert (agent.key_files(), agent_2.key_files()) == keys

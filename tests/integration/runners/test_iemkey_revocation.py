@@ -15,7 +15,7 @@ import time
 
 import iemkey_auth
 from helpers import CLEANUP_EVERY
-from saltevents import forge, log_lines, runner_returns, wait_for
+from saltevents import decisions, forge, log_lines, wait_for
 
 SINCE = "2026-01-01T00:00:00Z"
 
@@ -37,8 +37,8 @@ def test_a_compromise_rotation_is_revoked_not_deleted_and_confirmed(
     start = time.time()
     _alert(salt_minion, "IDS rule 4711")
     assert agent.wait_for_keys(timeout=90) and wait_for(lambda: agent.computer_id != old_id, timeout=60)
-    (decision,) = runner_returns(event_listener, salt_master, "iemkey.react", start, tag="iemkey/rotated")
-    assert decision["action"] == "cleanup" and decision["compromise"] is True, decision
+    (decision,) = decisions(event_listener, salt_master, start, tag="iemkey/rotated")
+    assert decision["action"] == "recorded" and decision["compromise"] is True, decision
     # the master's schedule confirms the duplicate and lists the old computer to revoke, in a group
     assert wait_for(lambda: _open(salt_run_cli, salt_minion, "revoke")[1] == [old_id], timeout=60)
     report, _ = _open(salt_run_cli, salt_minion, "revoke")
@@ -87,10 +87,10 @@ def test_a_rooted_minion_cannot_turn_its_compromise_rotation_into_a_delete(
     payload = {"old_computer_id": old_id, "rotated_at": "2020-01-01T00:00:00+00:00", "compromise": False}
     forged = iemkey_auth.sign("iemkey/rotated", salt_minion_2.id, {**payload, "cleanup": "delete"}, key)
     forge(salt_minion_2, "iemkey/rotated", {"id": salt_minion_2.id, "data": forged})
-    decisions = runner_returns(event_listener, salt_master, "iemkey.react", start, count=2, tag="iemkey/rotated")
-    assert len(decisions) == 2, decisions
-    (genuine,) = [d for d in decisions if d["action"] == "cleanup"]  # the two may return in either order
-    (forged_one,) = [d for d in decisions if d["action"] == "none"]
+    found = decisions(event_listener, salt_master, start, count=2, tag="iemkey/rotated")
+    assert len(found) == 2, found
+    (genuine,) = [d for d in found if d["action"] == "recorded"]  # the two may come in either order
+    (forged_one,) = [d for d in found if d["action"] == "none"]
     assert genuine["compromise"] is True  # the genuine rotation's clean-up: a compromise one
     assert forged_one["detail"] == "this clean-up is already recorded"
     assert wait_for(lambda: _open(salt_run_cli, salt_minion_2, "revoke")[1] == [old_id], timeout=60)

@@ -19,17 +19,25 @@ import requests
 import yaml
 from helpers import HOOK_SECRET, hook_signature
 from saltapi import login
+from saltevents import decisions, job_returns, log_lines, log_since, published_targets, wait_for
 from saltevents import forge as _forge
-from saltevents import job_returns, log_lines, published_targets, runner_returns, wait_for
 
 COMPROMISED, ROTATED, HOOK = "iemkey/compromised", "iemkey/rotated", "salt/netapi/hook/iemkey/compromised"
 
 
 def _refusals(event_listener, salt_master, start, count, tag):
-    decisions = runner_returns(event_listener, salt_master, "iemkey.react", start, count=count, tag=tag)
-    assert len(decisions) == count, decisions
-    assert all(d["action"] == "refused" for d in decisions), decisions
-    return [d["refused"] for d in decisions]
+    """The reactor's refusals after its gate (replays, webhook contents, secrets), as it announces them."""
+    found = decisions(event_listener, salt_master, start, count=count, tag=tag)
+    assert len(found) == count, found
+    assert all(d["action"] == "refused" for d in found), found
+    return [d["refused"] for d in found]
+
+
+def _gated(salt_master, since, count, tag):
+    """The reactor gate's refusals logged since ``since``: what never cost a runner reaction."""
+    lines = log_lines(salt_master, f"iemkey reactor: refusing {tag} event (", since=since, count=count)
+    assert len(lines) == count, lines
+    return [line.split("acting on nothing: ", 1)[1] for line in lines]
 
 
 def _own_key(minion):
@@ -44,7 +52,7 @@ def _alert(minion, reason):
 
 def _rotation_job(event_listener, salt_master, start, tag):
     """The reactor's decision to rotate, once the state it started has returned."""
-    (decision,) = runner_returns(event_listener, salt_master, "iemkey.react", start, tag=tag)
+    (decision,) = decisions(event_listener, salt_master, start, tag=tag)
     assert decision["action"] == "rotate", decision
     (job,) = job_returns(event_listener, salt_master, decision["minion"], "state.single", start)
     assert job["jid"] == decision["jid"] and job["success"], job
@@ -67,11 +75,12 @@ def test_a_forged_compromise_naming_another_minion_rotates_nobody(
     salt_master, salt_minion, salt_minion_2, agent, agent_2, event_listener
 ):
     keys = agent.key_files(), agent_2.key_files()
-    start = time.time()
+    start, since = time.time(), log_since(salt_master)
     _forge(salt_minion_2, "iemkey/compromised", {"id": salt_minion.id, "data": {"reason": "forged"}})
     lying = iemkey_auth.sign("iemkey/compromised", salt_minion.id, {"reason": "forged"}, _own_key(salt_minion_2))
     _forge(salt_minion_2, "iemkey/compromised", {"id": salt_minion.id, "data": lying})
-    refusals = _refusals(event_listener, salt_master, start, 2, COMPROMISED)  # decided in parallel: in any order
+    refusals = _gated(salt_master, since, 2, COMPROMISED)
+    assert not decisions(event_listener, salt_master, start, timeout=0)  # refused at the gate
     assert any(r.startswith("it is not signed") and "salt-call iemkey.alert" in r for r in refusals), refusals
     assert any(f"does not verify with the accepted key of {salt_minion.id!r}" in r for r in refusals), refusals
     assert not job_returns(event_listener, salt_master, salt_minion.id, "state.single", start, timeout=0)
@@ -90,12 +99,12 @@ def test_a_forged_compromise_naming_another_minion_rotates_nobody(
 
 def test_a_raw_event_send_is_refused_and_names_the_entry_point(salt_master, salt_minion, agent, event_listener):
     keys = agent.key_files()
-    start = time.time()
+    since = log_since(salt_master)
     ret = salt_minion.salt_call_cli(timeout=60).run("event.send", "iemkey/compromised", '{"reason": "raw"}')
     assert ret.returncode == 0, ret
-    (refusal,) = _refusals(event_listener, salt_master, start, 1, COMPROMISED)
+    (refusal,) = _gated(salt_master, since, 1, COMPROMISED)
     assert "it is not signed" in refusal and "salt-call iemkey.alert" in refusal
-    assert log_lines(salt_master, f"refusing iemkey/compromised event, acting on nothing: {refusal}")
+    assert log_lines(salt_master, f"(as from {salt_minion.id!r}), acting on nothing: {refusal}", since=since)
     assert agent.key_files() == keys and agent.untouched()
 
 
@@ -110,15 +119,14 @@ def test_a_replayed_signed_alert_is_refused(salt_master, salt_minion, salt_minio
         if e.data.get("id") == salt_minion.id
     ]
     keys = agent.key_files(), agent_2.key_files()
-    replay_start = time.time()
+    replay_start, since = time.time(), log_since(salt_master)
     # beta replays alpha's signed event, once as from alpha and once under its own id
     for claimed in (salt_minion.id, salt_minion_2.id):
         _forge(salt_minion_2, "iemkey/compromised", {"id": claimed, "data": sent.data["data"]})
-    refusals = sorted(_refusals(event_listener, salt_master, replay_start, 2, COMPROMISED))
-    assert any("replays an event" in r and salt_minion.id in r for r in refusals), refusals
-    assert any(f"signed by {salt_minion.id!r} but arrived as from {salt_minion_2.id!r}" in r for r in refusals), (
-        refusals
-    )
+    (replayed,) = _refusals(event_listener, salt_master, replay_start, 1, COMPROMISED)  # genuine, so the runner
+    assert "replays an event" in replayed and salt_minion.id in replayed
+    (moved,) = _gated(salt_master, since, 1, COMPROMISED)
+    assert moved == f"it is signed by {salt_minion.id!r} but arrived as from {salt_minion_2.id!r}"
     assert (agent.key_files(), agent_2.key_files()) == keys
 
 
@@ -127,7 +135,7 @@ def test_a_forged_rotation_naming_another_minion_deletes_nothing(
     salt_master, salt_cli, salt_minion, salt_minion_2, agent, agent_2, bigfix, event_listener
 ):
     live_id = agent.computer_id
-    start = time.time()
+    since = log_since(salt_master)
     for old in (live_id, "123456789"):  # alpha's live computer, and one BigFix does not know
         _forge(
             salt_minion_2,
@@ -141,7 +149,7 @@ def test_a_forged_rotation_naming_another_minion_deletes_nothing(
                 },
             },
         )
-    refusals = _refusals(event_listener, salt_master, start, 2, ROTATED)
+    refusals = _gated(salt_master, since, 2, ROTATED)
     assert all(r.startswith("it is not signed") for r in refusals), refusals
     assert bigfix.deletes() == [] and live_id in bigfix.computers()
     # the genuine half: alpha's own rotation cleans up exactly alpha's old computer
@@ -159,10 +167,15 @@ def test_a_minion_claiming_another_minions_computer_as_its_own_gets_it_reviewed_
     start = time.time()
     ret = salt_minion_2.salt_call_cli(timeout=120).run("iemkey.rotate", "wait=30")
     assert ret.returncode == 0 and ret.data["old_computer_id"] == victim_id, ret
-    (decision,) = runner_returns(event_listener, salt_master, "iemkey.react", start)
-    assert decision["action"] == "cleanup", decision
-    report = salt_run_cli.run("iemkey.report", "since=2026-01-01T00:00:00Z", f"tgt={salt_minion_2.id}")
-    (review,) = report.data["cleanup"]["review"]
+    (decision,) = decisions(event_listener, salt_master, start)
+    assert decision["action"] == "recorded", decision
+
+    def reviewed():
+        report = salt_run_cli.run("iemkey.report", "since=2026-01-01T00:00:00Z", f"tgt={salt_minion_2.id}")
+        return report.data["cleanup"]["review"]
+
+    assert wait_for(reviewed, timeout=60)  # the master schedule's iemkey.cleanup decides it
+    (review,) = reviewed()
     assert review["old_computer_id"] == victim_id and review["minion"] == salt_minion_2.id
     assert f"names the old computer {victim_id} {agent.name!r}" in review["detail"]
     assert bigfix.deletes() == [] and victim_id in bigfix.computers()
@@ -217,14 +230,14 @@ def test_a_forged_webhook_event_without_an_id_rotates_nobody(
     keys = agent.key_files(), agent_2.key_files()
     body = json.dumps({"minion_id": salt_minion.id, "reason": "forged"})
     wrong = hook_signature("guessed", body)
-    start = time.time()
+    since = log_since(salt_master)
     for headers in ({}, {"X-Iemkey-Signature": wrong}):
         _forge(
             salt_minion_2,
             "salt/netapi/hook/iemkey/compromised",
             {"post": {"minion_id": salt_minion.id}, "headers": headers, "body": body},
         )
-    refusals = _refusals(event_listener, salt_master, start, 2, HOOK)
+    refusals = _gated(salt_master, since, 2, HOOK)
     assert all("not signed with iemkey:reactor:hook_secret" in r for r in refusals), refusals
     assert (agent.key_files(), agent_2.key_files()) == keys
     # the genuine half: salt-api with the signed body rotates alpha only

@@ -32,6 +32,7 @@ def opts(master_opts):
 
 @pytest.fixture
 def configure_loader_modules(opts):
+    iemkey._PUBLISHER.clear()  # each test's own fake LocalClient
     return {iemkey: {"__opts__": opts, "__context__": {}}}
 
 
@@ -91,17 +92,23 @@ def test_the_reaction_says_whether_it_rotates_or_duplicates_an_earlier_alert_or_
     with caplog.at_level(logging.WARNING):
         first = _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {"reason": "one"}))
         second = _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {"reason": "two"}))
-    assert first["duplicate_of"] is None
+    assert (first["action"], first["duplicate_of"]) == ("rotate", None)
+    # a second wave inside the cooldown publishes nothing new: the first alert's job rotates
+    assert (second["action"], second["jid"]) == ("duplicate", None) and len(local.published) == 1
     assert second["duplicate_of"].startswith("the alert acted on at ")
     assert second["duplicate_of"].endswith(f" (job {first['jid']})")
     lines = [r.getMessage() for r in caplog.records if "iemkey reactor: iemkey/compromised" in r.getMessage()]
     assert "no alert or rotation of alpha within iemkey:reactor:cooldown (300 s): it rotates" in lines[0]
-    assert f"a duplicate of {second['duplicate_of']}, within iemkey:reactor:cooldown (300 s)" in lines[1]
+    assert lines[1].endswith(
+        f"a duplicate of {second['duplicate_of']}, within iemkey:reactor:cooldown (300 s): nothing published "
+        "(that job rotates it: salt-run jobs.lookup_jid)"
+    )
     store = iemkey_store.from_opts(opts)
     received = datetime.datetime.now(UTC).isoformat()
     store.put("cases", "beta:1001", iemkey_cleanup.new_case("beta", "1001", None, received, received))
     third = _react("iemkey/compromised", _signed("iemkey/compromised", "beta", {}), claimed="beta")
     assert third["duplicate_of"] == f"the rotation the master received at {received} (old computer 1001)"
+    assert third["action"] == "rotate" and len(local.published) == 2  # after a rotation the state decides
 
 
 def test_an_unresolved_sdb_hook_secret_is_logged_once_when_the_runner_loads(opts, caplog):
@@ -133,7 +140,8 @@ def test_remembered_nonces_are_forgotten_once_stale(local, opts):
     assert json.loads(remembered.read_text())["expires"] == pytest.approx(old.timestamp() + 360)
     remembered.write_text(json.dumps({"expires": 0}))  # expired
     (nonces / ".swept").unlink(missing_ok=True)  # the next sweep is due
-    assert _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {}))["action"] == "rotate"
+    # acted on (not a replay), as a duplicate of the first alert within the cooldown
+    assert _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {}))["action"] == "duplicate"
     assert len(list(nonces.glob("alpha:*.json"))) == 1
 
 

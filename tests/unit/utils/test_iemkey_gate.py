@@ -1,0 +1,164 @@
+"""
+The reactor's gate: what cannot be genuine is refused before it costs a runner reaction, each minion
+is held to ``iemkey:reactor:rate``, and a flood is logged as counts, not one line per event.
+Real signatures and accepted keys in a temp pki_dir; the clock is the test's.
+"""
+
+import datetime
+import logging
+
+import iemkey_auth
+import iemkey_gate
+import pytest
+from helpers import hook_signature
+from runner_fakes import KEYS
+
+UTC = datetime.timezone.utc
+SECRET = "gate-hook-secret"
+
+
+@pytest.fixture
+def opts(tmp_path):
+    pki = tmp_path / "pki"
+    (pki / "minions").mkdir(parents=True)
+    for name in ("alpha", "beta"):
+        (pki / "minions" / name).write_bytes(KEYS[name][1])
+    return {"pki_dir": str(pki), "iemkey": {"reactor": {"rate": 3, "hook_secret": SECRET}}}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def gate():
+    return iemkey_gate.Gate(clock=Clock())
+
+
+def _event(minion="alpha", signer=None, claimed=None, when=None, tag="iemkey/compromised"):
+    data = iemkey_auth.sign(tag, minion, {"reason": "x"}, KEYS[signer or minion][0], now=when)
+    return {"id": claimed or minion, "data": data}
+
+
+def _now():
+    return datetime.datetime.now(UTC)
+
+
+def test_a_genuine_signed_event_goes_on(gate, opts):
+    assert gate.admit("iemkey/compromised", _event(), opts, _now()) is None
+    assert gate.admit("iemkey/rotated", _event(tag="iemkey/rotated"), opts, _now()) is None
+
+
+HINT = " (a detector sends it with `salt-call iemkey.alert`)"
+
+
+def _stranger():
+    return {"id": "gamma", "data": iemkey_auth.sign("iemkey/compromised", "gamma", {}, KEYS["beta"][0])}
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ({"id": "alpha", "data": {"reason": "x"}}, "it is not signed" + HINT),
+        ({"id": "alpha", "data": None}, "it is not signed" + HINT),
+        ("lying", "its signature does not verify with the accepted key of 'alpha'" + HINT),
+        ("moved", "it is signed by 'alpha' but arrived as from 'beta'"),
+        ("unknown", "'gamma' is not an accepted minion" + HINT),
+    ],
+)
+def test_what_cannot_be_genuine_is_refused_with_its_reason(gate, opts, caplog, event, reason):
+    made = {"lying": lambda: _event(signer="beta"), "moved": lambda: _event(claimed="beta"), "unknown": _stranger}
+    event = made[event]() if isinstance(event, str) else event
+    with caplog.at_level(logging.WARNING):
+        assert gate.admit("iemkey/compromised", event, opts, _now()) == reason
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (
+        f"iemkey reactor: refusing iemkey/compromised event (as from {event['id']!r}), acting on nothing: {reason}"
+    )
+
+
+def test_age_is_judged_at_the_time_the_master_received_the_event(gate, opts):
+    signed = _now() - datetime.timedelta(seconds=400)
+    assert gate.admit("iemkey/compromised", _event(when=signed), opts, signed + datetime.timedelta(seconds=5)) is None
+    reason = gate.admit("iemkey/compromised", _event(when=signed), opts, _now())
+    assert reason.startswith("it was signed 400 s ago, more than 300 s")
+
+
+def test_each_signer_is_held_to_its_rate_per_minute(gate, opts):
+    for _ in range(3):
+        assert gate.admit("iemkey/compromised", _event(), opts, _now()) is None
+    assert gate.admit("iemkey/compromised", _event(), opts, _now()) == (
+        "'alpha' sent more than 3 signed iemkey events in a minute (iemkey:reactor:rate)"
+    )
+    assert gate.admit("iemkey/compromised", _event("beta"), opts, _now()) is None  # another minion: its own rate
+    gate.clock.now += 61
+    assert gate.admit("iemkey/compromised", _event(), opts, _now()) is None
+
+
+def test_a_flood_is_logged_as_counts_per_interval_not_a_line_per_event(gate, opts, caplog):
+    unsigned = {"id": "alpha", "data": {"reason": "flood"}}
+    with caplog.at_level(logging.WARNING):
+        for _ in range(12_000):
+            gate.admit("iemkey/compromised", unsigned, opts, _now())
+        gate.clock.now += iemkey_gate.INTERVAL
+        assert gate.admit("iemkey/compromised", _event("beta"), opts, _now()) is None  # genuine, after the flood
+        gate.admit("iemkey/compromised", unsigned, opts, _now())
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == iemkey_gate.LOUD + 2
+    assert lines[iemkey_gate.LOUD] == (
+        f"iemkey reactor: refused {12_000 - iemkey_gate.LOUD} more iemkey/compromised events (as from 'alpha') in "
+        "the last 10 s, acting on nothing: it is not signed" + HINT
+    )
+    assert lines[-1].startswith("iemkey reactor: refusing iemkey/compromised event (as from 'alpha')")
+
+
+def _hook(body='{"minion_id": "alpha"}', secret=SECRET, signed_at=None, **extra):
+    return {"body": body, "signature": hook_signature(secret, body, signed_at), "from_minion": False, **extra}
+
+
+def test_a_webhook_needs_a_timed_hmac_from_salt_api(gate, opts):
+    assert gate.admit(iemkey_gate.HOOK_TAG, _hook(), opts, _now()) is None
+    refused = "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)"
+    assert gate.admit(iemkey_gate.HOOK_TAG, _hook(secret="guessed"), opts, _now()) == refused
+    assert gate.admit(iemkey_gate.HOOK_TAG, {"body": "{}", "signature": None}, opts, _now()) == refused
+    assert gate.admit(iemkey_gate.HOOK_TAG, _hook(from_minion=True), opts, _now()) == (
+        "it was sent by a minion, not by salt-api"
+    )
+    stale = gate.admit(iemkey_gate.HOOK_TAG, _hook(signed_at=_now().timestamp() - 400), opts, _now())
+    assert stale.startswith("it was signed 40") and "(iemkey:reactor:max_age)" in stale
+
+
+def test_a_webhook_secret_only_the_runner_can_resolve_is_left_to_it(gate, opts):
+    opts["iemkey"]["reactor"]["hook_secret"] = "sdb://vault/hook"
+    assert gate.admit(iemkey_gate.HOOK_TAG, _hook(secret="anything"), opts, _now()) is None
+
+
+def test_the_reaction_decides_in_the_reactor_process_and_leaves_salt_nothing_to_queue(opts, tmp_path, monkeypatch):
+    import salt.client
+    from runner_fakes import FakeLocalClient
+
+    client = FakeLocalClient()
+    monkeypatch.setattr(salt.client, "get_local_client", lambda *a, **k: client)
+    monkeypatch.setattr(iemkey_gate, "GATE", iemkey_gate.Gate())
+    monkeypatch.setattr(iemkey_gate, "_HERE", {"reactions": None, "opts": None})
+    opts["cachedir"] = str(tmp_path / "cache")
+    stamp = _now().replace(tzinfo=None).isoformat()  # Salt 3006: naive UTC
+    assert iemkey_gate.reaction("iemkey/compromised", {**_event(), "_stamp": stamp, "cmd": "_minion_event"}, opts) == {}
+    assert [(job["tgt"], job["fun"], job["arg"]) for job in client.published] == [
+        (["alpha"], "state.single", ["iemkey.rotated"])
+    ]
+    assert iemkey_gate.reaction("iemkey/compromised", {"id": "beta", "data": {}, "_stamp": stamp}, opts) == {}
+    body = '{"minion_id": "beta"}'
+    hook = {"body": body, "headers": {"X-IEMKEY-SIGNATURE": hook_signature(SECRET, body)}, "_stamp": stamp}
+    assert iemkey_gate.reaction(iemkey_gate.HOOK_TAG, hook, opts) == {}
+    assert [job["tgt"] for job in client.published] == [["alpha"], ["beta"]]  # the unsigned one: nobody
+    rotated = _event(tag="iemkey/rotated")
+    rotated["data"] = iemkey_auth.sign(
+        "iemkey/rotated", "alpha", {"old_computer_id": "1001", "rotated_at": _now().isoformat()}, KEYS["alpha"][0]
+    )
+    assert iemkey_gate.reaction("iemkey/rotated", {**rotated, "_stamp": stamp}, opts) == {}
+    assert (tmp_path / "cache" / "iemkey" / "cases" / "alpha:1001.json").is_file()  # recorded for iemkey.cleanup
