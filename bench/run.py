@@ -34,6 +34,8 @@ import yaml
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "demo"))
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
+sys.path.insert(0, str(HERE))
 
 from sandbox import BIN, REPO, Sandbox, StandInAgent, agent_settings  # noqa: E402
 
@@ -276,10 +278,30 @@ def verdict(ok):
     return "met" if ok else "**missed**"
 
 
+def bench_scale(top):
+    """The scale section: each size in BENCH_SCALE (default 1000 and 10000 simulated minions)."""
+    import scale
+    from bigfix_rest import StandInBigFix
+
+    found = {}
+    for size in (int(n) for n in os.environ.get("BENCH_SCALE", "1000 10000").split()):
+        print(f"scale: {size} simulated minions", flush=True)
+        found[size] = scale.run(top / f"scale-{size}", size, Sandbox, StandInBigFix, iemkey_auth)
+    return scale.section(found)
+
+
 def main():
+    parts = os.environ.get("BENCH_PARTS", "minion scale").split()
     with tempfile.TemporaryDirectory(prefix="iemkey-bench-") as tmp:
         top = pathlib.Path(tmp)
         print(f"benchmarking with {REPS} repetitions under {top}", flush=True)
+        scaled = bench_scale(top) if "scale" in parts else []
+        if "minion" not in parts:  # a partial run (BENCH_PARTS=scale): bench/out/, not RESULTS.md
+            text = "\n".join([f"Machine: {machine()}.", "", *scaled])
+            print("\n" + text)
+            (HERE / "out").mkdir(exist_ok=True)
+            (HERE / "out" / "scale.md").write_text(text + "\n")
+            return
         rotate, state = bench_local(top, REPS)
         latency, restart, fleet, dispatch = bench_fleet(top, REPS)
     sign, verify = signature_costs()
@@ -324,6 +346,8 @@ def main():
         f"{fleet['iemkey.rotate', 5]['median'] / fleet['iemkey.rotate', 1]['median']:.3f}; the bare procedure "
         f"through Salt: {ratio_d_bare:.3f}) | {verdict(ratio_d <= 2.0)} |",
         f"| e. verification adds to compromise -> rotation < 0.1 s | {added_e:+.3f} s | {verdict(added_e < 0.1)} |",
+        "",
+        *scaled,
         "",
     ]
     text = "\n".join(lines)

@@ -47,6 +47,11 @@ class Sandbox:
         self.procs = []
 
     @property
+    def own(self):
+        """The target of the minions this sandbox runs (others may be accepted, e.g. the bench's)."""
+        return ("-L", ",".join(self.minions))
+
+    @property
     def agent(self):
         return self.agents[self.minions[0]]
 
@@ -93,7 +98,7 @@ class Sandbox:
         (self.top / "pillar/iemkey.sls").write_text("{}\n")
 
     def _spawn(self, program, conf):
-        with open(self.top / f"{program}-{conf.name}.out", "w") as log:  # the daemon keeps its own copy
+        with open(self.top / f"{program}-{conf.name}.out", "a") as log:  # the daemon keeps its own copy
             self.procs.append(
                 subprocess.Popen(
                     [str(BIN / program), "-c", str(conf), "-l", "warning"], stdout=log, stderr=subprocess.STDOUT
@@ -106,20 +111,36 @@ class Sandbox:
             self._spawn("salt-minion", self.minion_conf(minion_id))
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            ping = self.salt("*", "test.ping", "--out=json", "--static", show=False)
+            ping = self.salt(*self.own, "test.ping", "--out=json", "--static", show=False)
             if ping.returncode == 0 and all(f'"{m}": true' in ping.stdout for m in self.minions):
                 time.sleep(2)
                 return
             time.sleep(2)
         raise SystemExit(f"the sandbox minions did not answer within 180 s; see {self.top}")
 
+    def restart_master(self):
+        """Stop the master and start it again (its scheduler and reactor load the synced runner when
+        it starts, as README says), then wait for the minions to answer."""
+        master = self.procs.pop(0)
+        master.terminate()
+        master.wait(timeout=60)
+        self._spawn("salt-master", self.conf)
+        self.procs.insert(0, self.procs.pop())  # the master stays first
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            ping = self.salt(*self.own, "test.ping", "--out=json", "--static", show=False)
+            if ping.returncode == 0 and all(f'"{m}": true' in ping.stdout for m in self.minions):
+                return
+            time.sleep(2)
+        raise SystemExit("the sandbox minions did not answer within 180 s of the master's restart")
+
     def sync(self):
         """Sync the modules and wait until every minion has loaded them; the runner (and the utility
         module it imports) on the master."""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            self.salt("*", "saltutil.sync_all", show=False)  # retried: the master may still be settling
-            found = self.salt("*", "sys.list_functions", "iemkey", "--out=json", "--static", show=False)
+            self.salt(*self.own, "saltutil.sync_all", show=False)  # retried: the master may still be settling
+            found = self.salt(*self.own, "sys.list_functions", "iemkey", "--out=json", "--static", show=False)
             if found.stdout.count("iemkey.rotate") >= len(self.minions):
                 self.run("salt-run", "saltutil.sync_all", show=False)
                 return
@@ -156,4 +177,4 @@ class Sandbox:
 
     def pillar(self, text):
         (self.top / "pillar/iemkey.sls").write_text(text)
-        self.salt("*", "saltutil.refresh_pillar", "wait=True", show=False)
+        self.salt(*self.own, "saltutil.refresh_pillar", "wait=True", show=False)
