@@ -668,7 +668,8 @@ def _cleanup_pass(keys=None, wait=True, test=False):
                     if not test and not _write_case(store, key, cases[key], after):
                         continue  # an operator dismissed or removed it meanwhile
                     ret.get(action, ret["pending"]).append(iemkey_cleanup.public(after))
-                    _log_outcome(action, after)
+                    if not test:  # test=True changes nothing and says so in its return only
+                        _log_outcome(action, after)
                 if keys is None:  # a full pass keeps the groups; the reactor's try of one case does not
                     _sync_groups(client, store, ret, test)
             except iemkey_bigfix.ApiError as exc:

@@ -493,7 +493,7 @@ def test_groups_can_be_switched_off(local, bigfix, opts):
 
 
 # -- dry run, operators' own actions -----------------------------------------------------------------
-def test_test_mode_says_what_it_would_do_and_changes_nothing(local, bigfix, opts):
+def test_test_mode_says_what_it_would_do_and_changes_nothing(local, bigfix, opts, caplog):
     opts["iemkey"]["cleanup"]["report_margin"] = 3600
     _duplicate(bigfix, "1001", "2002")
     _rotated()  # routine, confirmed once the margin passes
@@ -504,8 +504,11 @@ def test_test_mode_says_what_it_would_do_and_changes_nothing(local, bigfix, opts
     store = pathlib.Path(opts["cachedir"], "iemkey")
     before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
     calls = len(bigfix.calls)
-    ret = iemkey.cleanup(test=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        ret = iemkey.cleanup(test=True)
     assert ret["test"] is True and ret["retcode"] == 0
+    assert "iemkey cleanup:" not in caplog.text  # no 'removed' or 'is to revoke' line for what was not done
     assert [c["old_computer_id"] for c in ret["would_delete"]] == ["1001"]
     assert [c["old_computer_id"] for c in ret["would_list_to_revoke"]] == ["3003"]
     assert ret["summary"] == (
