@@ -118,16 +118,11 @@ def _fail(ret, message):
 
 
 def _setting(section, key, defaults):
-    """A number from the master config ``iemkey:<section>:<key>``."""
-    value = salt.utils.data.traverse_dict_and_list(__opts__, f"iemkey:{section}:{key}", None)
-    value = defaults[key] if value in (None, "") else value
+    """A non-negative number from the master config ``iemkey:<section>:<key>``."""
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise SaltInvocationError(f"iemkey:{section}:{key} must be a number, not {value!r}") from None
-    if number < 0:
-        raise SaltInvocationError(f"iemkey:{section}:{key} must not be negative, not {value!r}")
-    return number
+        return iemkey_react.number(__opts__, section, key, defaults)
+    except iemkey_react.Misconfigured as exc:
+        raise SaltInvocationError(str(exc)) from None
 
 
 def _cleanup_setting(key):

@@ -85,6 +85,24 @@ class Refused(Exception):
     """Not genuine, or over its rate: the message is the reason."""
 
 
+def signed(tag, event, opts, now, max_age, max_skew):
+    """(minion id, payload, signed time, nonce) of a minion's event signed with the key the master
+    accepted for it, no older than ``max_age`` at ``now`` (when the master received it) and arriving
+    as from its signer; Refused otherwise."""
+    data = event.get("data")
+    envelope_id = iemkey_auth.signer(data)
+    key = accepted_key(opts, envelope_id) if envelope_id else None
+    try:
+        minion_id, payload, signed_at, nonce = iemkey_auth.verify(tag, data, key, now, max_age, max_skew)
+    except iemkey_auth.Refused as exc:
+        hint = " (a detector sends it with `salt-call iemkey.alert`)" if tag == COMPROMISED_TAG else ""
+        raise Refused(f"{exc}{hint}") from None
+    claimed = event.get("id")
+    if claimed is not None and claimed != minion_id:
+        raise Refused(f"it is signed by {minion_id!r} but arrived as from {claimed!r}")
+    return minion_id, payload, signed_at, nonce
+
+
 class Gate:
     """The rate windows and refusal counts of one reactor process."""
 
@@ -110,19 +128,9 @@ class Gate:
         return None
 
     def _signed(self, tag, event, opts, now):
-        data = event.get("data")
-        envelope_id = iemkey_auth.signer(data)
-        key = accepted_key(opts, envelope_id) if envelope_id else None
-        try:
-            minion_id, _payload, _when, _nonce = iemkey_auth.verify(
-                tag, data, key, now, setting(opts, "max_age"), setting(opts, "max_skew")
-            )
-        except iemkey_auth.Refused as exc:
-            hint = " (a detector sends it with `salt-call iemkey.alert`)" if tag == COMPROMISED_TAG else ""
-            raise Refused(f"{exc}{hint}") from None
-        claimed = event.get("id")
-        if claimed is not None and claimed != minion_id:
-            raise Refused(f"it is signed by {minion_id!r} but arrived as from {claimed!r}")
+        minion_id, _payload, _when, _nonce = signed(
+            tag, event, opts, now, setting(opts, "max_age"), setting(opts, "max_skew")
+        )
         return minion_id
 
     def _within_rate(self, signer, opts):

@@ -183,18 +183,13 @@ class Reactions:
     def verified(self, tag, event, received):
         """(minion id, payload, signed time) of a minion's signed event; Refused otherwise. Its age is
         judged at ``received``, when the master got it, not when a worker gets to it."""
-        data = event.get("data")
         max_age, max_skew = self.reactor("max_age"), self.reactor("max_skew")
         try:
-            envelope_id = iemkey_auth.signer(data)
-            key = iemkey_gate.accepted_key(self.opts, envelope_id) if envelope_id else None
-            minion_id, payload, signed_at, nonce = iemkey_auth.verify(tag, data, key, received, max_age, max_skew)
-        except iemkey_auth.Refused as exc:
-            hint = " (a detector sends it with `salt-call iemkey.alert`)" if tag == COMPROMISED_TAG else ""
-            raise Refused(f"{exc}{hint}") from None
-        claimed = event.get("id")
-        if claimed is not None and claimed != minion_id:
-            raise Refused(f"it is signed by {minion_id!r} but arrived as from {claimed!r}")
+            minion_id, payload, signed_at, nonce = iemkey_gate.signed(
+                tag, event, self.opts, received, max_age, max_skew
+            )
+        except iemkey_gate.Refused as exc:
+            raise Refused(str(exc)) from None
         if not self.claim(f"{minion_id}:{nonce}", signed_at.timestamp() + max_age + max_skew):
             raise Refused(f"it replays an event {minion_id!r} signed at {signed_at.isoformat()}, already acted on")
         return minion_id, payload, signed_at

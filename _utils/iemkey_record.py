@@ -29,15 +29,16 @@ except ImportError:  # everything but Windows
 log = logging.getLogger(__name__)
 
 
-def read(path):
-    """The record at ``path`` as a dict; None when there is none or it cannot be read (logged)."""
+def read(path, what="rotation record"):
+    """The record at ``path`` as a dict; None when there is none or it cannot be read (logged as an
+    unreadable ``what``)."""
     try:
         with open(path, encoding="utf-8") as handle:
             record = json.load(handle)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        log.warning("iemkey: ignoring unreadable rotation record %s: %s", path, exc)
+        log.warning("iemkey: ignoring unreadable %s %s: %s", what, path, exc)
         return None
     return record if isinstance(record, dict) else None
 

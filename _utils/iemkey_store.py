@@ -36,6 +36,11 @@ import threading
 import time
 
 try:
+    import iemkey_record
+except ImportError:
+    from saltext.iemkey.utils import iemkey_record
+
+try:
     import fcntl
 except ImportError:  # a Salt master runs on POSIX; this keeps the import harmless elsewhere
     fcntl = None
@@ -190,15 +195,7 @@ def _dump(record):
 
 
 def _read(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.error("iemkey store: %s is unreadable (%s); ignoring it", path, exc)
-        return None
-    return record if isinstance(record, dict) else None
+    return iemkey_record.read(path, what="store record")
 
 
 def _write_temp(path, record):

@@ -5,6 +5,15 @@ from helpers import rsa_key_pair
 KEYS = {"alpha": rsa_key_pair(), "beta": rsa_key_pair()}
 
 
+def accepted_keys(top):
+    """A master pki_dir under ``top`` that has accepted alpha's and beta's keys; its path as a str."""
+    pki = top / "pki"
+    (pki / "minions").mkdir(parents=True)
+    for name in KEYS:
+        (pki / "minions" / name).write_bytes(KEYS[name][1])
+    return str(pki)
+
+
 class FakeLocalClient:
     """Records what the runner publishes; answers iemkey.status with ``statuses``."""
 

@@ -2,7 +2,7 @@
 
 import pytest
 import salt.client
-from runner_fakes import KEYS, FakeLocalClient
+from runner_fakes import FakeLocalClient, accepted_keys
 
 
 @pytest.fixture
@@ -14,13 +14,9 @@ def local(monkeypatch):
 
 @pytest.fixture
 def master_opts(tmp_path):
-    pki = tmp_path / "pki"
-    (pki / "minions").mkdir(parents=True)
-    for name in ("alpha", "beta"):
-        (pki / "minions" / name).write_bytes(KEYS[name][1])
     return {
         "cachedir": str(tmp_path / "cache"),
-        "pki_dir": str(pki),
+        "pki_dir": accepted_keys(tmp_path),
         "sock_dir": str(tmp_path / "sock"),
         "iemkey": {"reactor": {"cooldown": 300, "hook_secret": "unit-hook-secret"}},
     }

@@ -11,7 +11,7 @@ import iemkey_auth
 import iemkey_gate
 import pytest
 from helpers import hook_signature
-from runner_fakes import KEYS
+from runner_fakes import KEYS, accepted_keys
 
 UTC = datetime.timezone.utc
 SECRET = "gate-hook-secret"
@@ -19,11 +19,7 @@ SECRET = "gate-hook-secret"
 
 @pytest.fixture
 def opts(tmp_path):
-    pki = tmp_path / "pki"
-    (pki / "minions").mkdir(parents=True)
-    for name in ("alpha", "beta"):
-        (pki / "minions" / name).write_bytes(KEYS[name][1])
-    return {"pki_dir": str(pki), "iemkey": {"reactor": {"rate": 3, "hook_secret": SECRET}}}
+    return {"pki_dir": accepted_keys(tmp_path), "iemkey": {"reactor": {"rate": 3, "hook_secret": SECRET}}}
 
 
 class Clock:
