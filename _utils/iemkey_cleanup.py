@@ -25,7 +25,6 @@ import datetime
 
 UTC = datetime.timezone.utc
 OPEN = ("pending", "revoke", "review")
-CLOSED = ("deleted", "gone", "revoked", "dismissed")
 MODES = ("revoke", "delete")
 ALERTS = "alerts"  # the incident of compromises no declared incident covers
 DEFAULTS = {
@@ -50,23 +49,19 @@ def key(minion, old_computer_id):
     return f"{minion}:{old_computer_id}"
 
 
-def new_case(minion, old_computer_id, new_computer_id, rotated_at, received, compromise=None):
-    """The case of one rotation, as the master first records it (pending)."""
+def new_case(minion, old_computer_id, new_computer_id, rotated_at, received):
+    """The case of one rotation, as the master first records it (pending; not a compromise rotation
+    until ``covering`` finds one on the master's record)."""
     case = {
         "minion": minion,
         "old_computer_id": str(old_computer_id),
         "new_computer_id": str(new_computer_id) if new_computer_id else None,
         "rotated_at": rotated_at,  # what the minion says (shown, never decides anything)
         "received": parse(received).isoformat(),  # when the master received the signed event
-        "compromise": compromise,
-        "name": None,
-        "status": "pending",
-        "detail": "recorded; not decided yet",
-        "checked": None,
-        "attempts": 0,
-        "trail": [],
+        "compromise": None,
+        "name": None,  # the old computer's Computer Name, once BigFix has said it
     }
-    return settle(case, "pending", case["detail"], received, "iemkey.react")
+    return settle(case, "pending", "recorded; not decided yet", received, "iemkey.react")
 
 
 def settle(case, status, detail, now, by):

@@ -109,3 +109,32 @@ def test_the_reactor_blocks_merge_into_an_existing_reactor_conf_that_salt_loads(
     reactor_conf.write_text(yaml.safe_dump({"reactor": existing}) + blocks[-1][0])
     assert salt.config.master_config(str(conf))["reactor"] == []  # the whole file is ignored
     assert "merge" in README.split("Console clean-up and revocation")[1][:600]
+
+
+def _documented_master_defaults():
+    """{"section:key": default} of README's configuration table, for the master's numeric settings."""
+    found = {}
+    for keys, default in re.findall(r"^\| (`iemkey:[^|]*) \(master\) \| [^|]* \| ([^|]*) \|$", README, flags=re.M):
+        names = re.findall(r"`([^`]+)`", keys)
+        section = names[0].split(":")[1]
+        values = [v.strip() for v in default.split("/")]
+        for name, value in zip(names, values, strict=False):  # a default may hold a slash
+            found[f"{section}:{name.split(':')[-1]}"] = value
+    return found
+
+
+def test_the_master_defaults_are_the_ones_readme_documents():
+    import iemkey_bigfix
+    import iemkey_cleanup
+    import iemkey_gate
+    import iemkey_react
+
+    documented = _documented_master_defaults()
+    code = {
+        **{f"cleanup:{k}": v for k, v in iemkey_cleanup.DEFAULTS.items()},
+        **{f"reactor:{k}": v for k, v in {**iemkey_gate.DEFAULTS, **iemkey_react.REACTOR_DEFAULTS}.items()},
+        **{f"api:{k}": iemkey_bigfix.DEFAULTS[k] for k in ("concurrency", "lookup")},
+    }
+    assert {k: str(v) for k, v in code.items()} == {k: documented[k] for k in code}
+    # the gate and the decision judge an event's age alike
+    assert all(iemkey_gate.DEFAULTS[k] == iemkey_react.REACTOR_DEFAULTS[k] for k in ("max_age", "max_skew"))

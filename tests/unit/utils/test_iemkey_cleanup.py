@@ -158,6 +158,33 @@ def test_an_incident_covers_its_minions_from_since_until_it_is_closed_and_comes_
     assert iemkey_cleanup.covering(_case(), {}, {"worm": closed}) is None
 
 
+def test_a_rotation_received_exactly_at_either_end_of_a_window_is_covered():
+    # an alert's and an incident's windows include both ends: a compromise rotation is never
+    # taken for a routine one (and deleted) for being received on the boundary second
+    for received in (_at(-300), _at(86400)):
+        assert iemkey_cleanup.covering(_case(received=received.isoformat()), {"web01": ALERT}, {})
+    closed = {**INCIDENT, "until": _at(60).isoformat()}
+    for received in (_at(-3600), _at(60)):
+        assert iemkey_cleanup.covering(_case(received=received.isoformat()), {}, {"worm": closed})["incident"] == "worm"
+
+
+def test_of_several_incidents_the_one_that_began_first_covers_a_rotation_then_by_name():
+    later = {**INCIDENT, "since": _at(-60).isoformat(), "cleanup": "delete"}
+    assert iemkey_cleanup.covering(_case(), {}, {"a-later": later, "z-earlier": INCIDENT})["incident"] == "z-earlier"
+    same = {"b-worm": {**INCIDENT, "cleanup": "delete"}, "a-worm": INCIDENT}
+    assert iemkey_cleanup.covering(_case(), {}, same)["incident"] == "a-worm"
+
+
+def test_a_new_case_is_pending_and_no_compromise_until_the_masters_records_say_so():
+    case = _case()
+    assert case["status"] == "pending" and case["compromise"] is None and case["name"] is None
+    assert case["detail"] == "recorded; not decided yet" and case["checked"] == RECEIVED.isoformat()
+    assert case["trail"] == [
+        {"at": RECEIVED.isoformat(), "status": "pending", "detail": "recorded; not decided yet", "by": "iemkey.react"}
+    ]
+    assert iemkey_cleanup.mode(case, "revoke") == "delete"  # routine until covering() finds a compromise
+
+
 def test_the_cleanup_mode_follows_the_incident_then_the_master_config():
     assert iemkey_cleanup.mode(_case(), "revoke") == "delete"  # routine
     assert iemkey_cleanup.mode(_case(compromise={"incident": "alerts", "cleanup": None}), "revoke") == "revoke"
