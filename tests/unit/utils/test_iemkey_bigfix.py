@@ -108,15 +108,102 @@ def test_a_computer_not_yet_reported_has_no_name_and_no_report_time():
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        (b"<html>proxy error</html>", "BESAPI XML without a Computer"),
-        (b"not xml at all", "answered no BESAPI XML"),
-        (_reply(("ID", "999")).encode(), "answered for computer 999"),
+        (b"<html>proxy error</html>", "GET /api/computer/4711 answered BESAPI XML without a Computer"),
+        (b"not xml at all", "GET /api/computer/4711 answered no BESAPI XML"),
+        (_reply(("ID", "999")).encode(), "GET /api/computer/4711 answered for computer 999"),
     ],
 )
 def test_a_reply_that_is_not_this_computers_record_is_an_error(content, match):
-    with pytest.raises(iemkey_bigfix.ApiError, match=match) as raised:
+    with pytest.raises(iemkey_bigfix.ApiError) as raised:
         iemkey_bigfix.parse_computer(content, "4711")
-    assert "proxy error" not in str(raised.value)  # a reply body never reaches a message
+    assert str(raised.value) == match  # a reply body never reaches a message
+
+
+Q = f"{HEAD}<Query Resource='x'>"
+E = "</Query></BESAPI>"
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "error"),
+    [
+        ("{not json", "application/json", "POST /api/query answered no JSON"),
+        ("[1, 2]", "application/json; charset=utf-8", "POST /api/query answered JSON that is not an object"),
+        (json.dumps({"error": "x" * 300}), "json", "POST /api/query: the relevance failed: " + "x" * 200),
+        ("<html>login</html>", "", "POST /api/query answered BESAPI XML without a Query"),
+        ("no xml", None, "POST /api/query answered no BESAPI XML"),
+        (f"{Q}<Result/><Error>  {'y' * 300}  </Error>{E}", "", "POST /api/query: the relevance failed: " + "y" * 200),
+        (f"{Q}<Result/><Error/>{E}", "", "POST /api/query: the relevance failed: "),
+        (f"{Q}{E}", "text/xml", "POST /api/query answered neither a Result nor an Error"),
+    ],
+)
+def test_a_query_reply_that_is_not_answers_is_an_error_saying_exactly_which(content, content_type, error):
+    with pytest.raises(iemkey_bigfix.ApiError) as raised:
+        iemkey_bigfix.parse_query(content, content_type)
+    assert str(raised.value) == error
+
+
+def test_empty_answers_are_empty_strings_and_a_json_single_result_is_one_answer():
+    xml = f"{Q}<Result><Answer/><Tuple><Answer/><Answer>b</Answer></Tuple><Other>x</Other></Result>{E}"
+    assert iemkey_bigfix.parse_query(xml) == ["", ["", "b"]]
+    assert iemkey_bigfix.parse_query(json.dumps({"result": 7}), "application/json") == [7]
+
+
+@pytest.mark.parametrize(
+    ("answers", "error"),
+    [
+        ([["1", "a", "b"]], "POST /api/query answered something else than (id, name, last report, agent type)"),
+        (["1"], "POST /api/query answered something else than (id, name, last report, agent type)"),
+        ([["9" * 30, "a", "b", "c"]], f"POST /api/query answered for computer {'9' * 20}, which was not asked for"),
+    ],
+)
+def test_batch_answers_of_another_form_are_errors(answers, error):
+    with pytest.raises(iemkey_bigfix.ApiError) as raised:
+        iemkey_bigfix.parse_batch(answers, {"1"})
+    assert str(raised.value) == error
+
+
+def test_batch_answers_none_where_bigfix_has_no_value():
+    (computer,) = iemkey_bigfix.parse_batch([(" 1 ", "<none>", "<none>", "<none>")], {"1"}).values()
+    assert (computer.id, computer.name, computer.last_report, computer.agent_type) == ("1", None, None, None)
+    (named,) = iemkey_bigfix.parse_batch([["1", "web01", "Tue, 01 Dec 2026 12:00:00 +0000", "Native"]], {"1"}).values()
+    assert (named.name, named.last_report, named.agent_type) == (
+        "web01",
+        datetime.datetime(2026, 12, 1, 12, tzinfo=UTC),
+        "Native",
+    )
+    assert named.correlated is False
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (f"{HEAD}<Operator><MasterOperator> True </MasterOperator></Operator></BESAPI>", True),
+        (f"{HEAD}<Operator><MasterOperator>false</MasterOperator></Operator></BESAPI>", False),
+        (f"{HEAD}<Operator><MasterOperator/></Operator></BESAPI>", False),
+    ],
+)
+def test_the_operator_is_a_master_operator_only_when_bigfix_says_true(content, expected):
+    assert iemkey_bigfix.parse_master_operator(content, "op") is expected
+
+
+def test_an_operator_reply_without_the_flag_is_an_error():
+    with pytest.raises(iemkey_bigfix.ApiError) as raised:
+        iemkey_bigfix.parse_master_operator(f"{HEAD}<Operator/></BESAPI>", "op")
+    assert str(raised.value) == "GET /api/operator/op answered no MasterOperator"
+
+
+def test_lists_and_members_keep_only_well_formed_items():
+    listed = (
+        f"{HEAD}<ComputerGroup><Name> a </Name><ID> 12 </ID></ComputerGroup><ComputerGroup><Name>a</Name><ID>13</ID>"
+        "</ComputerGroup><ComputerGroup><Name>b</Name><ID>x</ID></ComputerGroup><ComputerGroup><ID>14</ID>"
+        "</ComputerGroup><ComputerGroup><Name>c</Name></ComputerGroup></BESAPI>"
+    )
+    assert iemkey_bigfix.parse_listed(listed, "GET x") == {"a": "12"}
+    members = (
+        f'{HEAD}<Computer Resource="https://bf:52311/api/computer/41/"/><Computer Resource="https://bf/api/computer/42"/>'
+        '<Computer Resource="https://bf/api/computer/x"/><Computer/></BESAPI>'
+    )
+    assert iemkey_bigfix.parse_members(members, "GET y") == {"41", "42"}
 
 
 def test_query_answers_in_xml_and_json_and_errors_inside_http_200():
@@ -149,19 +236,53 @@ def test_a_revocation_group_lists_exactly_its_computers_and_is_never_empty():
             iemkey_bigfix.group_xml("g", bad, 27)
 
 
+OK = {"url": "https://bf", "user": "op", "password": "p"}
+
+
 @pytest.mark.parametrize(
     ("conf", "error"),
     [
-        ({}, "set iemkey:api:url, iemkey:api:user, iemkey:api:password in the master config"),
-        ({"url": "https://bf", "user": "op", "password": "sdb://vault/pw"}, "the sdb:// URI did not resolve"),
-        ({"url": "https://bf", "user": "op", "password": "p", "timeout": "soon"}, "timeout must be a number"),
-        ({"url": "https://bf", "user": "op", "password": "p", "timeout": -1}, "must be between 0.001 and 3600"),
-        ({"url": "https://bf", "user": "op", "password": "p", "retries": 0}, "must be between 1 and 3600"),
+        (
+            {},
+            "the BigFix REST API is not configured: set iemkey:api:url, iemkey:api:user, iemkey:api:password "
+            "in the master config",
+        ),
+        (
+            {"url": "https://bf", "password": "p"},
+            "the BigFix REST API is not configured: set iemkey:api:user in the master config",
+        ),
+        ({**OK, "password": "sdb://vault/pw"}, "iemkey:api:password: the sdb:// URI did not resolve"),
+        ({**OK, "timeout": "soon"}, "iemkey:api:timeout must be a number, not 'soon'"),
+        ({**OK, "timeout": -1}, "iemkey:api:timeout must be between 0.001 and 3600, not -1"),
+        ({**OK, "timeout": 0.0009}, "iemkey:api:timeout must be between 0.001 and 3600, not 0.0009"),
+        ({**OK, "timeout": 3600.5}, "iemkey:api:timeout must be between 0.001 and 3600, not 3600.5"),
+        ({**OK, "retries": 0}, "iemkey:api:retries must be between 1 and 3600, not 0"),
+        ({**OK, "retries": 3601}, "iemkey:api:retries must be between 1 and 3600, not 3601"),
+        ({**OK, "concurrency": "many"}, "iemkey:api:concurrency must be a whole number, not 'many'"),
+        ({**OK, "concurrency": None}, "iemkey:api:concurrency must be a whole number, not None"),
+        ({**OK, "concurrency": 0}, "iemkey:api:concurrency must be between 1 and 32, not 0"),
+        ({**OK, "concurrency": 33}, "iemkey:api:concurrency must be between 1 and 32, not 33"),
+        ({**OK, "lookup": "guess"}, "iemkey:api:lookup must be query or get, not 'guess'"),
     ],
 )
 def test_settings_that_cannot_work_are_refused(conf, error):
-    with pytest.raises(iemkey_bigfix.ConfigError, match=error):
+    with pytest.raises(iemkey_bigfix.ConfigError) as raised:
         iemkey_bigfix.settings(conf, resolve=lambda uri: uri)
+    assert str(raised.value) == error
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"timeout": 0.001, "retries": 1, "concurrency": 1}, (0.001, 1, 1)),
+        ({"timeout": 3600, "retries": 3600, "concurrency": 32}, (3600, 3600, 32)),
+        ({"timeout": "2.5", "retries": "2", "concurrency": "4"}, (2.5, 2, 4)),
+    ],
+)
+def test_settings_at_their_bounds_are_taken(changes, expected):
+    api = iemkey_bigfix.settings({**OK, **changes, "lookup": "get"})
+    assert (api["timeout"], api["retries"], api["concurrency"]) == expected and api["lookup"] == "get"
+    assert isinstance(api["retries"], int) and isinstance(api["concurrency"], int)
 
 
 def test_settings_fill_defaults_and_resolve_an_sdb_password():
