@@ -39,7 +39,6 @@ REQUIRED = ("url", "user", "password")
 COMPUTER_ID = re.compile(r"[0-9]{1,20}")
 # What iemkey reads of a computer; everything else a reply may carry (client settings) is not asked for.
 FIELDS = ("Computer Name", "Last Report Time", "Agent Type", "ID")
-NATIVE = "Native"
 RETRY_STATUS = (500, 502, 503, 504)
 BACKOFF = 0.5  # seconds before the first retry; doubled for each one after (at most BACKOFF_MAX)
 BACKOFF_MAX = 8

@@ -409,3 +409,39 @@ def test_nonsense_answers_are_errors_without_their_body(api, httpserver):
         assert "secret-ish" not in str(raised.value)
         with pytest.raises(iemkey_bigfix.ApiError, match="HTTP 418 from GET /api/computer/8"):
             client.computer("8")
+
+
+def test_many_computers_are_asked_for_in_chunks_of_200_ids_in_order(api, server):
+    now = datetime.datetime.now(UTC).timestamp()
+    for number in range(2, 402):
+        server.agent.known[str(1000 + number)] = {"name": f"h{number}", "registered": now, "last_report": now}
+    asked = [str(1000 + n) for n in range(1, 402)] + ["999999"]  # 402 IDs, one BigFix does not have
+    with _client(api) as client:
+        found = client.computers(reversed(asked))
+    assert sorted(found, key=int) == asked[:-1]
+    chunks = [q.split("set of (", 1)[1].split(")", 1)[0].split(";") for q in server.queries]
+    assert [len(c) for c in chunks] == [200, 200, 2]
+    assert [i for c in chunks for i in c] == sorted(asked, key=int)
+
+
+def test_a_query_backs_off_doubling_from_half_a_second_to_at_most_8(api, server):
+    server.down = True
+    slept = []
+    with _client(api, retries=7) as client:
+        client.sleep = slept.append
+        with pytest.raises(iemkey_bigfix.ApiError):
+            client.query("ids of bes computers")
+    assert slept == [0.5, 1, 2, 4, 8, 8]  # 7 attempts, 6 waits
+    assert len(server.calls) == 7
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_reads_are_retried_on_each_server_error_status(api, httpserver, status):
+    answers = iter([status, status, 200])
+    httpserver.expect_request("/api/computer/4711").respond_with_handler(
+        lambda _request: Response(_reply(("ID", "4711")), status=next(answers))
+    )
+    with _client(api) as client:
+        client.sleep = lambda _seconds: None
+        assert client.computer("4711").id == "4711"
+    assert len(httpserver.log) == 3
