@@ -56,3 +56,16 @@ def pytest_sessionfinish(session, exitstatus):
     import logging
 
     logging.raiseExceptions = False
+
+
+@pytest.fixture
+def far_from_utc(monkeypatch):
+    """This process's local time zone is 9 hours from UTC (machines here run in UTC, which would
+    hide a time read as local instead of UTC)."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

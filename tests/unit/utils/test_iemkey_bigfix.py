@@ -96,7 +96,7 @@ def test_values_bigfix_does_not_really_give_count_as_absent(value, expected):
         (None, None),
     ],
 )
-def test_report_times_are_read_in_their_own_offsets_as_utc(text, expected):
+def test_report_times_are_read_in_their_own_offsets_as_utc(text, expected, far_from_utc):
     assert iemkey_bigfix.report_time(text) == expected
 
 

@@ -242,7 +242,7 @@ def test_a_case_pending_too_long_goes_to_review():
     assert iemkey_cleanup.give_up(_case(), "superseded", "x", _at(99999), 86400) == ("superseded", "x")
 
 
-def test_salts_naive_bus_stamps_are_utc():
+def test_salts_naive_bus_stamps_are_utc(far_from_utc):
     assert iemkey_cleanup.parse("2026-12-01T12:00:00") == RECEIVED
     assert iemkey_cleanup.parse("2026-12-01T13:00:00+01:00") == RECEIVED
 
