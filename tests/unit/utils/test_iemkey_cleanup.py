@@ -199,8 +199,19 @@ def test_a_computer_to_revoke_is_revoked_only_once_a_master_operator_sees_it_gon
         "revoke",
         "computer 1001 'web01.example.com' is still in the console (last report 2026-12-01T11:59:30+00:00)",
     )
-    status, detail = iemkey_cleanup.still_to_revoke(case, None, _at(60), False)
-    assert status == "revoke" and "not a master operator" in detail
+    assert iemkey_cleanup.still_to_revoke(case, None, _at(60), False) == (
+        "revoke",
+        "BigFix answers 404 for computer 1001, but the API user is not a master operator, so that does not prove "
+        "it left the console: confirm the revocation in the console, then dismiss it",
+    )
+    # the name BigFix gave when it was listed, else the one it gives now; a computer with no report time
+    unnamed = Computer("1001", "renamed.example.com", None, "Native")
+    assert iemkey_cleanup.still_to_revoke(case, unnamed, _at(60), True)[1] == (
+        "computer 1001 'web01.example.com' is still in the console (last report none)"
+    )
+    assert iemkey_cleanup.still_to_revoke(_case(status="revoke"), unnamed, _at(60), True)[1] == (
+        "computer 1001 'renamed.example.com' is still in the console (last report none)"
+    )
     assert iemkey_cleanup.still_to_revoke(case, None, _at(60), True) == (
         "revoked",
         "computer 1001 left the BigFix console (seen gone at 2026-12-01T12:01:00+00:00): revoked, or removed by an "
@@ -214,7 +225,12 @@ def test_a_late_compromise_turns_open_cases_and_reopens_one_already_deleted():
     assert pending["compromise"] == compromise and pending["status"] == "pending"
     deleted = iemkey_cleanup.settle(_case(), "deleted", "deleted: superseded", _at(5), "iemkey.cleanup")
     reopened = iemkey_cleanup.reopened_by(deleted, compromise, _at(10), "iemkey.incident worm")
-    assert reopened["status"] == "review" and "its certificate is NOT revoked" in reopened["detail"]
+    assert reopened["status"] == "review" and reopened["detail"] == (
+        "computer 1001 was deleted as a routine duplicate before the compromise (worm) was on record: its "
+        "certificate is NOT revoked, and BigFix hides deleted computers from the console lists (it shows it "
+        "again if it reports)"
+    )
+    assert reopened["compromise"] == compromise and reopened["trail"][-1]["by"] == "iemkey.incident worm"
     assert [step["status"] for step in reopened["trail"]] == ["pending", "deleted", "review"]
     for status in ("revoke", "revoked", "dismissed", "gone"):
         assert iemkey_cleanup.reopened_by(_case(status=status), compromise, _at(10), "x") is None
@@ -248,8 +264,45 @@ def test_salts_naive_bus_stamps_are_utc(far_from_utc):
 
 
 def test_the_console_steps_name_the_group():
-    steps = iemkey_cleanup.console_steps("iemkey revoke: worm")
-    assert "'iemkey revoke: worm'" in steps[0] and "Revoke Certificate" in steps[2]
+    assert iemkey_cleanup.console_steps("iemkey revoke: worm") == [  # README shows these very steps
+        "In the BigFix console, open Computer Groups and select the group 'iemkey revoke: worm' (iemkey keeps it "
+        "listing exactly the computers to revoke; check `iemkey.report`: group matches)",
+        "In the group's computer list, select every computer (Ctrl+A)",
+        "Right-click the selection and choose Revoke Certificate, then OK in the confirmation dialog",
+        "Run `salt-run iemkey.cleanup`: each computer that has left the console is recorded as revoked",
+    ]
+
+
+def test_a_case_is_shown_without_its_trail_with_its_incident():
+    case = iemkey_cleanup.settle(
+        _case(name="web01.example.com", compromise={"incident": "worm", "cleanup": None}), "revoke", "d", _at(9), "x"
+    )
+    assert iemkey_cleanup.public(case) == {
+        "minion": "web01",
+        "old_computer_id": "1001",
+        "new_computer_id": "2002",
+        "name": "web01.example.com",
+        "status": "revoke",
+        "detail": "d",
+        "rotated_at": "2026-12-01T11:59:59+00:00",
+        "received": RECEIVED.isoformat(),
+        "checked": _at(9).isoformat(),
+        "incident": "worm",
+    }
+    assert iemkey_cleanup.public(_case())["incident"] is None
+
+
+def test_an_old_computer_that_last_reported_the_instant_the_master_received_the_rotation_is_silent_since():
+    # the minion stops its agent before it deletes KeyStorage and signs the rotation after: a report at
+    # the very instant the master received it was made before; one a second later is alive
+    at_receipt = Computer("1001", "web01.example.com", RECEIVED, "Native")
+    assert _verdict(old=at_receipt)[0] == "superseded"
+    after = Computer("1001", "web01.example.com", _at(1), "Native")
+    assert _verdict(old=after) == (
+        "review",
+        "the old computer 1001 reported at 2026-12-01T12:00:01+00:00, after the master received the rotation at "
+        "2026-12-01T12:00:00+00:00: it is still alive",
+    )
 
 
 def test_the_successor_follows_a_minions_rotations_and_stops_at_loops_and_other_minions():
