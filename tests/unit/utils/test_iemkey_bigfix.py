@@ -445,3 +445,32 @@ def test_reads_are_retried_on_each_server_error_status(api, httpserver, status):
         client.sleep = lambda _seconds: None
         assert client.computer("4711").id == "4711"
     assert len(httpserver.log) == 3
+
+
+def test_a_server_that_does_not_answer_is_an_error_naming_the_call_not_the_reply():
+    api = {"url": "http://127.0.0.1:9", "user": "op", "password": "pw", "verify": False}  # nothing listens
+    with _client(api, retries=1) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.computer("4711")
+    assert str(raised.value) == "NewConnectionError talking to http://127.0.0.1:9 (GET /api/computer/4711)"
+    assert client.requests == 1
+
+
+def test_the_operator_is_asked_for_by_its_quoted_name_and_a_404_is_no_master_operator(api, httpserver):
+    httpserver.expect_request("/api/operator/ops team").respond_with_data("", status=404)
+    with _client({**api, "user": "ops team"}, retries=1) as client:
+        assert client.master_operator() is False
+        assert client.requests == 1
+    assert [r.path for r, _response in httpserver.log] == ["/api/operator/ops team"]  # as werkzeug decodes it
+
+
+def test_one_retry_setting_means_one_attempt_and_every_request_is_counted(api, server):
+    server.down = True
+    with _client(api, retries=1) as client:
+        client.sleep = lambda _seconds: pytest.fail("one attempt never waits")
+        with pytest.raises(iemkey_bigfix.ApiError):
+            client.query("ids of bes computers")
+        assert client.requests == 1
+    server.down = False
+    with _client(api) as client:
+        client.computer("1001"), client.master_operator(), client.computers(["1001"])
+        assert client.requests == 3
