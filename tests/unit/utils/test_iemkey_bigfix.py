@@ -474,3 +474,10 @@ def test_one_retry_setting_means_one_attempt_and_every_request_is_counted(api, s
     with _client(api) as client:
         client.computer("1001"), client.master_operator(), client.computers(["1001"])
         assert client.requests == 3
+
+
+def test_a_query_endpoint_that_is_not_there_is_an_error_not_an_empty_answer(api, httpserver):
+    httpserver.expect_request("/api/query", method="POST").respond_with_data("", status=404)
+    with _client(api, retries=3) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.query("ids of bes computers")
+    assert str(raised.value) == "HTTP 404 from POST /api/query" and client.requests == 1  # not retried

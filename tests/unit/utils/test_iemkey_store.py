@@ -112,7 +112,11 @@ def test_sweep_removes_what_expired_at_most_once_a_minute(store):
     assert sorted(store.all("nonces")) == ["alpha:new"]
     store.put("nonces", "alpha:old2", {"expires": 100})
     assert store.sweep("nonces", now=1030) == 0  # swept 30 s ago: not yet
-    assert store.sweep("nonces", now=1061) == 1
+    assert store.sweep("nonces", now=1059.5) == 0
+    assert store.sweep("nonces", now=1060) == 1  # a minute on
+    store.put("nonces", "alpha:now", {"expires": 1120})
+    assert store.sweep("nonces", now=1120) == 0  # expires at 1120: not yet expired at 1120
+    assert sorted(store.all("nonces")) == ["alpha:new", "alpha:now"]
 
 
 @pytest.mark.parametrize("key", ["../cases/x", "a/b", "", ".hidden", "x" * 400, None, "web 01"])
