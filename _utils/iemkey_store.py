@@ -140,7 +140,7 @@ class LocalStore:
         """An exclusive lock called ``name`` (a bank's name locks that bank's updates): yields True,
         or False at once when ``blocking`` is False and another holder has it. The kernel drops it
         if its holder dies."""
-        if not KEY.fullmatch(name):
+        if not isinstance(name, str) or not KEY.fullmatch(name):
             raise StoreError(f"{name!r} is not a lock of the iemkey store")
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         with open(os.path.join(self.root, f".{name}.lock"), "a+", encoding="utf-8") as handle:

@@ -481,3 +481,28 @@ def test_a_query_endpoint_that_is_not_there_is_an_error_not_an_empty_answer(api,
     with _client(api, retries=3) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
         client.query("ids of bes computers")
     assert str(raised.value) == "HTTP 404 from POST /api/query" and client.requests == 1  # not retried
+
+
+@pytest.mark.parametrize("answers", [[], ["27", "28"], ["x"]])
+def test_a_server_that_names_no_single_reserved_id_property_is_an_error_saying_what_to_set(answers):
+    class Answers(iemkey_bigfix.Client):
+        def query(self, relevance):
+            return answers
+
+    with pytest.raises(iemkey_bigfix.ApiError) as raised:
+        Answers({}, None).id_property()
+    count = len([a for a in answers if a.isdigit()])
+    assert str(raised.value) == (
+        f"the BigFix server names {count} reserved 'ID' properties; set "
+        "iemkey:cleanup:revoke_group:property_id in the master config"
+    )
+
+
+def test_a_query_is_retried_when_the_server_does_not_answer():
+    api = {"url": "http://127.0.0.1:9", "user": "op", "password": "pw", "verify": False}  # nothing listens
+    slept = []
+    with _client(api, retries=3) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.sleep = slept.append
+        client.query("ids of bes computers")
+    assert str(raised.value) == "NewConnectionError talking to http://127.0.0.1:9 (POST /api/query)"
+    assert client.requests == 3 and slept == [0.5, 1]

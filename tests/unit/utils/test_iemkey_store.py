@@ -121,8 +121,21 @@ def test_sweep_removes_what_expired_at_most_once_a_minute(store):
 
 @pytest.mark.parametrize("key", ["../cases/x", "a/b", "", ".hidden", "x" * 400, None, "web 01"])
 def test_anything_but_a_key_is_refused(store, key):
-    with pytest.raises(iemkey_store.StoreError, match="is not a key of the iemkey store"):
+    with pytest.raises(iemkey_store.StoreError) as raised:
         store.put("cases", key, {})
+    assert str(raised.value) == f"{key!r} is not a key of the iemkey store"
+    with pytest.raises(iemkey_store.StoreError) as raised, store.locked(key):
+        pass
+    assert str(raised.value) == f"{key!r} is not a lock of the iemkey store"
+
+
+def test_banks_are_for_the_master_only_and_hidden_files_in_them_are_not_records(store):
+    store.put("cases", "a:1", {"ok": True})
+    bank = os.path.join(store.root, "cases")
+    assert os.stat(bank).st_mode & 0o777 == 0o700
+    with open(os.path.join(bank, ".a:2.json"), "w", encoding="utf-8") as handle:
+        handle.write('{"planted": true}')  # no key starts with a dot: not a record
+    assert store.all("cases") == {"a:1": {"ok": True}}
 
 
 def test_unknown_banks_and_drivers_are_refused(tmp_path):
