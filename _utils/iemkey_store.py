@@ -82,6 +82,7 @@ class LocalStore:
         if bank not in BANKS:
             raise StoreError(f"no bank {bank!r} in the iemkey store")
         path = os.path.join(self.root, bank)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)  # makedirs gives parents it makes 0777 & umask
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
 

@@ -506,3 +506,55 @@ def test_a_query_is_retried_when_the_server_does_not_answer():
         client.query("ids of bes computers")
     assert str(raised.value) == "NewConnectionError talking to http://127.0.0.1:9 (POST /api/query)"
     assert client.requests == 3 and slept == [0.5, 1]
+
+
+@pytest.mark.parametrize(
+    ("call", "path", "status", "error"),
+    [
+        (lambda c: c.group_id("lab", "g"), "/api/computergroups/lab", 404, "HTTP 404 from GET /api/computergroups/lab"),
+        (
+            lambda c: c.save_group("lab", "g", ["1"], 27, "5"),
+            "/api/computergroup/lab/5",
+            404,
+            "HTTP 404 from PUT /api/computergroup/lab/5",
+        ),
+        (
+            lambda c: c.save_group("lab", "g", ["1"], 27),
+            "/api/computergroups/lab",
+            404,
+            "HTTP 404 from POST /api/computergroups/lab",
+        ),
+        (
+            lambda c: c.group_members("lab", "5"),
+            "/api/computergroup/lab/5/computers",
+            404,
+            "HTTP 404 from GET /api/computergroup/lab/5/computers",
+        ),
+        (
+            lambda c: c.delete_group("lab", "5"),
+            "/api/computergroup/lab/5",
+            500,
+            "HTTP 500 from DELETE /api/computergroup/lab/5",
+        ),
+    ],
+)
+def test_a_group_call_the_server_refuses_is_an_error_naming_the_call(api, httpserver, call, path, status, error):
+    httpserver.expect_request(path).respond_with_data("<html>no</html>", status=status)
+    with _client(api, retries=1) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        call(client)
+    assert str(raised.value) == error
+
+
+@pytest.mark.parametrize("status", [200, 202, 204])
+def test_a_group_deletion_is_done_on_any_success_status(api, httpserver, status):
+    httpserver.expect_request("/api/computergroup/lab/5", method="DELETE").respond_with_data("", status=status)
+    with _client(api, retries=1) as client:
+        client.delete_group("lab", "5")
+
+
+def test_a_created_group_the_server_does_not_answer_for_is_an_error(api, httpserver):
+    other = f"{HEAD}<ComputerGroup><Name>another</Name><ID>9</ID></ComputerGroup></BESAPI>"
+    httpserver.expect_request("/api/computergroups/lab", method="POST").respond_with_data(other)
+    with _client(api, retries=1) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.save_group("lab", "iemkey revoke: x", ["1"], 27)
+    assert str(raised.value) == "POST /api/computergroups/lab did not answer the group it created"

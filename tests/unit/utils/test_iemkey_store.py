@@ -117,6 +117,11 @@ def test_sweep_removes_what_expired_at_most_once_a_minute(store):
     store.put("nonces", "alpha:now", {"expires": 1120})
     assert store.sweep("nonces", now=1120) == 0  # expires at 1120: not yet expired at 1120
     assert sorted(store.all("nonces")) == ["alpha:new", "alpha:now"]
+    store.put("nonces", "beta:1", {"expires": 1150})
+    store.put("nonces", "beta:2", {"expires": 1150})
+    store.put("nonces", "beta:3", {"expires": "never"})  # not a time: kept
+    assert store.sweep("nonces", now=1180.5) == 3
+    assert sorted(store.all("nonces")) == ["alpha:new", "beta:3"]
 
 
 @pytest.mark.parametrize("key", ["../cases/x", "a/b", "", ".hidden", "x" * 400, None, "web 01"])
@@ -133,6 +138,9 @@ def test_banks_are_for_the_master_only_and_hidden_files_in_them_are_not_records(
     store.put("cases", "a:1", {"ok": True})
     bank = os.path.join(store.root, "cases")
     assert os.stat(bank).st_mode & 0o777 == 0o700
+    with store.locked("cleanup-pass") as mine:
+        assert mine is True and os.path.isfile(os.path.join(store.root, ".cleanup-pass.lock"))
+    assert os.stat(store.root).st_mode & 0o777 == 0o700
     with open(os.path.join(bank, ".a:2.json"), "w", encoding="utf-8") as handle:
         handle.write('{"planted": true}')  # no key starts with a dot: not a record
     assert store.all("cases") == {"a:1": {"ok": True}}
