@@ -539,7 +539,8 @@ def test_a_query_is_retried_when_the_server_does_not_answer():
     ],
 )
 def test_a_group_call_the_server_refuses_is_an_error_naming_the_call(api, httpserver, call, path, status, error):
-    httpserver.expect_request(path).respond_with_data("<html>no</html>", status=status)
+    method = error.split(" from ", 1)[1].split(" ", 1)[0]
+    httpserver.expect_request(path, method=method).respond_with_data("<html>no</html>", status=status)
     with _client(api, retries=1) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
         call(client)
     assert str(raised.value) == error
