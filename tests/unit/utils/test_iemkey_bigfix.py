@@ -559,3 +559,10 @@ def test_a_created_group_the_server_does_not_answer_for_is_an_error(api, httpser
     with _client(api, retries=1) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
         client.save_group("lab", "iemkey revoke: x", ["1"], 27)
     assert str(raised.value) == "POST /api/computergroups/lab did not answer the group it created"
+
+
+def test_a_client_left_as_made_waits_for_real_between_query_attempts(api, server):
+    server.down = True
+    with _client(api, retries=2) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.query("ids of bes computers")  # one wait of 0.5 s with time.sleep
+    assert str(raised.value) == "HTTP 503 from POST /api/query" and client.requests == 2
