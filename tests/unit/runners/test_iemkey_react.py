@@ -288,3 +288,36 @@ def test_a_target_that_matches_no_minion_fails_the_report(local, monkeypatch):
     ret = iemkey.report("2026-01-01T00:00:00Z", tgt="nosuch*")
     assert ret["retcode"] == 1 and "matches no accepted minion" in ret["error"]
     assert iemkey.__context__["retcode"] == 1
+
+
+def test_the_cooldown_is_the_masters_setting_and_a_decision_names_its_tag(local, opts, monkeypatch):
+    opts["iemkey"]["reactor"]["cooldown"] = 0  # every alert is a new incident
+    first = _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {"reason": "one"}))
+    second = _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {"reason": "two"}))
+    assert [first["action"], second["action"]] == ["rotate", "rotate"] and len(local.published) == 2
+    assert first["tag"] == second["tag"] == "iemkey/compromised"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "error"),
+    [
+        ("reactor", "cooldown", "soon", "iemkey:reactor:cooldown must be a number, not 'soon'"),
+        ("reactor", "max_age", -1, "iemkey:reactor:max_age must not be negative, not -1"),
+        ("cleanup", "compromise_window", [1], "iemkey:cleanup:compromise_window must be a number, not [1]"),
+    ],
+)
+def test_a_malformed_setting_is_an_error_decision_naming_it(local, opts, caplog, section, key, value, error):
+    opts["iemkey"].setdefault(section, {})[key] = value
+    with caplog.at_level(logging.ERROR):
+        ret = _react("iemkey/compromised", _signed("iemkey/compromised", "alpha", {"reason": "x"}))
+    assert ret == {"tag": "iemkey/compromised", "result": False, "action": "error", "error": error}
+    assert local.published == []
+    assert f"iemkey reactor: iemkey/compromised event not acted on: {error}" in caplog.text
+
+
+def test_a_refusal_is_one_line_naming_the_tag(local, caplog):
+    with caplog.at_level(logging.WARNING):
+        ret = _react("iemkey/rotated", {"old_computer_id": "1"})
+    assert ret["tag"] == "iemkey/rotated" and ret["action"] == "refused"
+    assert ret["refused"] == "it is not signed"  # the hint names iemkey.alert, which sends alerts only
+    assert f"iemkey reactor: refusing iemkey/rotated event, acting on nothing: {ret['refused']}" in caplog.text

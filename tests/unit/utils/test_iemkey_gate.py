@@ -6,6 +6,7 @@ Real signatures and accepted keys in a temp pki_dir; the clock is the test's.
 
 import datetime
 import logging
+import pathlib
 
 import iemkey_auth
 import iemkey_gate
@@ -158,3 +159,47 @@ def test_the_reaction_decides_in_the_reactor_process_and_leaves_salt_nothing_to_
     )
     assert iemkey_gate.reaction("iemkey/rotated", {**rotated, "_stamp": stamp}, opts) == {}
     assert (tmp_path / "cache" / "iemkey" / "cases" / "alpha:1001.json").is_file()  # recorded for iemkey.cleanup
+
+
+def test_on_salt_3008_the_accepted_key_comes_from_the_keys_cache_and_only_an_accepted_one(opts, monkeypatch):
+    import salt.cache
+
+    records = {
+        "alpha": {"state": "accepted", "pub": KEYS["alpha"][1].decode()},
+        "beta": {"state": "pending", "pub": KEYS["beta"][1].decode()},
+        "gamma": "not a record",
+        "delta": {"state": "accepted", "pub": ""},
+    }
+
+    class Cache:
+        def __init__(self, cache_opts, driver):
+            assert driver == "localfs_key" and cache_opts is opts
+
+        def fetch(self, bank, key):
+            assert bank == "keys"
+            if key == "broken":
+                raise OSError("the cache is down")
+            return records.get(key)
+
+    monkeypatch.setattr(salt.cache, "Cache", Cache)
+    opts["keys.cache_driver"] = "localfs_key"
+    assert iemkey_gate.accepted_key(opts, "alpha") == KEYS["alpha"][1]
+    assert [iemkey_gate.accepted_key(opts, m) for m in ("beta", "gamma", "delta", "nosuch")] == [None] * 4
+    (pathlib.Path(opts["pki_dir"]) / "minions" / "broken").write_bytes(KEYS["beta"][1])
+    assert iemkey_gate.accepted_key(opts, "broken") == KEYS["beta"][1]  # the cache failed: pki_dir says
+
+
+def test_a_master_cluster_reads_the_clusters_pki_dir(opts, tmp_path):
+    cluster = tmp_path / "cluster-pki"
+    (cluster / "minions").mkdir(parents=True)
+    (cluster / "minions" / "epsilon").write_bytes(KEYS["alpha"][1])
+    assert iemkey_gate.accepted_key({**opts, "cluster_pki_dir": str(cluster)}, "epsilon") is None  # no cluster_id
+    clustered = {**opts, "cluster_id": "c1", "cluster_pki_dir": str(cluster)}
+    assert iemkey_gate.accepted_key(clustered, "epsilon") == KEYS["alpha"][1]
+    assert iemkey_gate.accepted_key(clustered, "alpha") is None  # the master's own pki_dir is not the cluster's
+
+
+def test_only_a_refused_alert_names_the_command_that_sends_alerts(gate, opts):
+    unsigned = {"id": "alpha", "data": {"old_computer_id": "1"}}
+    assert gate.admit("iemkey/rotated", unsigned, opts, _now()) == "it is not signed"
+    assert gate.admit("iemkey/compromised", unsigned, opts, _now()) == "it is not signed" + HINT
