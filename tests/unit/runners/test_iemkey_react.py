@@ -321,3 +321,44 @@ def test_a_refusal_is_one_line_naming_the_tag(local, caplog):
     assert ret["tag"] == "iemkey/rotated" and ret["action"] == "refused"
     assert ret["refused"] == "it is not signed"  # the hint names iemkey.alert, which sends alerts only
     assert f"iemkey reactor: refusing iemkey/rotated event, acting on nothing: {ret['refused']}" in caplog.text
+
+
+def test_a_signed_rotation_is_recorded_once_and_its_line_says_routine_or_compromise(local, caplog):
+    def rotated(minion, old):
+        payload = {
+            "old_computer_id": old,
+            "new_computer_id": "2002",
+            "rotated_at": datetime.datetime.now(UTC).isoformat(),
+        }
+        return _react("iemkey/rotated", _signed("iemkey/rotated", minion, payload), claimed=minion)
+
+    with caplog.at_level(logging.WARNING):
+        first = rotated("alpha", "1001")
+        again = rotated("alpha", "1001")  # another signed event for the same old computer
+        assert (
+            _react("iemkey/compromised", _signed("iemkey/compromised", "beta", {}), claimed="beta")["action"]
+            == "rotate"
+        )
+        compromise = rotated("beta", "3003")
+    assert first == {
+        "tag": "iemkey/rotated",
+        "result": True,
+        "action": "recorded",
+        "minion": "alpha",
+        "key": "alpha:1001",
+        "compromise": False,
+    }
+    assert again == {
+        "tag": "iemkey/rotated",
+        "result": True,
+        "action": "none",
+        "detail": "this clean-up is already recorded",
+    }
+    assert compromise["compromise"] is True and compromise["key"] == "beta:3003"
+    lines = [r.getMessage() for r in caplog.records if "rotated its BigFix key" in r.getMessage()]
+    assert lines == [
+        "iemkey reactor: alpha rotated its BigFix key (routine); the clean-up of its old computer 1001 is recorded "
+        "(iemkey.cleanup decides it with BigFix)",
+        "iemkey reactor: beta rotated its BigFix key (a compromise rotation (alerts)); the clean-up of its old "
+        "computer 3003 is recorded (iemkey.cleanup decides it with BigFix)",
+    ]
