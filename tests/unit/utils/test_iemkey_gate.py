@@ -203,3 +203,18 @@ def test_only_a_refused_alert_names_the_command_that_sends_alerts(gate, opts):
     unsigned = {"id": "alpha", "data": {"old_computer_id": "1"}}
     assert gate.admit("iemkey/rotated", unsigned, opts, _now()) == "it is not signed"
     assert gate.admit("iemkey/compromised", unsigned, opts, _now()) == "it is not signed" + HINT
+
+
+def test_the_rate_window_is_a_full_minute(gate, opts):
+    for _ in range(3):
+        assert gate.admit("iemkey/compromised", _event(), opts, _now()) is None
+    gate.clock.now += 60
+    assert gate.admit("iemkey/compromised", _event(), opts, _now()) is not None  # 60 s on: still this minute
+    gate.clock.now += 0.5
+    assert gate.admit("iemkey/compromised", _event(), opts, _now()) is None
+
+
+@pytest.mark.parametrize("secret", [None, ""])
+def test_a_webhook_without_a_secret_is_left_to_the_runner_which_says_it_is_not_set(gate, opts, secret):
+    opts["iemkey"]["reactor"]["hook_secret"] = secret
+    assert gate.admit(iemkey_gate.HOOK_TAG, _hook(secret="x"), opts, _now()) is None
