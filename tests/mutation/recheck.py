@@ -29,7 +29,11 @@ TESTS = {  # the unit tests that exercise each master-side module
         "tests/unit/runners",
     ],
     "_utils/iemkey_store.py": ["tests/unit/utils/test_iemkey_store.py", "tests/unit/runners"],
-    "_utils/iemkey_gate.py": ["tests/unit/utils/test_iemkey_gate.py", "tests/unit/runners/test_iemkey_react.py"],
+    "_utils/iemkey_gate.py": [
+        "tests/unit/utils/test_iemkey_gate.py",
+        "tests/unit/test_readme.py",
+        "tests/unit/runners/test_iemkey_react.py",
+    ],
     "_utils/iemkey_react.py": [
         "tests/unit/runners",
         "tests/unit/utils/test_iemkey_gate.py",

@@ -105,9 +105,9 @@ def test_a_flood_is_logged_as_counts_per_interval_not_a_line_per_event(gate, opt
         assert gate.admit("iemkey/compromised", _event("beta"), opts, _now()) is None  # genuine, after the flood
         gate.admit("iemkey/compromised", unsigned, opts, _now())
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == iemkey_gate.LOUD + 2
-    assert lines[iemkey_gate.LOUD] == (
-        f"iemkey reactor: refused {12_000 - iemkey_gate.LOUD} more iemkey/compromised events (as from 'alpha') in "
+    assert len(lines) == 5 + 2  # README: the first 5 of a kind in 10 s line by line, then counts
+    assert lines[5] == (
+        f"iemkey reactor: refused {12_000 - 5} more iemkey/compromised events (as from 'alpha') in "
         "the last 10 s, acting on nothing: it is not signed" + HINT
     )
     assert lines[-1].startswith("iemkey reactor: refusing iemkey/compromised event (as from 'alpha')")
@@ -218,3 +218,22 @@ def test_the_rate_window_is_a_full_minute(gate, opts):
 def test_a_webhook_without_a_secret_is_left_to_the_runner_which_says_it_is_not_set(gate, opts, secret):
     opts["iemkey"]["reactor"]["hook_secret"] = secret
     assert gate.admit(iemkey_gate.HOOK_TAG, _hook(secret="x"), opts, _now()) is None
+
+
+@pytest.mark.parametrize(("value", "rate"), [("", 10), (None, 10), ("2", 2)])
+def test_the_rate_is_the_masters_setting_or_10(gate, opts, value, rate):
+    opts["iemkey"]["reactor"]["rate"] = value
+    assert iemkey_gate.setting(opts, "rate") == rate
+    assert iemkey_gate.setting({}, "max_skew") == 60 and iemkey_gate.setting({}, "max_age") == 300
+
+
+def test_a_malformed_reactor_setting_is_logged_and_its_default_used(opts, caplog):
+    opts["iemkey"]["reactor"]["rate"] = "lots"
+    with caplog.at_level(logging.ERROR):
+        assert iemkey_gate.setting(opts, "rate") == 10.0
+    assert caplog.messages == ["iemkey reactor: iemkey:reactor:rate must be a number, not 'lots'; using 10"]
+
+
+def test_an_id_salt_would_take_but_iemkey_does_not_has_no_accepted_key(opts):
+    (pathlib.Path(opts["pki_dir"]) / "minions" / "web 01").write_bytes(KEYS["alpha"][1])  # Salt allows spaces
+    assert iemkey_gate.accepted_key(opts, "web 01") is None

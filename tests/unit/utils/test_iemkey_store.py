@@ -147,12 +147,27 @@ def test_banks_are_for_the_master_only_and_hidden_files_in_them_are_not_records(
 
 
 def test_unknown_banks_and_drivers_are_refused(tmp_path):
-    with pytest.raises(iemkey_store.StoreError, match="no bank 'secrets'"):
-        iemkey_store.LocalStore(tmp_path).all("secrets")
-    with pytest.raises(iemkey_store.StoreError, match="iemkey:store:driver 'redis' is not known"):
-        iemkey_store.from_opts({"cachedir": str(tmp_path), "iemkey": {"store": {"driver": "redis"}}})
-    with pytest.raises(iemkey_store.StoreError, match="must be a mapping"):
-        iemkey_store.from_opts({"cachedir": str(tmp_path), "iemkey": {"store": "local"}})
+    def refusal(call):
+        with pytest.raises(iemkey_store.StoreError) as raised:
+            call()
+        return str(raised.value)
+
+    assert refusal(lambda: iemkey_store.LocalStore(tmp_path).all("secrets")) == "no bank 'secrets' in the iemkey store"
+    assert refusal(
+        lambda: iemkey_store.from_opts({"cachedir": str(tmp_path), "iemkey": {"store": {"driver": "redis"}}})
+    ) == ("iemkey:store:driver 'redis' is not known (this version keeps its state in local files)")
+    assert refusal(lambda: iemkey_store.from_opts({"cachedir": str(tmp_path), "iemkey": {"store": "local"}})) == (
+        "iemkey:store must be a mapping such as {driver: local}, not 'local'"
+    )
+    assert repr(iemkey_store.from_opts({"cachedir": "/c", "iemkey": {}})) == "LocalStore('/c/iemkey')"
+    assert repr(iemkey_store.from_opts({"cachedir": "/c", "iemkey": {"store": {"path": "/s"}}})) == "LocalStore('/s')"
+
+
+def test_a_lock_taken_first_makes_the_root_for_the_master_only(tmp_path):
+    store = iemkey_store.LocalStore(tmp_path / "fresh")
+    with store.locked("cleanup-pass") as mine:
+        assert mine is True
+    assert os.stat(store.root).st_mode & 0o777 == 0o700
 
 
 def test_the_default_store_lives_in_the_master_cachedir(tmp_path):
