@@ -237,3 +237,124 @@ def test_a_malformed_reactor_setting_is_logged_and_its_default_used(opts, caplog
 def test_an_id_salt_would_take_but_iemkey_does_not_has_no_accepted_key(opts):
     (pathlib.Path(opts["pki_dir"]) / "minions" / "web 01").write_bytes(KEYS["alpha"][1])  # Salt allows spaces
     assert iemkey_gate.accepted_key(opts, "web 01") is None
+
+
+# -- the reactor files' entry point, in the reactor process -----------------------------------------
+class Bus:
+    made = 0
+
+    def __init__(self, fail=False):
+        Bus.made += 1
+        self.fired, self.fail = [], fail
+
+    def fire_event(self, data, tag):
+        if self.fail:
+            raise OSError("the bus is gone")
+        self.fired.append((tag, data))
+
+
+@pytest.fixture
+def reacting(opts, tmp_path, monkeypatch):
+    """The reactor process's state, fresh: its gate, its decisions, a fake LocalClient and bus."""
+    import salt.client
+    import salt.utils.event
+    from runner_fakes import FakeLocalClient
+
+    client, buses = FakeLocalClient(), []
+
+    def bus(bus_opts, sock_dir, listen):
+        assert sock_dir == bus_opts["sock_dir"] and listen is False  # it only fires
+        buses.append(Bus(fail=bus_opts.get("bus_fails", False)))
+        return buses[-1]
+
+    monkeypatch.setattr(salt.client, "get_local_client", lambda *a, **k: client)
+    monkeypatch.setattr(salt.utils.event, "get_master_event", bus)
+    monkeypatch.setattr(iemkey_gate, "GATE", iemkey_gate.Gate())
+    monkeypatch.setattr(iemkey_gate, "_HERE", {"reactions": None, "opts": None})
+    opts.update(cachedir=str(tmp_path / "cache"), sock_dir=str(tmp_path / "sock"))
+    client.buses = buses
+    return client
+
+
+def _stamp(at=None):
+    return (at or _now()).isoformat()
+
+
+def test_each_decision_is_announced_on_one_kept_bus_connection(opts, reacting):
+    iemkey_gate.reaction("iemkey/compromised", {**_event(), "_stamp": _stamp()}, opts)
+    iemkey_gate.reaction("iemkey/compromised", {**_event("beta"), "_stamp": _stamp()}, opts)
+    (bus,) = reacting.buses
+    assert [(tag, d["action"], d["minion"]) for tag, d in bus.fired] == [
+        ("iemkey/reactor/decided", "rotate", "alpha"),
+        ("iemkey/reactor/decided", "rotate", "beta"),
+    ]
+
+
+def test_a_bus_that_fails_is_made_again_for_the_next_decision(opts, reacting, caplog):
+    opts["bus_fails"] = True
+    with caplog.at_level(logging.DEBUG, logger="iemkey_gate"):
+        iemkey_gate.reaction("iemkey/compromised", {**_event(), "_stamp": _stamp()}, opts)
+    assert "iemkey reactor: could not announce the decision: the bus is gone" in caplog.messages
+    opts["bus_fails"] = False
+    iemkey_gate.reaction("iemkey/compromised", {**_event("beta"), "_stamp": _stamp()}, opts)
+    assert len(reacting.buses) == 2 and [d["minion"] for _t, d in reacting.buses[-1].fired] == ["beta"]
+    assert [job["tgt"] for job in reacting.published] == [["alpha"], ["beta"]]  # announcing never blocks acting
+
+
+def test_an_events_age_is_judged_at_the_masters_stamp_and_without_one_at_arrival(opts, reacting):
+    signed = _now() - datetime.timedelta(seconds=400)
+    late = {**_event(when=signed), "_stamp": _stamp(signed + datetime.timedelta(seconds=2))}
+    iemkey_gate.reaction("iemkey/compromised", late, opts)  # queued 400 s in the master: still judged at receipt
+    iemkey_gate.reaction("iemkey/compromised", _event("beta"), opts)  # no stamp: now
+    iemkey_gate.reaction("iemkey/compromised", {**_event("alpha", when=signed), "_stamp": "garbage"}, opts)
+    assert [job["tgt"] for job in reacting.published] == [["alpha"], ["beta"]]  # the last: 400 s old now
+
+
+def test_an_event_arriving_as_from_another_minion_than_its_signer_is_refused(opts, reacting):
+    iemkey_gate.reaction("iemkey/compromised", {**_event(claimed="beta"), "_stamp": _stamp()}, opts)
+    assert reacting.published == []
+
+
+@pytest.mark.parametrize(
+    "minion_marks", [{"id": "beta"}, {"cmd": "_minion_event"}, {"id": "beta", "cmd": "_minion_event"}]
+)
+def test_a_webhook_event_a_minion_put_on_the_bus_is_refused(opts, reacting, minion_marks):
+    body = '{"minion_id": "alpha"}'
+    hook = {"body": body, "headers": {"X-Iemkey-Signature": hook_signature(SECRET, body)}, "_stamp": _stamp()}
+    iemkey_gate.reaction(iemkey_gate.HOOK_TAG, {**hook, **minion_marks}, opts)
+    assert reacting.published == []
+    iemkey_gate.reaction(iemkey_gate.HOOK_TAG, hook, opts)  # from salt-api: acted on
+    assert [job["tgt"] for job in reacting.published] == [["alpha"]]
+
+
+def test_the_reactor_resolves_an_sdb_hook_secret_with_salts_sdb(opts, reacting, monkeypatch):
+    import salt.utils.sdb
+
+    monkeypatch.setattr(salt.utils.sdb, "sdb_get", lambda uri, sdb_opts: SECRET if uri == "sdb://vault/hook" else None)
+    opts["iemkey"]["reactor"]["hook_secret"] = "sdb://vault/hook"
+    body = '{"minion_id": "beta"}'
+    hook = {"body": body, "headers": {"x-iemkey-signature": hook_signature(SECRET, body)}, "_stamp": _stamp()}
+    iemkey_gate.reaction(iemkey_gate.HOOK_TAG, hook, opts)
+    assert [job["tgt"] for job in reacting.published] == [["beta"]]
+
+
+def test_each_masters_opts_get_their_own_decisions(opts, reacting, tmp_path):
+    iemkey_gate.reaction("iemkey/compromised", {**_event(), "_stamp": _stamp()}, opts)
+    other = {**opts, "cachedir": str(tmp_path / "other")}
+    iemkey_gate.reaction("iemkey/compromised", {**_event("beta"), "_stamp": _stamp()}, other)
+    assert sorted(p.name for p in (tmp_path / "cache" / "iemkey" / "compromises").iterdir()) == ["alpha.json"]
+    assert sorted(p.name for p in (tmp_path / "other" / "iemkey" / "compromises").iterdir()) == ["beta.json"]
+    again = {**_event("alpha"), "_stamp": _stamp()}
+    iemkey_gate.reaction("iemkey/compromised", again, other)  # the other master has no alert of alpha yet
+    assert len(reacting.published) == 3
+
+
+def test_a_store_that_cannot_be_used_is_one_error_and_no_decision(opts, reacting, caplog):
+    opts["iemkey"]["store"] = {"driver": "redis"}
+    with caplog.at_level(logging.ERROR):
+        assert iemkey_gate.reaction("iemkey/compromised", {**_event(), "_stamp": _stamp()}, opts) == {}
+    assert caplog.messages == [
+        "iemkey reactor: iemkey/compromised event not acted on: iemkey:store:driver 'redis' is not known "
+        "(this version keeps its state in local files)"
+    ]
+    assert reacting.published == []
