@@ -40,7 +40,6 @@ except ImportError:
 log = logging.getLogger(__name__)
 
 COMPROMISED_TAG = "iemkey/compromised"
-ROTATED_TAG = "iemkey/rotated"
 HOOK_TAG = "salt/netapi/hook/iemkey/compromised"
 DEFAULTS = {"rate": 10, "max_age": 300, "max_skew": 60}
 LOUD = 5  # refusals of one kind logged line by line per interval; the rest are counted

@@ -29,7 +29,6 @@ Pure Python, no Salt loader dunders: the runner builds the store from its master
 
 import contextlib
 import json
-import logging
 import os
 import re
 import threading
@@ -45,7 +44,6 @@ try:
 except ImportError:  # a Salt master runs on POSIX; this keeps the import harmless elsewhere
     fcntl = None
 
-log = logging.getLogger(__name__)
 
 BANKS = ("cases", "nonces", "compromises", "incidents", "groups")
 # What a key may be: minion ids, computer ids, nonces, incident names, joined by ':'. Never a path.
