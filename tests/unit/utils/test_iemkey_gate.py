@@ -358,3 +358,56 @@ def test_a_store_that_cannot_be_used_is_one_error_and_no_decision(opts, reacting
         "(this version keeps its state in local files)"
     ]
     assert reacting.published == []
+
+
+# -- the webhook's timed HMAC at its edges ------------------------------------------------------
+NOT_SIGNED = "its body is not signed with iemkey:reactor:hook_secret (X-Iemkey-Signature)"
+
+
+def test_a_webhook_signature_is_good_from_max_skew_ahead_to_max_age_old_and_no_further(gate, opts):
+    t = 1_800_000_000
+    at = datetime.datetime.fromtimestamp(t, UTC)
+    for offset, ok in ((300, True), (301, False), (-60, True), (-61, False), (0, True)):
+        reason = gate.admit(iemkey_gate.HOOK_TAG, _hook(signed_at=t), opts, at + datetime.timedelta(seconds=offset))
+        assert (reason is None) is ok, (offset, reason)
+    assert gate.admit(iemkey_gate.HOOK_TAG, _hook(signed_at=t), opts, at + datetime.timedelta(seconds=301)) == (
+        "it was signed 301 s from when the master received it (iemkey:reactor:max_age)"
+    )
+
+
+def test_a_webhook_timestamp_of_more_than_12_digits_or_without_a_body_is_unsigned(gate, opts):
+    twelve = _hook(signed_at=999_999_999_999)  # a 12-digit time is read, and is far in the future
+    assert gate.admit(iemkey_gate.HOOK_TAG, twelve, opts, _now()).endswith("(iemkey:reactor:max_age)")
+    assert gate.admit(iemkey_gate.HOOK_TAG, _hook(signed_at=1_000_000_000_000), opts, _now()) == NOT_SIGNED
+    bodiless = {**_hook(), "body": None}
+    assert gate.admit(iemkey_gate.HOOK_TAG, bodiless, opts, _now()) == NOT_SIGNED
+    digestless = {**_hook(), "signature": _hook()["signature"].split(",")[0]}  # t= only
+    assert gate.admit(iemkey_gate.HOOK_TAG, digestless, opts, _now()) == NOT_SIGNED
+
+
+def test_a_webhook_refusal_says_it_came_from_salt_api(gate, opts, caplog):
+    with caplog.at_level(logging.WARNING):
+        gate.admit(iemkey_gate.HOOK_TAG, _hook(secret="guessed"), opts, _now())
+    assert caplog.messages == [
+        f"iemkey reactor: refusing {iemkey_gate.HOOK_TAG} event (from salt-api), acting on nothing: {NOT_SIGNED}"
+    ]
+
+
+def test_exactly_five_refusals_of_a_kind_leave_nothing_to_count_and_intervals_go_on(gate, opts, caplog):
+    unsigned = {"id": "alpha", "data": {"reason": "x"}}
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            gate.admit("iemkey/compromised", unsigned, opts, _now())
+        for _ in range(3):  # three more intervals, each with 6 refusals
+            gate.clock.now += iemkey_gate.INTERVAL
+            for _ in range(6):
+                gate.admit("iemkey/compromised", unsigned, opts, _now())
+        gate.clock.now += iemkey_gate.INTERVAL
+        gate.admit("iemkey/compromised", unsigned, opts, _now())
+    counted = [m for m in caplog.messages if "more iemkey/compromised events" in m]
+    assert [m.split(" more ")[0] for m in counted] == ["iemkey reactor: refused 1"] * 3  # none for the first five
+    assert len(caplog.messages) == 5 + 3 * 5 + 3 + 1
+
+
+def test_the_reactor_process_has_one_gate():
+    assert isinstance(iemkey_gate.GATE, iemkey_gate.Gate)
