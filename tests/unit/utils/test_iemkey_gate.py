@@ -411,3 +411,10 @@ def test_exactly_five_refusals_of_a_kind_leave_nothing_to_count_and_intervals_go
 
 def test_the_reactor_process_has_one_gate():
     assert isinstance(iemkey_gate.GATE, iemkey_gate.Gate)
+
+
+def test_the_reactor_process_starts_with_no_decisions_made(caplog):
+    assert iemkey_gate._HERE["reactions"] is None and iemkey_gate._HERE["opts"] is None
+    with caplog.at_level(logging.ERROR):
+        assert iemkey_gate.setting({"iemkey": {"reactor": {"rate": ""}}}, "rate") == 10
+    assert caplog.messages == []  # an empty setting is the default, not a malformed one
