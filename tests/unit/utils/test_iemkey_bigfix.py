@@ -566,3 +566,22 @@ def test_a_client_left_as_made_waits_for_real_between_query_attempts(api, server
     with _client(api, retries=2) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
         client.query("ids of bes computers")  # one wait of 0.5 s with time.sleep
     assert str(raised.value) == "HTTP 503 from POST /api/query" and client.requests == 2
+
+
+def test_a_revocation_group_is_exactly_this_besapi_document():
+    rule = '<MembershipRule Comparison="Equals"><PropertyID>27</PropertyID><SearchText>{}</SearchText></MembershipRule>'
+    expected = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<BESAPI xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocation="BESAPI.xsd">'
+        '<ServerBasedGroup><Name>g &lt;1&gt;</Name><MembershipRules JoinByIntersection="false">'
+        f"{rule.format(3)}{rule.format(12)}</MembershipRules></ServerBasedGroup></BESAPI>"
+    )
+    assert iemkey_bigfix.group_xml("g <1>", ["12", "3"], "27") == expected.encode()
+    with pytest.raises(ValueError) as raised:
+        iemkey_bigfix.group_xml("g", ["x"], 27)
+    assert str(raised.value) == "a revocation group lists computer IDs, not ['x']"
+
+
+def test_members_are_the_last_path_segment_of_each_resource():
+    members = f'{HEAD}<Computer Resource="https://bf/api/computer/7/"/><Computer Resource="8"/></BESAPI>'
+    assert iemkey_bigfix.parse_members(members, "GET y") == {"7", "8"}
