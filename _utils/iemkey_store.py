@@ -79,10 +79,15 @@ class LocalStore:
     def _bank(self, bank):
         if bank not in BANKS:
             raise StoreError(f"no bank {bank!r} in the iemkey store")
-        path = os.path.join(self.root, bank)
-        os.makedirs(self.root, mode=0o700, exist_ok=True)  # makedirs gives parents it makes 0777 & umask
+        path = os.path.join(self._root(), bank)
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
+
+    def _root(self):
+        """The store's folder, made for the master only (makedirs would give it 0777 & umask when
+        it makes it as a bank's parent)."""
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        return self.root
 
     def _path(self, bank, key):
         if not isinstance(key, str) or not KEY.fullmatch(key):
@@ -141,8 +146,7 @@ class LocalStore:
         if its holder dies."""
         if not isinstance(name, str) or not KEY.fullmatch(name):
             raise StoreError(f"{name!r} is not a lock of the iemkey store")
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        with open(os.path.join(self.root, f".{name}.lock"), "a+", encoding="utf-8") as handle:
+        with open(os.path.join(self._root(), f".{name}.lock"), "a+", encoding="utf-8") as handle:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:

@@ -13,8 +13,7 @@ import time
 
 import iemkey_auth
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from helpers import rsa_key_pair
 from saltevents import decisions, log_lines, log_since, published_targets
 
 COMPROMISED = "iemkey/compromised"
@@ -28,14 +27,9 @@ def simulated(salt_master):
     minions = pathlib.Path(salt_master.config["pki_dir"]) / "minions"
     found = {}
     for number in range(SIMULATED):
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        minion_id = f"storm-{number:02d}"
-        (minions / minion_id).write_bytes(
-            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        )
-        found[minion_id] = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-        )
+        minion_id, (private, public) = f"storm-{number:02d}", rsa_key_pair()
+        (minions / minion_id).write_bytes(public)
+        found[minion_id] = private
     yield found
     for minion_id in found:
         (minions / minion_id).unlink()
