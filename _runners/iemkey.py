@@ -76,6 +76,9 @@ except ImportError:
 log = logging.getLogger(__name__)
 
 __virtualname__ = "iemkey"
+# what a runner function answers with a clear error (exit 1) rather than a traceback: bad input, and a
+# store that cannot be used (misconfigured, or its shared server unreachable for longer than its wait)
+_ERRORS = (SaltInvocationError, iemkey_store.StoreError) if iemkey_auth is not None else (SaltInvocationError,)
 
 UTC = datetime.timezone.utc
 COMPUTER_ID = re.compile(r"[0-9]{1,20}")
@@ -152,7 +155,7 @@ def _store():
     store = __context__.get("iemkey.store")
     if store is None:
         try:
-            store = iemkey_store.from_opts(__opts__)
+            store = iemkey_store.from_opts(__opts__, resolve=lambda uri: salt.utils.sdb.sdb_get(uri, __opts__))
         except iemkey_store.StoreError as exc:
             raise SaltInvocationError(str(exc)) from None
         _import_legacy(store)
@@ -190,7 +193,16 @@ def _import_legacy(store):
     log.warning("iemkey: imported %d clean-ups from %s into the iemkey store", imported, path)
 
 
+MASTER_OF_MASTERS = (
+    "this master is a master of masters (order_masters): its key registry holds only its syndics, so it "
+    "cannot tell which minions a target matches, nor decide their clean-ups; run iemkey's runner (and "
+    "reactors) on the masters that accepted the minions, the syndics' masters (README: Several masters)"
+)
+
+
 def _targets(tgt, tgt_type):
+    if __opts__.get("order_masters"):
+        raise SaltInvocationError(MASTER_OF_MASTERS)
     return sorted(salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type)["minions"])
 
 
@@ -287,6 +299,13 @@ def report(since, tgt="*", tgt_type="glob", timeout=None):
         salt-run iemkey.report since=2026-11-20T08:00:00Z
         salt-run iemkey.report since=2026-11-20T08:00:00Z tgt='web*' --out=json
     """
+    try:
+        return _report(since, tgt, tgt_type, timeout)
+    except _ERRORS as exc:
+        return _fail({"since": str(since), "tgt": tgt, "tgt_type": tgt_type}, str(exc))
+
+
+def _report(since, tgt, tgt_type, timeout):
     if since in (None, ""):
         return _fail({}, "report needs since, e.g. since=2026-11-20T08:00:00Z")
     try:
@@ -393,7 +412,7 @@ def remove_computers(computer_ids, force=False):
         )
     try:
         api = _api()
-    except SaltInvocationError as exc:
+    except _ERRORS as exc:
         return _fail({"result": False}, str(exc))
     results = []
     with iemkey_bigfix.session(api) as client:
@@ -737,7 +756,7 @@ def cleanup(dismiss=None, test=False):
         if dismiss not in (None, ""):
             return _dismiss(store, str(dismiss).strip())
         outcomes = _cleanup_pass(test=bool(test))
-    except SaltInvocationError as exc:
+    except _ERRORS as exc:
         return _fail({}, str(exc))
     cases = _open_cases()
     ret = {kind: outcomes[kind] for kind in ("deleted", "gone", "revoked")}
@@ -856,7 +875,7 @@ def incident(since=None, tgt="*", tgt_type="glob", name=None, cleanup=None, clos
             log.warning("iemkey: incident %s closed by an operator", name)
             return {"incident": store.get("incidents", str(name)), "retcode": 0}
         began = iemkey_time.parse_time(since)
-    except SaltInvocationError as exc:
+    except _ERRORS as exc:
         return _fail({}, str(exc))
     if began > _now():
         return _fail({}, f"since {began.isoformat()} is in the future")
@@ -910,7 +929,7 @@ def history(minion=None, computer=None):
     """
     try:
         cases = _store().all("cases").values()
-    except SaltInvocationError as exc:
+    except _ERRORS as exc:
         return _fail({}, str(exc))
     computer = None if computer in (None, "") else str(computer)
     found = [
@@ -962,5 +981,5 @@ def react(event_tag=None, event=None, **kwargs):  # pylint: disable=unused-argum
     """
     try:
         return _reactions().handle(event_tag, event)
-    except SaltInvocationError as exc:  # the store is misconfigured
+    except _ERRORS as exc:  # the store is misconfigured
         return _fail({"tag": event_tag, "action": "error"}, str(exc))

@@ -95,6 +95,11 @@ def signed(tag, event, opts, now, max_age, max_skew):
         minion_id, payload, signed_at, nonce = iemkey_auth.verify(tag, data, key, now, max_age, max_skew)
     except iemkey_auth.Refused as exc:
         hint = " (a detector sends it with `salt-call iemkey.alert`)" if tag == COMPROMISED_TAG else ""
+        if envelope_id and key is None and opts.get("order_masters"):
+            hint = (
+                ": this is a master of masters (order_masters), whose key registry holds only its syndics; "
+                "iemkey's reactors and runner run on the masters (syndics) that accepted the minions"
+            )
         raise Refused(f"{exc}{hint}") from None
     claimed = event.get("id")
     if claimed is not None and claimed != minion_id:
@@ -202,6 +207,11 @@ def reaction(tag, data, opts):
     the gate is decided (and its rotation job published) here; what does not is refused here."""
     import datetime
 
+    if data.get("__peer_id"):
+        # a master cluster re-publishes each event on every peer, adding __peer_id: the master that
+        # received it from the minion (or salt-api) decides; its peers act on nothing
+        log.debug("iemkey reactor: %s event from cluster peer %s: its receiving master decides", tag, data["__peer_id"])
+        return {}
     if tag == HOOK_TAG:
         headers = data.get("headers") if isinstance(data.get("headers"), dict) else {}
         signature = next((v for k, v in headers.items() if str(k).lower() == "x-iemkey-signature"), None)
@@ -238,14 +248,18 @@ def decide(opts, tag, event):
 
     if _HERE["reactions"] is None or _HERE["opts"] is not opts:
         try:
-            store = iemkey_store.from_opts(opts)
+            store = iemkey_store.from_opts(opts, resolve=lambda uri: salt.utils.sdb.sdb_get(uri, opts))
         except iemkey_store.StoreError as exc:
             log.error("iemkey reactor: %s event not acted on: %s", tag, exc)
             return None
         publish = iemkey_react.Publisher(opts)
         reactions = iemkey_react.Reactions(opts, store, publish, resolve=lambda uri: salt.utils.sdb.sdb_get(uri, opts))
         _HERE.update(opts=opts, reactions=reactions, bus=None)
-    decided = _HERE["reactions"].handle(tag, event)
+    try:
+        decided = _HERE["reactions"].handle(tag, event)
+    except iemkey_store.StoreError as exc:  # a shared store unreachable for longer than its wait
+        decided = {"tag": tag, "id": event.get("id"), "action": "error", "error": str(exc)}
+        log.error("iemkey reactor: %s event from %s NOT decided, send it again: %s", tag, event.get("id"), exc)
     announce(opts, decided)
     return decided
 

@@ -55,15 +55,36 @@ class StoreError(Exception):
     """The store cannot be used as configured (unknown driver, a key that is not a key)."""
 
 
-def from_opts(opts):
-    """The store ``iemkey:store`` in the master opts describes (local files by default)."""
+def from_opts(opts, resolve=None):
+    """The store ``iemkey:store`` in the master opts describes: local files by default, or a Redis
+    server every master of a fleet shares (``driver: redis``). ``resolve`` reads an ``sdb://``
+    password (Salt's ``sdb_get``)."""
     conf = (opts.get("iemkey") or {}).get("store") or {}
     if not isinstance(conf, dict):
         raise StoreError(f"iemkey:store must be a mapping such as {{driver: local}}, not {conf!r}")
     driver = conf.get("driver") or "local"
+    if driver == "redis":
+        try:
+            import iemkey_redis
+        except ImportError:
+            from saltext.iemkey.utils import iemkey_redis
+        return iemkey_redis.RedisStore.from_conf(conf, resolve=resolve)
     if driver != "local":
-        raise StoreError(f"iemkey:store:driver {driver!r} is not known (this version keeps its state in local files)")
+        raise StoreError(f"iemkey:store:driver {driver!r} is not known: local (the default, one master) or redis (several)")
     return LocalStore(conf.get("path") or os.path.join(opts["cachedir"], "iemkey"))
+
+
+def check_key(key, what="key"):
+    """``key`` if it is a key of the store (never a path), else StoreError."""
+    if not isinstance(key, str) or not KEY.fullmatch(key):
+        raise StoreError(f"{key!r} is not a {what} of the iemkey store")
+    return key
+
+
+def check_bank(bank):
+    if bank not in BANKS:
+        raise StoreError(f"no bank {bank!r} in the iemkey store")
+    return bank
 
 
 class LocalStore:
@@ -77,9 +98,7 @@ class LocalStore:
 
     # -- paths ---------------------------------------------------------------------------
     def _bank(self, bank):
-        if bank not in BANKS:
-            raise StoreError(f"no bank {bank!r} in the iemkey store")
-        path = os.path.join(self._root(), bank)
+        path = os.path.join(self._root(), check_bank(bank))
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
 
@@ -90,9 +109,7 @@ class LocalStore:
         return self.root
 
     def _path(self, bank, key):
-        if not isinstance(key, str) or not KEY.fullmatch(key):
-            raise StoreError(f"{key!r} is not a key of the iemkey store")
-        return os.path.join(self._bank(bank), f"{key}.json")
+        return os.path.join(self._bank(bank), f"{check_key(key)}.json")
 
     # -- reading -------------------------------------------------------------------------
     def get(self, bank, key):
@@ -144,9 +161,7 @@ class LocalStore:
         """An exclusive lock called ``name`` (a bank's name locks that bank's updates): yields True,
         or False at once when ``blocking`` is False and another holder has it. The kernel drops it
         if its holder dies."""
-        if not isinstance(name, str) or not KEY.fullmatch(name):
-            raise StoreError(f"{name!r} is not a lock of the iemkey store")
-        with open(os.path.join(self._root(), f".{name}.lock"), "a+", encoding="utf-8") as handle:
+        with open(os.path.join(self._root(), f".{check_key(name, 'lock')}.lock"), "a+", encoding="utf-8") as handle:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:

@@ -350,14 +350,49 @@ def test_each_masters_opts_get_their_own_decisions(opts, reacting, tmp_path):
 
 
 def test_a_store_that_cannot_be_used_is_one_error_and_no_decision(opts, reacting, caplog):
-    opts["iemkey"]["store"] = {"driver": "redis"}
+    opts["iemkey"]["store"] = {"driver": "etcd"}
     with caplog.at_level(logging.ERROR):
         assert iemkey_gate.reaction("iemkey/compromised", {**_event(), "_stamp": _stamp()}, opts) == {}
     assert caplog.messages == [
-        "iemkey reactor: iemkey/compromised event not acted on: iemkey:store:driver 'redis' is not known "
-        "(this version keeps its state in local files)"
+        "iemkey reactor: iemkey/compromised event not acted on: iemkey:store:driver 'etcd' is not known: "
+        "local (the default, one master) or redis (several)"
     ]
     assert reacting.published == []
+
+
+def test_a_shared_store_out_of_reach_decides_nothing_and_says_send_it_again(opts, reacting, caplog, monkeypatch):
+    from pytestshellutils.utils import ports
+
+    announced = []
+    monkeypatch.setattr(iemkey_gate, "announce", lambda _opts, decided: announced.append(decided))
+    opts["iemkey"]["store"] = {"driver": "redis", "port": ports.get_unused_localhost_port(), "wait": 0.3}
+    with caplog.at_level(logging.ERROR):
+        assert iemkey_gate.reaction("iemkey/compromised", {**_event(), "_stamp": _stamp()}, opts) == {}
+    (line,) = caplog.messages
+    assert line.startswith("iemkey reactor: iemkey/compromised event from alpha NOT decided, send it again: ")
+    assert "did not answer within 0.3 s" in line
+    assert reacting.published == [] and [d["action"] for d in announced] == ["error"]
+
+
+def test_a_cluster_peers_copy_of_an_event_is_left_to_the_master_that_received_it(opts, reacting, caplog):
+    with caplog.at_level(logging.DEBUG, logger="iemkey_gate"):
+        peer = {**_event(), "_stamp": _stamp(), "__peer_id": "master-2"}
+        assert iemkey_gate.reaction("iemkey/compromised", peer, opts) == {}
+    assert reacting.published == []
+    assert "from cluster peer master-2: its receiving master decides" in caplog.text
+    iemkey_gate.reaction("iemkey/compromised", {**_event(), "_stamp": _stamp()}, opts)  # the receiving master
+    assert [job["tgt"] for job in reacting.published] == [["alpha"]]
+
+
+def test_on_a_master_of_masters_the_refusal_says_where_iemkey_runs(gate, opts, caplog):
+    opts["order_masters"] = True
+    with caplog.at_level(logging.WARNING):
+        reason = gate.admit("iemkey/compromised", _stranger(), opts, _now())
+    assert reason == (
+        "'gamma' is not an accepted minion: this is a master of masters (order_masters), whose key registry "
+        "holds only its syndics; iemkey's reactors and runner run on the masters (syndics) that accepted the minions"
+    )
+    assert gate.admit("iemkey/compromised", _event(), opts, _now()) is None  # its own minions still count
 
 
 # -- the webhook's timed HMAC at its edges ------------------------------------------------------

@@ -154,13 +154,15 @@ def test_unknown_banks_and_drivers_are_refused(tmp_path):
 
     assert refusal(lambda: iemkey_store.LocalStore(tmp_path).all("secrets")) == "no bank 'secrets' in the iemkey store"
     assert refusal(
-        lambda: iemkey_store.from_opts({"cachedir": str(tmp_path), "iemkey": {"store": {"driver": "redis"}}})
-    ) == ("iemkey:store:driver 'redis' is not known (this version keeps its state in local files)")
+        lambda: iemkey_store.from_opts({"cachedir": str(tmp_path), "iemkey": {"store": {"driver": "consul"}}})
+    ) == ("iemkey:store:driver 'consul' is not known: local (the default, one master) or redis (several)")
     assert refusal(lambda: iemkey_store.from_opts({"cachedir": str(tmp_path), "iemkey": {"store": "local"}})) == (
         "iemkey:store must be a mapping such as {driver: local}, not 'local'"
     )
     assert repr(iemkey_store.from_opts({"cachedir": "/c", "iemkey": {}})) == "LocalStore('/c/iemkey')"
     assert repr(iemkey_store.from_opts({"cachedir": "/c", "iemkey": {"store": {"path": "/s"}}})) == "LocalStore('/s')"
+    shared = iemkey_store.from_opts({"iemkey": {"store": {"driver": "redis", "host": "redis.example", "db": 2}}})
+    assert repr(shared) == "RedisStore('redis://redis.example:6379/2', prefix='iemkey')"  # connects when used
 
 
 def test_a_lock_taken_first_makes_the_root_for_the_master_only(tmp_path):
