@@ -48,13 +48,14 @@ log = logging.getLogger(__name__)
 __virtualname__ = "iemkey"
 
 UTC = datetime.timezone.utc
-DEFAULTS = {"command_timeout": 120, "lock_wait": 300, "stale_after": 900}
+DEFAULTS = {"command_timeout": 120, "lock_wait": 300, "stale_after": 900, "send_timeout": 10}
 # what a number of seconds may be: below the low end or above the high end is a mistake, not a setting
 BOUNDS = {
     "wait": (0, 3600),
     "lock_wait": (0, 86400),
     "command_timeout": (0.1, 3600),
     "stale_after": (1, 30 * 86400),
+    "send_timeout": (0.5, 600),
 }
 
 
@@ -298,7 +299,12 @@ def alert(reason=None):
     master, signed with this minion's own Salt key. The master's reactor then
     rotates this minion's BigFix key, and only this minion's.
 
-    This is the detector's entry point (an IDS hook, an EDR script). The master
+    This is the detector's entry point (an IDS hook, an EDR script). With several
+    masters, run it as ``salt-call --local iemkey.alert``: plain ``salt-call`` first
+    connects to the masters one after another and waits on one that is down for
+    minutes; ``--local`` sends the alert to every master of the minion's ``master``
+    setting at once, each given ``iemkey:send_timeout`` seconds (default 10), and
+    returns which masters took it (``masters``). The master
     refuses a plain ``event.send iemkey/compromised``: any minion could send that
     with another minion's id, so only a signature proves who sent it.
 
@@ -310,18 +316,19 @@ def alert(reason=None):
     .. code-block:: bash
 
         salt-call iemkey.alert reason='IDS rule 4711: credential dump'
+        salt-call --local iemkey.alert reason='IDS rule 4711'   # several masters
         salt '*' iemkey.alert reason='fleet-wide incident 2026-11'
     """
-    if _masterless():
+    if __opts__.get("master_type") == "disable":
         raise CommandExecutionError("iemkey.alert sends an event to the master, and this minion runs masterless")
     reason = None if reason in (None, "") else str(reason)[:1000]
     data = _signed("iemkey/compromised", {"reason": reason})
-    try:
-        sent = bool(__salt__["event.send"]("iemkey/compromised", data))
-    except Exception as exc:  # pylint: disable=broad-except
-        raise CommandExecutionError(f"could not send iemkey/compromised to the master: {exc}") from None
-    if not sent:
-        raise CommandExecutionError("could not send iemkey/compromised to the master (event.send returned False)")
+    masters = _send_to_masters("iemkey/compromised", data)
+    if not any(took is True for took in masters.values()):
+        raise CommandExecutionError(
+            "could not send iemkey/compromised to any master: "
+            + "; ".join(f"{master}: {took}" for master, took in masters.items())
+        )
     envelope = data[iemkey_auth.SIGNATURE]
     return {
         "sent": True,
@@ -329,7 +336,85 @@ def alert(reason=None):
         "id": envelope["id"],
         "signed_at": envelope["time"],
         "reason": reason,
+        "masters": masters,
     }
+
+
+def _send_to_masters(tag, data):
+    """Send ``tag`` to the masters: {master: True, or why it did not take it}.
+
+    Under ``salt-call`` (a detector's hook: any process but the minion daemon), to every master at
+    once (``master_uri_list``; under ``--local``, the ``master`` setting), each given
+    ``iemkey:send_timeout`` seconds (default 10): a master that is down costs that long, not Salt's
+    60 s x 3 tries for each master in turn. In a job the minion daemon runs, through the daemon,
+    which forwards it to every master it is connected to."""
+    uris = __opts__.get("master_uri_list") or ([__opts__["master_uri"]] if __opts__.get("master_uri") else [])
+    if __opts__.get("file_client") == "local":  # salt-call --local: it connected to no master at its start
+        uris = _configured_masters()
+    elif "minion" in str(__opts__.get("__cli") or "") or not uris:  # salt-minion (a job), not salt-call
+        try:
+            took = bool(__salt__["event.send"](tag, data))
+        except Exception as exc:  # pylint: disable=broad-except
+            took = f"event.send failed: {exc}"
+        return {"minion daemon": took or "event.send returned False"}
+    timeout = _number("send_timeout")
+    load = {"id": __opts__["id"], "tag": tag, "data": data, "cmd": "_minion_event"}
+    answers = {uri: f"no answer within {timeout:g} s" for uri in uris}
+    answers.update(_send_each(uris, load, timeout))
+    for uri, took in answers.items():
+        log.log(logging.INFO if took is True else logging.WARNING, "iemkey: %s to master %s: %s", tag, uri, took)
+    return answers
+
+
+def _send_one(uri, load, timeout):
+    """True once ``uri``'s master took ``load``; else why not."""
+    import salt.channel.client  # pylint: disable=import-outside-toplevel
+
+    opts = dict(__opts__, master_uri=uri)  # each its own: the channel factory writes master_uri
+    try:
+        with salt.channel.client.ReqChannel.factory(opts, master_uri=uri) as channel:
+            channel.send(load, tries=1, timeout=timeout)
+        return True
+    except Exception as exc:  # pylint: disable=broad-except
+        return f"not sent: {type(exc).__name__}: {exc}"
+
+
+def _send_each(uris, load, timeout):
+    """{uri: answer} of the masters that answered within ``timeout``: each send in a process of its own
+    (forked: one master's channel and authentication share nothing with another's, and one that hangs
+    on a dead master is killed at the deadline instead of holding salt-call's exit); threads where
+    there is no fork (Windows)."""
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+
+    deadline = time.monotonic() + timeout
+    if "fork" not in multiprocessing.get_all_start_methods():
+        import concurrent.futures  # pylint: disable=import-outside-toplevel
+
+        pool = concurrent.futures.ThreadPoolExecutor(len(uris))
+        futures = {uri: pool.submit(_send_one, uri, load, timeout) for uri in uris}
+        concurrent.futures.wait(futures.values(), timeout=timeout)
+        pool.shutdown(wait=False)
+        return {uri: f.result() for uri, f in futures.items() if f.done()}
+    context = multiprocessing.get_context("fork")
+    running = {}
+    for uri in uris:
+        reader, writer = context.Pipe(duplex=False)
+        child = context.Process(target=lambda w=writer, u=uri: w.send(_send_one(u, load, timeout)), daemon=True)
+        child.start()
+        writer.close()
+        running[uri] = (child, reader)
+    answers = {}
+    for uri, (child, reader) in running.items():
+        try:
+            if reader.poll(max(0.0, deadline - time.monotonic())):
+                answers[uri] = reader.recv()
+        except (EOFError, OSError):
+            answers[uri] = "not sent: the sending process died"
+        if child.is_alive():
+            child.kill()
+        child.join(5)
+        reader.close()
+    return answers
 
 
 # -- the rotation's steps, in the order rotate takes them --------------------------
@@ -783,6 +868,19 @@ def _status(probe_agent=True):
 
 
 # -- events --------------------------------------------------------------------------
+def _configured_masters():
+    """The request URIs of the masters in this minion's ``master`` setting (``host`` or ``host:port``;
+    ``master_port`` by default), for ``salt-call --local iemkey.alert``."""
+    import salt.utils.network  # pylint: disable=import-outside-toplevel
+
+    masters = __opts__.get("master") or []
+    uris = []
+    for entry in [masters] if isinstance(masters, str) else masters:
+        host, port = salt.utils.network.parse_host_port(str(entry))
+        uris.append(f"tcp://{salt.utils.network.ip_bracket(host)}:{port or __opts__.get('master_port', 4506)}")
+    return uris
+
+
 def _masterless():
     return __opts__.get("file_client") == "local" or __opts__.get("master_type") == "disable"
 
@@ -803,11 +901,15 @@ def _fire(tag, payload):
     if _masterless():
         return False
     try:
-        return bool(__salt__["event.send"](tag, _signed(tag, payload)))
+        masters = _send_to_masters(tag, _signed(tag, payload))
     except Exception as exc:  # pylint: disable=broad-except
         # the rotation itself succeeded; losing the event must not turn it into a failure
         log.warning("iemkey: could not send %s to the master: %s", tag, exc)
         return False
+    if not any(took is True for took in masters.values()):
+        log.warning("iemkey: no master took %s: %s", tag, masters)
+        return False
+    return True
 
 
 # -- the manual key exchange -------------------------------------------------------

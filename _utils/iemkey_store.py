@@ -70,7 +70,9 @@ def from_opts(opts, resolve=None):
             from saltext.iemkey.utils import iemkey_redis
         return iemkey_redis.RedisStore.from_conf(conf, resolve=resolve)
     if driver != "local":
-        raise StoreError(f"iemkey:store:driver {driver!r} is not known: local (the default, one master) or redis (several)")
+        raise StoreError(
+            f"iemkey:store:driver {driver!r} is not known: local (the default, one master) or redis (several)"
+        )
     return LocalStore(conf.get("path") or os.path.join(opts["cachedir"], "iemkey"))
 
 

@@ -63,7 +63,7 @@ def test_alert_fails_loudly_when_nothing_was_sent(sent, monkeypatch):
 
 
 def test_alert_needs_a_master(sent):
-    iemkey.__opts__["file_client"] = "local"
+    iemkey.__opts__["master_type"] = "disable"
     with pytest.raises(CommandExecutionError, match="masterless"):
         iemkey.alert()
     assert sent == []
@@ -84,3 +84,100 @@ def test_an_unreadable_minion_key_is_a_clear_error(sent, tmp_path):
     (tmp_path / "minion.pem").unlink()
     with pytest.raises(CommandExecutionError, match=r"cannot sign the iemkey/compromised event .*minion\.pem"):
         iemkey.alert()
+
+
+class _Channel:
+    """salt.channel.client.ReqChannel for two masters: one takes the event, one is down (its send
+    never returns, as a dead master's does not for 60 s x 3 tries)."""
+
+    def __init__(self, uri, sent, hang):
+        self.uri, self.sent, self.hang = uri, sent, hang
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def send(self, load, tries=None, timeout=None):
+        if self.uri in self.hang:
+            self.hang[self.uri].wait(30)
+            raise TimeoutError("Message timed out")
+        self.sent.append((self.uri, load["tag"], load["cmd"], load["id"], tries, timeout))
+
+
+@pytest.fixture
+def salt_call(monkeypatch):
+    import threading
+
+    import salt.channel.client
+
+    calls, hang = [], {"tcp://127.0.0.2:4506": threading.Event()}
+    monkeypatch.setattr(
+        salt.channel.client.ReqChannel,
+        "factory",
+        staticmethod(
+            lambda opts, master_uri: _Channel(master_uri, calls, hang) if opts["master_uri"] == master_uri else 0
+        ),
+    )
+    iemkey.__opts__.update(__cli="salt-call", master_uri_list=["tcp://127.0.0.1:4506", "tcp://127.0.0.2:4506"])
+    iemkey.__salt__["config.get"] = lambda key, default=None: {"iemkey:send_timeout": 1.5}.get(key, default)
+    yield calls
+    for event in hang.values():
+        event.set()
+
+
+@pytest.mark.parametrize("start", ["fork", "threads"])
+def test_under_salt_call_an_alert_goes_to_every_master_at_once_and_a_dead_one_costs_send_timeout(
+    sent, salt_call, monkeypatch, start
+):
+    import multiprocessing
+    import time
+
+    if start == "threads":  # Windows: no fork
+        monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+
+    started = time.monotonic()
+    ret = iemkey.alert(reason="EDR: credential dump")
+    took = time.monotonic() - started
+    assert 1.4 < took < 5, took  # send_timeout (1.5 s), not Salt's 60 s x 3 tries for the dead master
+    assert ret["masters"] == {"tcp://127.0.0.1:4506": True, "tcp://127.0.0.2:4506": "no answer within 1.5 s"}
+    if start == "threads":  # a forked sender's calls stay in its own process
+        assert salt_call == [("tcp://127.0.0.1:4506", "iemkey/compromised", "_minion_event", "web01", 1, 1.5)]
+    assert sent == []  # not through a minion daemon
+
+
+def test_under_salt_call_an_alert_no_master_took_fails_naming_each(sent, salt_call, monkeypatch):
+    import salt.channel.client
+
+    def refused(opts, master_uri):
+        raise OSError(f"connection refused by {master_uri}")
+
+    monkeypatch.setattr(salt.channel.client.ReqChannel, "factory", staticmethod(refused))
+    with pytest.raises(CommandExecutionError) as raised:
+        iemkey.alert(reason="x")
+    assert str(raised.value) == (
+        "could not send iemkey/compromised to any master: "
+        "tcp://127.0.0.1:4506: not sent: OSError: connection refused by tcp://127.0.0.1:4506; "
+        "tcp://127.0.0.2:4506: not sent: OSError: connection refused by tcp://127.0.0.2:4506"
+    )
+    # a rotation's iemkey/rotated is not a failure of the rotation when no master takes it
+    rotated = {"old_computer_id": "1001", "rotated_at": "2026-11-27T00:00:00+00:00"}
+    assert iemkey._fire("iemkey/rotated", rotated) is False
+
+
+def test_in_a_job_of_the_minion_daemon_the_alert_goes_through_the_daemon(sent, salt_call):
+    iemkey.__opts__["__cli"] = "salt-minion"
+    ret = iemkey.alert(reason="x")
+    assert ret["masters"] == {"minion daemon": True} and [tag for tag, _ in sent] == ["iemkey/compromised"]
+    assert salt_call == []
+
+
+def test_salt_call_local_sends_the_alert_to_each_configured_master_itself(sent, salt_call):
+    iemkey.__opts__.update(file_client="local", master=["127.0.0.1", "127.0.0.2:4506"], master_port=4506)
+    del iemkey.__opts__["master_uri_list"]
+    ret = iemkey.alert(reason="x")
+    assert ret["masters"] == {"tcp://127.0.0.1:4506": True, "tcp://127.0.0.2:4506": "no answer within 1.5 s"}
+    assert sent == []
+    # a rotation under --local sends no event: it has no master connection to report through
+    assert iemkey._fire("iemkey/rotated", {"old_computer_id": "1", "rotated_at": "2026-11-27T00:00:00+00:00"}) is False
