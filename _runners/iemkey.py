@@ -209,7 +209,8 @@ def _targets(tgt, tgt_type):
 def targets(tgt="*", tgt_type="glob"):
     """
     The accepted minions a target matches, sorted: what ``iemkey.orch.rotate`` splits
-    into batches (a minion that is down fails its batch, which stops the rollout).
+    into batches (a minion that is down fails its batch, which stops the rollout). On a
+    master of masters, which cannot know, an error saying where to run it (exit 1).
 
     CLI Example:
 
@@ -217,7 +218,10 @@ def targets(tgt="*", tgt_type="glob"):
 
         salt-run iemkey.targets tgt='web*'
     """
-    return _targets(tgt, tgt_type)
+    try:
+        return _targets(tgt, tgt_type)
+    except SaltInvocationError as exc:  # a master of masters: not a list, an error (exit 1)
+        return _fail({"tgt": tgt, "tgt_type": tgt_type}, str(exc))
 
 
 # -- report -----------------------------------------------------------------------------

@@ -10,7 +10,13 @@
 {%- set size = orch.get('batch', 10) | int %}
 {%- set wait = orch.get('wait', 60) | int %}
 {%- set minions = salt['saltutil.runner']('iemkey.targets', tgt=tgt, tgt_type=tgt_type) %}
-{%- if since in (None, '') or size < 1 %}
+{%- if minions is mapping %}
+
+iemkey-orch-no-targets:
+  test.fail_without_changes:
+    - name: {{ minions.get('error', 'iemkey.targets failed') | yaml_dquote }}
+
+{%- elif since in (None, '') or size < 1 %}
 
 iemkey-orch-needs-settings:
   test.fail_without_changes:

@@ -297,7 +297,10 @@ def test_an_event_that_cannot_be_sent_is_reported_not_fatal(storage, caplog):
     ret = iemkey.rotate()
     assert ret["rotated"] is True and ret["event_sent"] is False and "errors" not in ret
     assert "retcode" not in iemkey.__context__
-    assert "iemkey: could not send iemkey/rotated to the master: no master connection" in caplog.text
+    assert (
+        "iemkey: no master took iemkey/rotated: {'minion daemon': 'event.send failed: no master connection'}"
+        in caplog.text
+    )
 
 
 def test_a_step_that_raises_after_the_delete_fails_the_job_and_keeps_the_rotation(storage, monkeypatch, caplog):
