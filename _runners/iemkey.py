@@ -945,6 +945,38 @@ def history(minion=None, computer=None):
     return {"computers": found, "count": len(found), "retcode": 0}
 
 
+# -- moving a backlog ----------------------------------------------------------------------------
+def import_store(path, test=False):
+    """
+    Add the records of another master's local store (its ``<cachedir>/iemkey``) to this
+    master's store: the pending clean-ups, compromises, incidents, revocation groups and
+    replay nonces of a master stopped for good, or the local files of one master moving
+    to a shared ``iemkey:store: {driver: redis}``. A record this store already has stays
+    as it is (nothing is overwritten, nothing done twice). ``test=True`` counts only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run iemkey.import_store path=/mnt/old-master/var/cache/salt/master/iemkey test=True
+        salt-run iemkey.import_store path=/mnt/old-master/var/cache/salt/master/iemkey
+    """
+    ret = {"path": str(path), "test": bool(test)}
+    if not path or not os.path.isdir(str(path)):
+        return _fail(ret, f"{path!r} is not a folder of an iemkey store (a master's <cachedir>/iemkey)")
+    try:
+        source, target = iemkey_store.LocalStore(str(path)), _store()
+        if repr(source) == repr(target):
+            return _fail(ret, f"{path} is this master's own store")
+        ret["banks"] = iemkey_store.copy_into(source, target, test=bool(test))
+    except _ERRORS as exc:
+        return _fail(ret, str(exc))
+    added = sum(b["added"] for b in ret["banks"].values())
+    log.warning("iemkey: %s %d records from %s into %r", "would add" if test else "added", added, path, target)
+    ret.update(added=added, retcode=0)
+    return ret
+
+
 # -- the reactors' decisions ---------------------------------------------------------------------
 _PUBLISHER = {}  # master opts id -> iemkey_react.Publisher, kept for this process
 

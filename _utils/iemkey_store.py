@@ -225,3 +225,20 @@ def _write_temp(path, record):
         handle.flush()
         os.fsync(handle.fileno())
     return tmp
+
+
+def copy_into(source, target, test=False):
+    """Every record of ``source`` that ``target`` lacks, added to ``target`` (a record ``target``
+    already has stays as it is): moving a master's backlog into the store its successor uses, or the
+    local files into a shared store. {bank: {"added": n, "kept": n}}; ``test`` adds nothing."""
+    counts = {}
+    for bank in BANKS:
+        added = kept = 0
+        for key, record in source.all(bank).items():
+            if test:
+                new = target.get(bank, key) is None
+            else:
+                new = target.add(bank, key, record)
+            added, kept = added + new, kept + (not new)
+        counts[bank] = {"added": added, "kept": kept}
+    return counts

@@ -260,3 +260,18 @@ def test_without_the_redis_package_the_error_says_how_to_install_it(monkeypatch)
     monkeypatch.setattr(builtins, "__import__", no_redis)
     with pytest.raises(iemkey_store.StoreError, match="salt-pip install redis"):
         iemkey_redis.RedisStore.from_conf({"driver": "redis"})
+
+
+def test_a_masters_local_backlog_moves_into_the_shared_store_without_overwriting(store, tmp_path):
+    local = iemkey_store.LocalStore(tmp_path / "old-master")
+    local.put("cases", "web01:1001", {"status": "revoke", "minion": "web01"})
+    local.put("cases", "web02:1002", {"status": "pending", "minion": "web02"})
+    local.put("nonces", "web01:ab", {"expires": 10**10})
+    store.put("cases", "web02:1002", {"status": "dismissed", "minion": "web02"})  # decided since: it stands
+    assert iemkey_store.copy_into(local, store, test=True)["cases"] == {"added": 1, "kept": 1}
+    assert store.get("cases", "web01:1001") is None  # test: nothing added
+    counts = iemkey_store.copy_into(local, store)
+    assert counts["cases"] == {"added": 1, "kept": 1} and counts["nonces"] == {"added": 1, "kept": 0}
+    assert store.get("cases", "web02:1002")["status"] == "dismissed"
+    assert store.get("cases", "web01:1001")["status"] == "revoke"
+    assert iemkey_store.copy_into(local, store)["cases"] == {"added": 0, "kept": 2}  # again: nothing twice

@@ -230,3 +230,31 @@ def test_the_clean_ups_waiting_are_listed_by_minion_then_computer(monkeypatch, o
     assert [(e["minion"], e["detail"]) for e in ret["cleanup"]["review"]] == [("db1", "names differ")]
     assert ret["summary"].endswith("console clean-ups: 3 pending, 1 for review, 0 to revoke")
     assert ret["retcode"] == 0  # waiting clean-ups are listed, they do not fail the compliance report
+
+
+def test_on_a_master_of_masters_report_and_targets_say_where_to_run_them(opts, monkeypatch):
+    def no_client(**_kwargs):
+        raise AssertionError("a master of masters asks no minion")
+
+    monkeypatch.setattr(salt.client, "get_local_client", no_client)
+    opts["order_masters"] = True
+    for ret in (iemkey.report(since=SINCE), iemkey.targets()):
+        assert ret["retcode"] == 1 and ret["error"] == iemkey.MASTER_OF_MASTERS, ret
+    assert iemkey.MASTER_OF_MASTERS.startswith("this master is a master of masters (order_masters)")
+    assert iemkey.__context__["retcode"] == 1
+
+
+def test_a_stopped_masters_backlog_is_imported_once_and_nothing_is_overwritten(opts, tmp_path):
+    old = iemkey_store.LocalStore(tmp_path / "old-master" / "iemkey")
+    old.put("cases", "web1:1001", {"status": "revoke", "minion": "web1"})
+    old.put("incidents", "worm", {"since": SINCE})
+    mine = iemkey_store.from_opts(opts)
+    mine.put("incidents", "worm", {"since": SINCE, "closed": True})
+    dry = iemkey.import_store(path=str(old.root), test=True)
+    assert dry["retcode"] == 0 and dry["added"] == 1 and mine.get("cases", "web1:1001") is None
+    ret = iemkey.import_store(path=str(old.root))
+    assert ret["banks"]["cases"] == {"added": 1, "kept": 0} and ret["banks"]["incidents"] == {"added": 0, "kept": 1}
+    assert mine.get("incidents", "worm")["closed"] is True and mine.get("cases", "web1:1001")["status"] == "revoke"
+    assert iemkey.import_store(path=str(old.root))["added"] == 0
+    assert iemkey.import_store(path=str(tmp_path / "nowhere"))["retcode"] == 1
+    assert iemkey.import_store(path=mine.root)["error"].endswith("is this master's own store")
