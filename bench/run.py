@@ -299,6 +299,10 @@ def main():
         top = pathlib.Path(tmp)
         print(f"benchmarking with {REPS} repetitions under {top}", flush=True)
         scaled = bench_scale(top) if "scale" in parts else []
+        if "store" in parts:  # BENCH_PARTS="... store": local files vs a shared Redis store
+            import store
+
+            scaled += ["", *store.run()]
         if "minion" not in parts:  # a partial run (BENCH_PARTS=scale): bench/out/, not RESULTS.md
             text = "\n".join([f"Machine: {machine()}.", "", *scaled])
             print("\n" + text)
