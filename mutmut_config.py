@@ -30,19 +30,23 @@ def _tests_by_line(filename):
 
 
 def _functions(filename):
-    """(first line, first body line, last line, name) of each top-level function, 1-based."""
+    """(first line, first body line, last line, name) of each top-level function and of each method of
+    a top-level class (``Class.method``), 1-based. A method is a function: its mutants run the tests
+    that execute it, not every unit test that imported its module (which left the functional-only
+    tests of a class, such as the Redis store's, out)."""
     if filename not in _FUNCTIONS:
         tree = ast.parse((HERE / filename).read_text())
-        _FUNCTIONS[filename] = [
-            (
-                min([node.lineno] + [d.lineno for d in node.decorator_list]),
-                node.body[0].lineno,
-                node.end_lineno,
-                node.name,
-            )
-            for node in tree.body
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        ]
+        found = []
+        for top in tree.body:
+            nodes = [(top, top.name)] if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)) else []
+            if isinstance(top, ast.ClassDef):
+                kinds = (ast.FunctionDef, ast.AsyncFunctionDef)
+                nodes = [(node, f"{top.name}.{node.name}") for node in top.body if isinstance(node, kinds)]
+            found += [
+                (min([node.lineno] + [d.lineno for d in node.decorator_list]), node.body[0].lineno, node.end_lineno, name)
+                for node, name in nodes
+            ]
+        _FUNCTIONS[filename] = found
     return _FUNCTIONS[filename]
 
 
