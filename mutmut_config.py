@@ -43,7 +43,12 @@ def _functions(filename):
                 kinds = (ast.FunctionDef, ast.AsyncFunctionDef)
                 nodes = [(node, f"{top.name}.{node.name}") for node in top.body if isinstance(node, kinds)]
             found += [
-                (min([node.lineno] + [d.lineno for d in node.decorator_list]), node.body[0].lineno, node.end_lineno, name)
+                (
+                    min([node.lineno] + [d.lineno for d in node.decorator_list]),
+                    node.body[0].lineno,
+                    node.end_lineno,
+                    name,
+                )
                 for node, name in nodes
             ]
         _FUNCTIONS[filename] = found
