@@ -97,7 +97,7 @@ def _registrations(agent):
 
 
 def test_only_the_master_that_received_the_alert_decides(cluster, minion, make_agent, shared):
-    first, second = cluster
+    second = cluster[1]
     agent = make_agent(minion.agent_root, key_age=30 * 86400)
     old_id = agent.computer_id
     ret = minion.salt_call_cli(timeout=60).run("iemkey.alert", "reason=IDS rule 4711")
