@@ -236,15 +236,28 @@ def test_a_server_without_an_append_only_file_is_warned_about(server, conf, capl
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"hots": "typo"}, "hots is not a setting of the redis driver"),
-        ({"port": "six"}, "must be numbers"),
-        ({"wait": 0}, "must be positive"),
-        ({"prefix": "a/b"}, "prefix a plain name"),
+        ({"hots": "typo"}, "iemkey:store: hots is not a setting of the redis driver"),
+        ({"hots": 1, "dv": 2}, "iemkey:store: dv, hots is not a setting of the redis driver"),
+        ({"port": "six"}, "iemkey:store: port, db, wait, socket_timeout and lock_ttl must be numbers"),
+        ({"wait": 0}, "iemkey:store: wait, socket_timeout and lock_ttl must be positive, prefix a plain name"),
+        ({"prefix": "a/b"}, "iemkey:store: wait, socket_timeout and lock_ttl must be positive, prefix a plain name"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_before_anything_is_sent(server, setting, message):
-    with pytest.raises(iemkey_store.StoreError, match=message):
+    with pytest.raises(iemkey_store.StoreError) as raised:
         _store(server.conf(), **setting)
+    assert str(raised.value) == message
+
+
+def test_a_redis_acl_user_logs_in_with_its_own_name(server, conf):
+    admin = _store(conf).client
+    admin.acl_setuser("iemkey-master", enabled=True, passwords=["+acl-Pw-77"], keys=["*"], commands=["+@all"])
+    try:
+        user = _store({**conf, "username": "iemkey-master", "password": "acl-Pw-77"})
+        user.put("incidents", "acl", {"since": "2026-11-20T08:00:00+00:00"})
+        assert user.client.acl_whoami() == "iemkey-master" and user.get("incidents", "acl")
+    finally:
+        admin.acl_deluser("iemkey-master")
 
 
 def test_without_the_redis_package_the_error_says_how_to_install_it(monkeypatch):
@@ -258,8 +271,11 @@ def test_without_the_redis_package_the_error_says_how_to_install_it(monkeypatch)
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_redis)
-    with pytest.raises(iemkey_store.StoreError, match="salt-pip install redis"):
+    with pytest.raises(iemkey_store.StoreError) as raised:
         iemkey_redis.RedisStore.from_conf({"driver": "redis"})
+    assert str(raised.value) == (
+        "iemkey:store:driver redis needs the Python package redis on the master (salt-pip install redis)"
+    )
 
 
 def test_a_masters_local_backlog_moves_into_the_shared_store_without_overwriting(store, tmp_path):
