@@ -34,6 +34,10 @@ TESTS = {  # the unit tests that exercise each master-side module
         "tests/unit/test_readme.py",
         "tests/unit/runners/test_iemkey_react.py",
     ],
+    "_utils/iemkey_redis.py": [  # its store tests need a real redis-server (functional layer)
+        "tests/unit/utils/test_iemkey_redis.py",
+        "tests/functional/utils/test_iemkey_store_redis.py",
+    ],
     "_utils/iemkey_react.py": [
         "tests/unit/runners",
         "tests/unit/utils/test_iemkey_gate.py",
