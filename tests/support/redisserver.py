@@ -64,6 +64,7 @@ class RedisServer:
             if self.ping():
                 return self
             time.sleep(0.05)
+        self.kill()  # never leave a server running that no test will stop
         raise RuntimeError(f"redis-server did not start on port {self.port}: {(self.folder / 'redis.log').read_text()}")
 
     def ping(self):
