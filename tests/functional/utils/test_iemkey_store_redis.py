@@ -195,18 +195,33 @@ def test_a_server_gone_for_longer_than_wait_is_a_clear_error_and_no_decision(tmp
     with caplog.at_level(logging.DEBUG), pytest.raises(iemkey_store.StoreError) as raised:
         store.add("nonces", "alpha:n", {"expires": 1})
     assert time.monotonic() - started < 5
-    message = str(raised.value)
-    assert f"redis://127.0.0.1:{server.port}/0" in message and "did not answer within 1.5 s" in message
-    assert "nothing was decided" in message
-    assert PASSWORD not in message and PASSWORD not in caplog.text
+    where = f"redis://127.0.0.1:{server.port}/0"
+    assert str(raised.value) == (
+        f"the iemkey store at {where} did not answer within 1.5 s (claiming nonces): ConnectionError; "
+        "nothing was decided"
+    )
+    retrying = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert retrying == [f"iemkey store: {where} unreachable (ConnectionError); retrying claiming nonces"]
+    assert PASSWORD not in str(raised.value) and PASSWORD not in caplog.text
+
+
+def test_a_reply_redis_refuses_is_a_clear_error(store, conf):
+    store.client.set(f"{conf['prefix']}:cases", "not a hash")  # another program's key where a bank lives
+    with pytest.raises(iemkey_store.StoreError) as raised:
+        store.get("cases", "alpha:1")
+    assert str(raised.value) == (
+        f"the iemkey store at {store.where} refused reading cases: "
+        "WRONGTYPE Operation against a key holding the wrong kind of value"
+    )
 
 
 def test_a_wrong_password_is_refused_at_once_without_saying_it(server, caplog):
     store = _store(server.conf(password="not-the-" + "password-9f3"))
     started = time.monotonic()
-    with caplog.at_level(logging.DEBUG), pytest.raises(iemkey_store.StoreError, match="refused the login"):
+    with caplog.at_level(logging.DEBUG), pytest.raises(iemkey_store.StoreError) as raised:
         store.get("cases", "alpha:1")
     assert time.monotonic() - started < 3
+    assert str(raised.value).startswith(f"the iemkey store at {store.where} refused the login (reading cases): ")
     assert "not-the-password-9f3" not in str(caplog.text) + str(store) + repr(store)
 
 
@@ -222,9 +237,14 @@ def test_a_server_without_an_append_only_file_is_warned_about(server, conf, capl
     admin = _store(conf).client
     admin.config_set("appendonly", "no")
     try:
+        warned = _store(conf)
         with caplog.at_level(logging.WARNING):
-            _store(conf).get("cases", "alpha:1")
-        assert "keeps no append-only file" in caplog.text
+            warned.get("cases", "alpha:1")
+            warned.put("cases", "alpha:1", {})  # once per store, not once per operation
+        assert [r.getMessage() for r in caplog.records] == [
+            f"iemkey store: {warned.where} keeps no append-only file: a restart of Redis loses what iemkey "
+            "recorded since its last snapshot (nonces, clean-ups); set appendonly yes and appendfsync always"
+        ]
     finally:
         admin.config_set("appendonly", "yes")
     caplog.clear()
