@@ -311,3 +311,14 @@ def test_a_masters_local_backlog_moves_into_the_shared_store_without_overwriting
     assert store.get("cases", "web02:1002")["status"] == "dismissed"
     assert store.get("cases", "web01:1001")["status"] == "revoke"
     assert iemkey_store.copy_into(local, store)["cases"] == {"added": 0, "kept": 2}  # again: nothing twice
+
+
+def test_a_holder_whose_lock_was_taken_from_it_says_so(conf, caplog):
+    store = _store(conf, lock_ttl=0.6)
+    lock = f"{conf['prefix']}:lock:cleanup-pass"
+    with caplog.at_level(logging.ERROR), store.locked("cleanup-pass") as mine:
+        assert mine is True and store.client.pttl(lock) > 0
+        store.client.set(lock, "another-master")  # expired and taken while this holder was paused
+        time.sleep(0.5)  # past the next renewal (every lock_ttl / 3)
+    assert [r.getMessage() for r in caplog.records] == [f"iemkey store: the lock {lock} was lost (held past 0.6 s?)"]
+    assert store.client.get(lock) == "another-master"  # released only by its holder: not this one
