@@ -30,7 +30,7 @@ def test_settings_reach_the_client_and_tls_is_asked_for():
 
 def test_a_prefix_is_matched_as_text_never_as_a_pattern():
     assert "a*b?[c]^d\\e".translate(iemkey_redis._GLOB) == "a\\*b\\?\\[c\\]\\^d\\\\e"
-    assert "web01:".translate(iemkey_redis._GLOB) == "web01:"
+    assert "web01:".translate(iemkey_redis._GLOB) == "web01:" and "WEBX-01:".translate(iemkey_redis._GLOB) == "WEBX-01:"
 
 
 def test_the_lock_scripts_compare_the_holders_token():
