@@ -124,6 +124,10 @@ def test_sweep_runs_once_a_minute_whichever_master_asks(store, conf):
     assert other.sweep("nonces", now=1030) == 0  # swept by the first master 30 s ago
     assert other.sweep("nonces", now=1060) == 1
     assert sorted(store.all("nonces")) == ["alpha:new", "alpha:odd"]
+    for key, expires in (("beta:1", 1100), ("beta:2", 1100), ("beta:now", 1120)):
+        store.put("nonces", key, {"expires": expires})
+    assert store.sweep("nonces", now=1120) == 2  # two expired; one expiring at 1120 is not yet
+    assert sorted(store.all("nonces")) == ["alpha:new", "alpha:odd", "beta:now"]
 
 
 @pytest.mark.parametrize("key", ["../cases/x", "a/b", "", "x" * 400, None, "web 01", "a*"])
@@ -154,6 +158,9 @@ def test_a_lost_reply_is_not_a_second_claim_nor_a_lost_one(server, conf):
                 assert theirs is False
         with other.locked("cleanup-pass", blocking=False) as theirs:
             assert theirs is True  # released by its holder
+            proxy.eat(1)  # another master holds it and this refusal's reply is lost: still not ours
+            with via_proxy.locked("cleanup-pass", blocking=False) as mine:
+                assert mine is False
     finally:
         proxy.close()
 
