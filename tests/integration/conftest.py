@@ -8,7 +8,16 @@ import shutil
 
 import pytest
 from bigfix_rest import StandInBigFix
-from helpers import API_PASSWORD, API_USER, CLEANUP_EVERY, COOLDOWN, HOOK_SECRET, REPORT_MARGIN
+from helpers import (
+    API_PASSWORD,
+    API_USER,
+    CLEANUP_EVERY,
+    COOLDOWN,
+    HOOK_SECRET,
+    REPORT_MARGIN,
+    agent_settings,
+    api_settings,
+)
 from pytestshellutils.utils import ports
 from saltapi import SaltApi, login
 from saltfactories.utils import random_string
@@ -69,14 +78,7 @@ def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port, secret
                 "reactor": {"cooldown": COOLDOWN, "hook_secret": "sdb://iemkey_secrets/hook_secret"},
                 # the stand-in agents report every second; a real fleet's heartbeat needs the default 900 s
                 "cleanup": {"report_margin": REPORT_MARGIN},
-                "api": {
-                    "url": f"http://127.0.0.1:{bigfix_api_port}",
-                    "user": "iemkey-operator",
-                    "password": API_PASSWORD,
-                    "verify": False,
-                    "timeout": 2,
-                    "retries": 3,
-                },
+                "api": api_settings(bigfix_api_port),
             },
             "rest_cherrypy": {"host": "127.0.0.1", "port": ports.get_unused_localhost_port(), "disable_ssl": True},
             # "auto" accepts any password for the listed user: for tests only; use pam/ldap in production
@@ -97,12 +99,7 @@ def _minion(salt_master, tmp_path_factory, name):
     factory = salt_master.salt_minion_daemon(
         random_string(f"{name}-"),
         overrides={
-            "iemkey": {
-                "config_file": str(root / "var/opt/BESClient/besclient.config"),
-                "init_script": str(root / "etc/init.d/besclient"),
-                "client_binary": str(root / "opt/BESClient/bin/BESClient"),
-                "command_timeout": 10,
-            },
+            "iemkey": agent_settings(root),
             "log_level_logfile": "debug",
         },
     )

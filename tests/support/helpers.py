@@ -52,3 +52,33 @@ REPORT_MARGIN = 2  # seconds an old computer must stay silent after the master r
 API_USER = "siem"
 HOOK_SECRET = "siem-signing-secret-3f9a"
 API_PASSWORD = "bigfix-api-Pw-91d2c"
+
+
+def agent_settings(root, **extra):
+    """A test minion's ``iemkey`` settings: where its stand-in agent under ``root`` keeps its files."""
+    return {
+        "config_file": str(root / "var/opt/BESClient/besclient.config"),
+        "init_script": str(root / "etc/init.d/besclient"),
+        "client_binary": str(root / "opt/BESClient/bin/BESClient"),
+        "command_timeout": 10,
+        **extra,
+    }
+
+
+def api_settings(port):
+    """A test master's ``iemkey:api``: the stand-in BigFix REST server on loopback at ``port``."""
+    return {
+        "url": f"http://127.0.0.1:{port}",
+        "user": "iemkey-operator",
+        "password": API_PASSWORD,
+        "verify": False,
+        "timeout": 2,
+        "retries": 3,
+    }
+
+
+def synced(*masters):
+    """``saltutil.sync_all`` on each master (the runner and the reactors' utils); fails the test if not."""
+    for master in masters:
+        ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")
+        assert ret.returncode == 0, ret

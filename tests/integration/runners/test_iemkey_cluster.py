@@ -11,7 +11,7 @@ every event on every peer with ``__peer_id`` added, so both reactors see the min
 
 import pytest
 import salt.version
-from helpers import COOLDOWN
+from helpers import COOLDOWN, agent_settings, synced
 from saltevents import log_lines, wait_for
 from saltfactories.utils import random_string
 
@@ -62,9 +62,7 @@ def cluster(salt_factories, shared, state_root, pillar_root, module_roots):
             },
         )
         with second.started(start_timeout=120):
-            for master in (first, second):
-                ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")
-                assert ret.returncode == 0, ret
+            synced(first, second)
             yield first, second
 
 
@@ -76,12 +74,7 @@ def minion(cluster, tmp_path_factory):
         random_string("cl-minion-"),
         overrides={
             "master": f"{first.config['interface']}:{first.config['ret_port']}",
-            "iemkey": {
-                "config_file": str(root / "var/opt/BESClient/besclient.config"),
-                "init_script": str(root / "etc/init.d/besclient"),
-                "client_binary": str(root / "opt/BESClient/bin/BESClient"),
-                "command_timeout": 10,
-            },
+            "iemkey": agent_settings(root),
         },
         max_start_attempts=1,
     )

@@ -21,7 +21,7 @@ import time
 
 import pytest
 from bigfix_rest import StandInBigFix
-from helpers import API_PASSWORD, COOLDOWN, REPORT_MARGIN
+from helpers import API_PASSWORD, COOLDOWN, REPORT_MARGIN, agent_settings, api_settings, synced
 from redisserver import PASSWORD, RedisServer
 from saltevents import wait_for
 from saltfactories.utils import random_string
@@ -50,14 +50,7 @@ def _master_config(redis_server, bigfix_api_port, state_root, pillar_root, modul
             "store": redis_server.conf(prefix="mm"),
             "reactor": {"cooldown": COOLDOWN},
             "cleanup": {"report_margin": REPORT_MARGIN},
-            "api": {
-                "url": f"http://127.0.0.1:{bigfix_api_port}",
-                "user": "iemkey-operator",
-                "password": API_PASSWORD,
-                "verify": False,
-                "timeout": 2,
-                "retries": 3,
-            },
+            "api": api_settings(bigfix_api_port),
         },
         "log_level_logfile": "debug",
     }
@@ -81,9 +74,7 @@ def masters(salt_factories, redis_server, bigfix_api_port, state_root, pillar_ro
         for name in ("master.pem", "master.pub"):  # hot/hot masters share one master key
             shutil.copyfile(os.path.join(first.config["pki_dir"], name), os.path.join(second.config["pki_dir"], name))
         with second.started(start_timeout=120):
-            for master in (first, second):
-                ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")
-                assert ret.returncode == 0, ret
+            synced(first, second)
             yield first, second
 
 
@@ -95,13 +86,7 @@ def minion(masters, tmp_path_factory):
         random_string("mm-minion-"),
         overrides={
             "master": [f"{m.config['interface']}:{m.config['ret_port']}" for m in masters],
-            "iemkey": {
-                "config_file": str(root / "var/opt/BESClient/besclient.config"),
-                "init_script": str(root / "etc/init.d/besclient"),
-                "client_binary": str(root / "opt/BESClient/bin/BESClient"),
-                "command_timeout": 10,
-                "send_timeout": SEND_TIMEOUT,
-            },
+            "iemkey": agent_settings(root, send_timeout=SEND_TIMEOUT),
             "log_level_logfile": "debug",
         },
     )

@@ -17,7 +17,7 @@ import pathlib
 
 import iemkey_auth
 import pytest
-from helpers import COOLDOWN
+from helpers import COOLDOWN, agent_settings, synced
 from saltevents import log_lines, wait_for
 from saltfactories.utils import random_string
 
@@ -45,8 +45,7 @@ def master_of_masters(salt_factories, state_root, pillar_root, module_roots):
         random_string("mom-"), overrides=_iemkey_master(state_root, pillar_root, module_roots, order_masters=True)
     )
     with factory.started(start_timeout=120):
-        ret = factory.salt_run_cli(timeout=120).run("saltutil.sync_all")
-        assert ret.returncode == 0, ret
+        synced(factory)
         yield factory
 
 
@@ -58,8 +57,7 @@ def syndic(master_of_masters, state_root, pillar_root, module_roots):
         master_overrides=_iemkey_master(state_root, pillar_root, module_roots),
     )
     with factory.started(start_timeout=180):
-        ret = factory.master.salt_run_cli(timeout=120).run("saltutil.sync_all")
-        assert ret.returncode == 0, ret
+        synced(factory.master)
         yield factory
 
 
@@ -69,12 +67,7 @@ def leaf(syndic, tmp_path_factory):
     factory = syndic.master.salt_minion_daemon(
         random_string("leaf-"),
         overrides={
-            "iemkey": {
-                "config_file": str(root / "var/opt/BESClient/besclient.config"),
-                "init_script": str(root / "etc/init.d/besclient"),
-                "client_binary": str(root / "opt/BESClient/bin/BESClient"),
-                "command_timeout": 10,
-            },
+            "iemkey": agent_settings(root),
         },
     )
     factory.agent_root = root
