@@ -258,21 +258,9 @@ class RedisStore:
             except self._errors.RedisError as exc:
                 log.warning("iemkey store: could not renew the lock %s: %s", lock, type(exc).__name__)
 
-    @contextlib.contextmanager
     def update(self, bank, key):
-        """Read-modify-write one record under the bank's lock (every master's): yields the record (a
-        new empty dict when there is none) and writes it back if the caller changed it; an emptied
-        record is removed."""
-        with self.locked(iemkey_store.check_bank(bank)):
-            record = self.get(bank, key)
-            before = json.dumps(record, sort_keys=True)
-            record = record if record is not None else {}
-            yield record
-            if json.dumps(record or None, sort_keys=True) != before:
-                if record:
-                    self.put(bank, key, record)
-                else:
-                    self.delete(bank, key)
+        """Read-modify-write one record under the bank's lock, every master's (``locked_update``)."""
+        return iemkey_store.locked_update(self, bank, key)
 
     def sweep(self, bank, now=None):
         """Remove the records of ``bank`` whose ``expires`` (epoch seconds) has passed; at most once a
@@ -286,9 +274,4 @@ class RedisStore:
         except ValueError:
             pass
         self._call(f"sweeping {bank}", lambda _: self.client.set(marker, repr(float(now))))
-        removed = 0
-        for key, record in self.all(bank).items():
-            expires = record.get("expires") if isinstance(record, dict) else None
-            if isinstance(expires, (int, float)) and expires < now and self.delete(bank, key):
-                removed += 1
-        return removed
+        return iemkey_store.remove_expired(self, bank, now)

@@ -174,21 +174,9 @@ class LocalStore:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    @contextlib.contextmanager
     def update(self, bank, key):
-        """Read-modify-write one record under the bank's lock: yields the record (a new empty
-        dict when there is none) and writes it back if the caller changed it; an emptied record
-        is removed."""
-        with self.locked(bank):
-            record = self.get(bank, key)
-            before = _dump(record)
-            record = record if record is not None else {}
-            yield record
-            if _dump(record or None) != before:
-                if record:
-                    self.put(bank, key, record)
-                else:
-                    self.delete(bank, key)
+        """Read-modify-write one record under the bank's lock (``locked_update``)."""
+        return locked_update(self, bank, key)
 
     def sweep(self, bank, now=None):
         """Remove the records of ``bank`` whose ``expires`` (epoch seconds) has passed; at most
@@ -202,12 +190,34 @@ class LocalStore:
             pass
         with open(marker, "a", encoding="utf-8"):
             os.utime(marker, (now, now))
-        removed = 0
-        for key, record in self.all(bank).items():
-            expires = record.get("expires")
-            if isinstance(expires, (int, float)) and expires < now and self.delete(bank, key):
-                removed += 1
-        return removed
+        return remove_expired(self, bank, now)
+
+
+@contextlib.contextmanager
+def locked_update(store, bank, key):
+    """Read-modify-write one record of ``store`` under the bank's lock (the lock of every master
+    sharing the store): yields the record (a new empty dict when there is none) and writes it back if
+    the caller changed it; an emptied record is removed."""
+    with store.locked(check_bank(bank)):
+        record = store.get(bank, key)
+        before = _dump(record)
+        record = record if record is not None else {}
+        yield record
+        if _dump(record or None) != before:
+            if record:
+                store.put(bank, key, record)
+            else:
+                store.delete(bank, key)
+
+
+def remove_expired(store, bank, now):
+    """Remove the records of ``bank`` whose ``expires`` (epoch seconds) is before ``now``: how many."""
+    removed = 0
+    for key, record in store.all(bank).items():
+        expires = record.get("expires") if isinstance(record, dict) else None
+        if isinstance(expires, (int, float)) and expires < now and store.delete(bank, key):
+            removed += 1
+    return removed
 
 
 def _dump(record):
