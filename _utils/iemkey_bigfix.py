@@ -63,6 +63,31 @@ class ApiError(Exception):
         self.status = status
 
 
+def reason(exc, timeout):
+    """Why a request failed, in words, from a requests exception (and the urllib3 error inside it, after
+    the retries): the certificate, the refused connection, the timeout, the name that does not resolve;
+    never a reply body, never a password."""
+    import requests  # pylint: disable=import-outside-toplevel
+
+    inner = getattr(exc.args[0], "reason", None) if exc.args else None
+    text = f"{exc} {inner or ''}"
+    names = f"{type(exc).__name__} {type(inner).__name__ if inner is not None else ''}"
+    if isinstance(exc, requests.exceptions.SSLError) or "SSLError" in names:
+        found = re.search(r"(certificate verify failed[^)'\"]*|hostname [^)'\"]*|wrong version number)", text)
+        return f"TLS failed ({found.group(1).strip() if found else 'SSLError'}; iemkey:api:verify)"
+    if isinstance(exc, requests.exceptions.Timeout) or "Timeout" in names or "timed out" in text:
+        return f"no answer within {timeout:g} s (iemkey:api:timeout)"
+    if "Connection refused" in text or "ECONNREFUSED" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "nodename nor servname" in text or "Temporary failure in name" in text:
+        return "the server's name does not resolve"
+    if "too many 5" in text.lower() or "ResponseError" in names:
+        return "it kept answering 5xx through the retries (iemkey:api:retries)"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "the connection failed"
+    return type(exc).__name__
+
+
 class ConfigError(Exception):
     """``iemkey:api`` is missing or malformed."""
 
@@ -326,9 +351,9 @@ class Client:
         try:
             response = self.http.request(method, url, data=data, params=params, timeout=self.api["timeout"])
         except requests.RequestException as exc:
-            reason = getattr(exc.args[0], "reason", None) if exc.args else None
-            kind = type(reason).__name__ if isinstance(reason, Exception) else type(exc).__name__
-            raise ApiError(f"{kind} talking to {self.api['url']} ({method} {path})") from None
+            raise ApiError(
+                f"{reason(exc, self.api['timeout'])} talking to {self.api['url']} ({method} {path})"
+            ) from None
         if response.status_code in (401, 403):
             raise ApiError(
                 f"authentication failed: the BigFix server refused user {self.api['user']!r} "
@@ -359,8 +384,17 @@ class Client:
         return found
 
     def delete(self, computer_id):
-        """``DELETE /api/computer/{id}``: the HTTP status (404: already gone)."""
-        return self.call("DELETE", f"/api/computer/{computer_id}", expect=(200, 202, 204)).status_code
+        """``DELETE /api/computer/{id}``: ``deleted`` for BigFix's own success reply (HTTP 200 ``ok``),
+        ``not found`` for 404; ApiError for any other answer (an HTTP 200 that is not ``ok`` included)."""
+        path = f"/api/computer/{computer_id}"
+        response = self.call("DELETE", path, expect=(200, 202, 204))
+        if response.status_code == 404:
+            return "not found"
+        if response.status_code == 204 or response.content.strip().lower() == b"ok":
+            return "deleted"
+        raise ApiError(
+            f"DELETE {path} answered HTTP {response.status_code} without BigFix's 'ok': nothing is known deleted"
+        )
 
     def master_operator(self):
         """Whether the API user is a master operator (a 404 means it cannot even read itself)."""

@@ -451,8 +451,42 @@ def test_a_server_that_does_not_answer_is_an_error_naming_the_call_not_the_reply
     api = {"url": "http://127.0.0.1:9", "user": "op", "password": "pw", "verify": False}  # nothing listens
     with _client(api, retries=1) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
         client.computer("4711")
-    assert str(raised.value) == "NewConnectionError talking to http://127.0.0.1:9 (GET /api/computer/4711)"
+    assert str(raised.value) == "connection refused talking to http://127.0.0.1:9 (GET /api/computer/4711)"
     assert client.requests == 1
+
+
+def test_a_server_answering_5xx_through_every_retry_says_so_not_the_reply(api, httpserver):
+    httpserver.expect_request("/api/computer/4711").respond_with_data("<html>Server " + SETTING_SECRET, status=503)
+    with _client(api, retries=2) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.sleep = lambda _seconds: None
+        client.computer("4711")
+    assert "503" in str(raised.value) or "5xx" in str(raised.value), raised.value
+    assert SETTING_SECRET not in str(raised.value) and "GET /api/computer/4711" in str(raised.value)
+
+
+def test_a_server_that_accepts_and_never_answers_is_a_timeout_naming_the_setting():
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the backlog), never answers
+        api = {"url": f"http://127.0.0.1:{silent.getsockname()[1]}", "user": "op", "password": "pw", "verify": False}
+        with _client(api, retries=1, timeout=0.5) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+            client.computer("4711")
+    assert str(raised.value).startswith("no answer within 0.5 s (iemkey:api:timeout) talking to"), raised.value
+
+
+def test_tls_to_a_server_that_speaks_plain_http_names_the_tls_failure_and_the_setting(httpserver):
+    api = {"url": httpserver.url_for("").rstrip("/").replace("http:", "https:"), "user": "op", "password": "pw"}
+    with _client({**api, "verify": True}, retries=1) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.computer("4711")
+    assert str(raised.value).startswith("TLS failed ("), raised.value
+    assert "iemkey:api:verify" in str(raised.value)
+
+
+def test_a_name_that_does_not_resolve_says_so():
+    api = {"url": "https://bigfix.nosuch.invalid:52311", "user": "op", "password": "pw", "verify": False}
+    with _client(api, retries=1) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.computer("4711")
+    assert str(raised.value).startswith("the server's name does not resolve talking to"), raised.value
 
 
 def test_the_operator_is_asked_for_by_its_quoted_name_and_a_404_is_no_master_operator(api, httpserver):
@@ -504,7 +538,7 @@ def test_a_query_is_retried_when_the_server_does_not_answer():
     with _client(api, retries=3) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
         client.sleep = slept.append
         client.query("ids of bes computers")
-    assert str(raised.value) == "NewConnectionError talking to http://127.0.0.1:9 (POST /api/query)"
+    assert str(raised.value) == "connection refused talking to http://127.0.0.1:9 (POST /api/query)"
     assert client.requests == 3 and slept == [0.5, 1]
 
 
