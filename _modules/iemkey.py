@@ -32,14 +32,24 @@ import salt.version
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:  # _utils/, synced with saltutil.sync_all (formula install)
+    import iemkey_alerts
     import iemkey_auth
     import iemkey_platforms
     import iemkey_record
     import iemkey_storage
     import iemkey_time
+    import iemkey_transport
 except ImportError:
     try:  # pip install (Salt extension)
-        from saltext.iemkey.utils import iemkey_auth, iemkey_platforms, iemkey_record, iemkey_storage, iemkey_time
+        from saltext.iemkey.utils import (
+            iemkey_alerts,
+            iemkey_auth,
+            iemkey_platforms,
+            iemkey_record,
+            iemkey_storage,
+            iemkey_time,
+            iemkey_transport,
+        )
     except ImportError:
         iemkey_auth = None
 
@@ -48,7 +58,14 @@ log = logging.getLogger(__name__)
 __virtualname__ = "iemkey"
 
 UTC = datetime.timezone.utc
-DEFAULTS = {"command_timeout": 120, "lock_wait": 300, "stale_after": 900, "send_timeout": 10}
+DEFAULTS = {
+    "command_timeout": 120,
+    "lock_wait": 300,
+    "stale_after": 900,
+    "send_timeout": 10,
+    "alert_resend": 60,
+    "alert_keep": 86400,
+}
 # what a number of seconds may be: below the low end or above the high end is a mistake, not a setting
 BOUNDS = {
     "wait": (0, 3600),
@@ -56,7 +73,10 @@ BOUNDS = {
     "command_timeout": (0.1, 3600),
     "stale_after": (1, 30 * 86400),
     "send_timeout": (0.5, 600),
+    "alert_resend": (10, 3600),
+    "alert_keep": (60, 30 * 86400),
 }
+NO_AGENT = "no BigFix agent here: nothing to rotate"
 
 
 def __virtual__():
@@ -68,7 +88,7 @@ def __virtual__():
 
 
 # -- public functions -----------------------------------------------------------------
-def rotate(wait=0, since=None, test=False, force=False, **kwargs):
+def rotate(wait=0, since=None, test=False, force=False, owed=False, **kwargs):
     """
     Rotate the BigFix agent's private key (IBM technote 1670787): stop the agent,
     delete KeyStorage and nothing else, start the agent, record the rotation and
@@ -92,6 +112,15 @@ def rotate(wait=0, since=None, test=False, force=False, **kwargs):
         registered, or ``iemkey:storage_path`` disagrees with the agent's own
         StoragePath (both are refused otherwise: a wrong path would rotate nothing).
 
+    owed
+        The master owes this minion a rotation after ``since`` (a compromise): only a
+        rotation iemkey made at or after ``since`` (and keys no older than it) counts,
+        not the key files' time; when there is one, its ``iemkey/rotated`` is sent
+        again instead of rotating, so that the master can settle the owed rotation.
+
+    A minion without a BigFix agent has nothing to rotate: that is success
+    (``no_agent: True``), unless ``iemkey:require_agent`` is true.
+
     A rotation that removed nothing (KeyStorage was absent) is ``rotated: False``
     unless the agent then made a new key within ``wait``; a ``wait`` that ends
     without the new key and computer ID fails the job (the rotation stands).
@@ -108,12 +137,24 @@ def rotate(wait=0, since=None, test=False, force=False, **kwargs):
         salt '*' iemkey.rotate wait=60
         salt '*' iemkey.rotate test=True
     """
-    test = bool(test or kwargs.get("__pub_test") or __opts__.get("test"))
+    test = iemkey_time.boolean("test", test) or bool(kwargs.get("__pub_test") or __opts__.get("test"))
+    force, owed = iemkey_time.boolean("force", force), iemkey_time.boolean("owed", owed)
     wait = _seconds("wait", wait)
+    if owed and since is None:
+        raise SaltInvocationError("owed=True needs since: the time the owed rotation must follow")
+    since_dt = None if since is None else _since(since)
     with _rotation_lock():
+        _checked_keystorage(_resolve(), live=False)  # a path refused is refused, not taken for no agent
+        absent = _no_agent()
+        if absent:
+            return _nothing_to_rotate(absent, owed and not test)
         resolved = _agent_to_rotate(force)
         keystorage, control = resolved["keystorage"], resolved["control"]
-        if since is not None:
+        if owed:
+            done = _owed_rotation_done(since_dt, keystorage)
+            if done:
+                return _resend_rotation(done, keystorage, test)
+        elif since is not None:
             verdict = check(since)
             if verdict["compliant"]:
                 return {"rotated": False, "keystorage": keystorage, "comment": verdict["reason"]}
@@ -141,13 +182,16 @@ def rotate(wait=0, since=None, test=False, force=False, **kwargs):
     return ret
 
 
-def check(since, probe_agent=True):
+def check(since, probe_agent=True, owed=False):
     """
     Whether the agent's current key was made at or after ``since``. Changes nothing.
 
     since
-        ISO 8601 (``2026-11-20T08:00:00Z``, any offset; no zone means UTC) or epoch
-        seconds. A time in the future is an error.
+        ISO 8601 (``2026-11-20T08:00:00Z``, any offset; no zone means UTC; a date
+        alone is its midnight UTC), or epoch seconds written ``@1763625600`` (a bare
+        number of 10 digits is read as epoch seconds too). A compact date
+        (``20261120``), a time before 2001 or in the future is refused with an error
+        saying what was read.
 
     A KeyStorage that is unsafe to delete or cannot be the agent's (see ``status``'s
     ``path_problem``) is an error, not an answer: no key time found there would mean
@@ -158,8 +202,15 @@ def check(since, probe_agent=True):
     asynchronously) it is ``last_rotated``. ``stale`` is True when that rotation is
     older than ``iemkey:stale_after`` seconds and the agent has still made no key.
 
+    A minion without a BigFix agent answers ``no_agent: True`` and is compliant
+    (nothing to rotate) unless ``iemkey:require_agent`` is true.
+
     probe_agent
         Ask the agent whether it runs (``status.agent_running``); the state skips it.
+
+    owed
+        Count only a rotation iemkey made at or after ``since`` (``basis``:
+        ``rotation``), as for a rotation the master owes after a compromise.
 
     CLI Example:
 
@@ -167,19 +218,28 @@ def check(since, probe_agent=True):
 
         salt '*' iemkey.check since=2026-11-20T08:00:00Z
     """
-    since_dt = iemkey_time.parse_time(since)
-    now = datetime.datetime.now(UTC)
-    if since_dt > now:
-        raise SaltInvocationError(
-            f"since {since_dt.isoformat()} is in the future (now {now.isoformat(timespec='seconds')}): "
-            "no key could ever satisfy it"
-        )
+    since_dt = _since(since)
+    probe_agent, owed = iemkey_time.boolean("probe_agent", probe_agent), iemkey_time.boolean("owed", owed)
     current = _status(probe_agent)
     if current["path_problem"]:
         raise CommandExecutionError(f"cannot tell whether the BigFix key is rotated: {current['path_problem']}")
     ret = {"since": since_dt.isoformat(), "status": current, "basis": None, "key_time": None, "stale": False}
+    required = _require_agent()
+    ret.update(no_agent=not current["installed"], require_agent=required)
     if not current["installed"]:
-        return {**ret, "compliant": False, "reason": f"the BigFix agent is not installed: {current['problem']}"}
+        if required:
+            reason = f"the BigFix agent is not installed, and iemkey:require_agent is true: {current['problem']}"
+            return {**ret, "compliant": False, "reason": reason}
+        return {**ret, "compliant": True, "reason": f"{NO_AGENT} ({current['problem']})"}
+    if owed:
+        done = _owed_rotation_done(since_dt, current["keystorage"])
+        if done:
+            ret.update(basis="rotation", key_time=done["rotated_at"], compliant=True)
+            ret["reason"] = f"iemkey rotated this key at {done['rotated_at']}, at or after since {ret['since']}"
+        else:
+            ret["compliant"] = False
+            ret["reason"] = f"iemkey recorded no rotation of this key at or after since {ret['since']}"
+        return ret
     if current["key_created"]:
         ret.update(basis="key_created", key_time=current["key_created"])
     elif current["last_rotated"]:
@@ -194,6 +254,92 @@ def check(since, probe_agent=True):
             f"; but the agent has written no key since that rotation, more than iemkey:stale_after "
             f"({_number('stale_after'):g} s) ago: it is down or cannot register"
         )
+    return ret
+
+
+def _since(since):
+    """``since`` as an aware UTC datetime, refused when malformed, implausible or in the future."""
+    since_dt = iemkey_time.parse_time(since)
+    now = datetime.datetime.now(UTC)
+    if since_dt > now:
+        raise SaltInvocationError(
+            f"since {since_dt.isoformat()} is in the future (now {now.isoformat(timespec='seconds')}): "
+            "no key could ever satisfy it"
+        )
+    return since_dt
+
+
+def _require_agent():
+    return iemkey_time.boolean("iemkey:require_agent", _conf("require_agent", False))
+
+
+def _no_agent():
+    """Where iemkey looked for an agent that is not here (nothing to rotate); None when there is one,
+    or when one is required (``iemkey:require_agent``: then its absence is an error)."""
+    installed, missing = _installed(_resolve())
+    if installed or _require_agent():
+        return None
+    return missing
+
+
+def _nothing_to_rotate(missing, confirm):
+    """A minion without a BigFix agent: success. ``confirm``: the master owes it a rotation, so it
+    says, signed, that there is nothing to rotate here (the master closes the owed rotation)."""
+    ret = {
+        "rotated": False,
+        "no_agent": True,
+        "keystorage": None,
+        "removed": [],
+        "comment": f"{NO_AGENT} ({missing}; iemkey:require_agent is false)",
+    }
+    if confirm:
+        ret["event_sent"] = _fire("iemkey/rotated", {"no_agent": True})
+    return ret
+
+
+def _owed_rotation_done(since_dt, keystorage):
+    """The record of a rotation iemkey made of this KeyStorage at or after ``since_dt`` whose keys are
+    no older than it (older keys were restored from a backup), or None."""
+    record = _read_record()
+    if not record or record.get("step") != "done" or record.get("keystorage") != keystorage:
+        return None
+    try:
+        rotated = iemkey_time.parse_time(record.get("rotated_at"), "rotated_at")
+    except SaltInvocationError:
+        return None
+    if rotated < since_dt:
+        return None
+    files = iemkey_storage.key_files(keystorage)
+    if files and min(mtime for _path, mtime in files) < rotated.timestamp() - 2:  # 2 s: coarse file times
+        return None
+    return record
+
+
+def _resend_rotation(record, keystorage, test):
+    """Send the signed ``iemkey/rotated`` of a rotation already made again (the master owes this
+    minion a rotation, and this one settles it)."""
+    ret = {
+        "rotated": False,
+        "resent": None if test else True,
+        "keystorage": keystorage,
+        "old_computer_id": record.get("old_computer_id"),
+        "rotated_at": record.get("rotated_at"),
+        "removed": [],
+    }
+    current = _resolve()["computer_id"]
+    if current and current != ret["old_computer_id"]:
+        ret["new_computer_id"] = current
+    if test:
+        ret["comment"] = f"iemkey rotated this key at {ret['rotated_at']}: would send its iemkey/rotated again"
+        return ret
+    _send_rotated(ret)
+    if not ret["event_sent"]:
+        raise CommandExecutionError(
+            f"iemkey rotated this key at {ret['rotated_at']}, but no master took its iemkey/rotated again"
+        )
+    ret["comment"] = (
+        f"iemkey rotated this key at {ret['rotated_at']}, at or after since: its iemkey/rotated was sent again"
+    )
     return ret
 
 
@@ -296,20 +442,31 @@ def register():
 def alert(reason=None):
     """
     Report that this minion is compromised: send ``iemkey/compromised`` to the
-    master, signed with this minion's own Salt key. The master's reactor then
-    rotates this minion's BigFix key, and only this minion's.
+    master, signed with this minion's own Salt key. The master then owes this
+    minion, and only it, a rotation of its BigFix key, and delivers it until the
+    minion's signed rotation settles it (also when the minion is away meanwhile).
 
-    This is the detector's entry point (an IDS hook, an EDR script). With several
-    masters, run it as ``salt-call --local iemkey.alert``: plain ``salt-call`` first
-    connects to the masters one after another and waits on one that is down for
-    minutes; ``--local`` sends the alert to every master of the minion's ``master``
-    setting at once, each given ``iemkey:send_timeout`` seconds (default 10), and
-    returns which masters took it (``masters``). The master
+    This is the detector's entry point (an IDS hook, an EDR script). The alert is
+    **at-least-once**: it is written to ``<cachedir>/iemkey/alerts`` before it is
+    sent, and the minion's schedule (entry ``iemkey-alert-resend``, added here,
+    removed once nothing is kept) sends it again every ``iemkey:alert_resend``
+    seconds (default 60), with a new signature but the same alert id and time, until
+    this minion's own record shows a rotation made after it (or ``iemkey:alert_keep``
+    seconds pass, default 86400). An alert lost in a master restart or fail-over is
+    so sent again; the master counts it once.
+
+    With several masters, run it as ``salt-call --local iemkey.alert``: plain
+    ``salt-call`` first connects to the masters one after another and waits on one
+    that is down for minutes; ``--local`` sends the alert to every master of the
+    minion's ``master`` setting at once, each given ``iemkey:send_timeout`` seconds
+    (default 10), and returns which masters took it (``masters``). The master
     refuses a plain ``event.send iemkey/compromised``: any minion could send that
     with another minion's id, so only a signature proves who sent it.
 
     reason
         Free text for the master log (at most 1000 characters are sent).
+
+    No master took it: the alert is kept and sent again, and the call fails (exit 1).
 
     CLI Example:
 
@@ -322,99 +479,121 @@ def alert(reason=None):
     if __opts__.get("master_type") == "disable":
         raise CommandExecutionError("iemkey.alert sends an event to the master, and this minion runs masterless")
     reason = None if reason in (None, "") else str(reason)[:1000]
-    data = _signed("iemkey/compromised", {"reason": reason})
-    masters = _send_to_masters("iemkey/compromised", data)
+    kept = iemkey_alerts.keep(_alerts_dir(), reason, datetime.datetime.now(UTC))
+    data, masters = _send_alert(kept)
+    resend = _schedule_resend()
+    envelope = data[iemkey_auth.SIGNATURE]
     if not any(took is True for took in masters.values()):
         raise CommandExecutionError(
-            "could not send iemkey/compromised to any master: "
+            "could not send iemkey/compromised to any master ("
             + "; ".join(f"{master}: {took}" for master, took in masters.items())
+            + f"); the alert is kept and sent again: {resend}"
         )
-    envelope = data[iemkey_auth.SIGNATURE]
     return {
         "sent": True,
         "tag": "iemkey/compromised",
         "id": envelope["id"],
+        "alert_id": kept["id"],
         "signed_at": envelope["time"],
         "reason": reason,
         "masters": masters,
+        "resend": resend,
     }
 
 
-def _send_to_masters(tag, data):
-    """Send ``tag`` to the masters: {master: True, or why it did not take it}.
+def resend_alerts():
+    """
+    Send again the compromise alerts this minion keeps (``iemkey.alert``) that no
+    rotation has followed yet; forget those a rotation followed, and those kept
+    longer than ``iemkey:alert_keep`` seconds (an ERROR line each). The minion's
+    schedule runs it while alerts are kept, and removes its entry once none are.
 
-    Under ``salt-call`` (a detector's hook: any process but the minion daemon), to every master at
-    once (``master_uri_list``; under ``--local``, the ``master`` setting), each given
-    ``iemkey:send_timeout`` seconds (default 10): a master that is down costs that long, not Salt's
-    60 s x 3 tries for each master in turn. In a job the minion daemon runs, through the daemon,
-    which forwards it to every master it is connected to."""
-    uris = __opts__.get("master_uri_list") or ([__opts__["master_uri"]] if __opts__.get("master_uri") else [])
-    if __opts__.get("file_client") == "local":  # salt-call --local: it connected to no master at its start
-        uris = _configured_masters()
-    elif "minion" in str(__opts__.get("__cli") or "") or not uris:  # salt-minion (a job), not salt-call
-        try:
-            took = bool(__salt__["event.send"](tag, data))
-        except Exception as exc:  # pylint: disable=broad-except
-            took = f"event.send failed: {exc}"
-        return {"minion daemon": took or "event.send returned False"}
-    timeout = _number("send_timeout")
-    load = {"id": __opts__["id"], "tag": tag, "data": data, "cmd": "_minion_event"}
-    answers = {uri: f"no answer within {timeout:g} s" for uri in uris}
-    answers.update(_send_each(uris, load, timeout))
-    for uri, took in answers.items():
-        log.log(logging.INFO if took is True else logging.WARNING, "iemkey: %s to master %s: %s", tag, uri, took)
-    return answers
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' iemkey.resend_alerts
+        salt-call iemkey.resend_alerts
+    """
+    folder, now = _alerts_dir(), datetime.datetime.now(UTC)
+    again, done, expired = iemkey_alerts.sort(iemkey_alerts.kept(folder), _read_record(), now, _number("alert_keep"))
+    for alert in done + expired:
+        iemkey_alerts.drop(folder, alert)
+    for alert in expired:
+        log.error(
+            "iemkey: the compromise alert %s raised at %s was kept for more than iemkey:alert_keep (%g s) without "
+            "a rotation following it; it is no longer sent (the master lists its owed rotation: iemkey.report)",
+            alert["id"],
+            alert["raised_at"],
+            _number("alert_keep"),
+        )
+    sent = {}
+    if again and not _masterless():
+        for alert in again:
+            _data, masters = _send_alert(alert)
+            sent[alert["id"]] = masters
+    if not again:
+        _unschedule_resend()
+    return {
+        "sent_again": sent,
+        "done": [a["id"] for a in done],
+        "expired": [a["id"] for a in expired],
+        "kept": len(again),
+    }
 
 
-def _send_one(uri, load, timeout):
-    """True once ``uri``'s master took ``load``; else why not."""
-    import salt.channel.client  # pylint: disable=import-outside-toplevel
+def _alerts_dir():
+    return os.path.join(_cache_dir(), "alerts")
 
-    opts = dict(__opts__, master_uri=uri)  # each its own: the channel factory writes master_uri
+
+def _send_alert(kept):
+    """Sign and send one kept alert: (the signed data, {master: True or why not})."""
+    payload = {"reason": kept.get("reason"), "alert_id": kept["id"], "raised_at": kept["raised_at"]}
+    data = _signed("iemkey/compromised", payload)
+    masters = _send_to_masters("iemkey/compromised", data)
+    iemkey_alerts.sent(_alerts_dir(), kept, any(t is True for t in masters.values()), datetime.datetime.now(UTC))
+    return data, masters
+
+
+def _schedule_resend():
+    """Make sure the minion's schedule sends kept alerts again: what it says."""
+    name, every = iemkey_alerts.SCHEDULE, int(_number("alert_resend"))
     try:
-        with salt.channel.client.ReqChannel.factory(opts, master_uri=uri) as channel:
-            channel.send(load, tries=1, timeout=timeout)
-        return True
+        listed = __salt__["schedule.list"](return_yaml=False, offline=True) or {}
+        if name in listed:
+            return f"every {every} s (schedule {name})"
+        job = {"function": "iemkey.resend_alerts", "seconds": every, "run_on_start": False, "maxrunning": 1}
+        added = __salt__["schedule.add"](name, persist=True, **job)
+        if not added.get("result"):  # the minion daemon is not running: it reads the entry when it starts
+            added = __salt__["schedule.add"](name, offline=True, **job)
     except Exception as exc:  # pylint: disable=broad-except
-        return f"not sent: {type(exc).__name__}: {exc}"
+        log.error("iemkey: could not add the schedule %s that sends kept alerts again: %s", name, exc)
+        return f"NOT scheduled ({exc}): run iemkey.resend_alerts"
+    if not added.get("result"):
+        log.error("iemkey: could not add the schedule %s: %s", name, added.get("comment"))
+        return f"NOT scheduled ({added.get('comment')}): run iemkey.resend_alerts"
+    return f"every {every} s (schedule {name})"
 
 
-def _send_each(uris, load, timeout):
-    """{uri: answer} of the masters that answered within ``timeout``: each send in a process of its own
-    (forked: one master's channel and authentication share nothing with another's, and one that hangs
-    on a dead master is killed at the deadline instead of holding salt-call's exit); threads where
-    there is no fork (Windows)."""
-    import multiprocessing  # pylint: disable=import-outside-toplevel
+def _unschedule_resend():
+    name = iemkey_alerts.SCHEDULE
+    try:
+        if name not in (__salt__["schedule.list"](return_yaml=False, offline=True) or {}):
+            return
+        removed = __salt__["schedule.delete"](name, persist=True)
+        if not removed.get("result"):
+            __salt__["schedule.delete"](name, offline=True)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("iemkey: could not remove the schedule %s: %s", name, exc)
 
-    deadline = time.monotonic() + timeout
-    if "fork" not in multiprocessing.get_all_start_methods():
-        import concurrent.futures  # pylint: disable=import-outside-toplevel
 
-        pool = concurrent.futures.ThreadPoolExecutor(len(uris))
-        futures = {uri: pool.submit(_send_one, uri, load, timeout) for uri in uris}
-        concurrent.futures.wait(futures.values(), timeout=timeout)
-        pool.shutdown(wait=False)
-        return {uri: f.result() for uri, f in futures.items() if f.done()}
-    context = multiprocessing.get_context("fork")
-    running = {}
-    for uri in uris:
-        reader, writer = context.Pipe(duplex=False)
-        child = context.Process(target=lambda w=writer, u=uri: w.send(_send_one(u, load, timeout)), daemon=True)
-        child.start()
-        writer.close()
-        running[uri] = (child, reader)
-    answers = {}
-    for uri, (child, reader) in running.items():
-        try:
-            if reader.poll(max(0.0, deadline - time.monotonic())):
-                answers[uri] = reader.recv()
-        except (EOFError, OSError):
-            answers[uri] = "not sent: the sending process died"
-        if child.is_alive():
-            child.kill()
-        child.join(5)
-        reader.close()
-    return answers
+def _send_to_masters(tag, data):
+    """Send ``tag`` to the masters (``iemkey_transport``): {master: True, or why it did not take it}."""
+    return iemkey_transport.send(__opts__, tag, data, lambda: _number("send_timeout"), _event_send)
+
+
+def _event_send(tag, data):
+    return __salt__["event.send"](tag, data)
 
 
 # -- the rotation's steps, in the order rotate takes them --------------------------
@@ -813,14 +992,9 @@ def _agent_running(control):
 
 def _installed(resolved):
     """Whether the agent's files are here (whatever controls it), and if not, where we looked."""
-    storage = resolved["storage_path"]
-    if not storage or not os.path.isdir(storage):
-        return False, f"no storage path at {storage} ({resolved['storage_path_source']})"
-    if resolved["storage_path_source"].startswith(("setting", "config")) or resolved["computer_id"]:
-        return True, None  # the client's own settings, or an operator, say where it lives
-    if os.path.lexists(resolved["keystorage"]):
-        return True, None
-    return False, f"no BigFix client settings and no KeyStorage at {resolved['keystorage']}"
+    return iemkey_platforms.installed(
+        resolved["storage_path"], resolved["storage_path_source"], resolved["computer_id"], resolved["keystorage"]
+    )
 
 
 def _require_installed(resolved):
@@ -868,19 +1042,6 @@ def _status(probe_agent=True):
 
 
 # -- events --------------------------------------------------------------------------
-def _configured_masters():
-    """The request URIs of the masters in this minion's ``master`` setting (``host`` or ``host:port``;
-    ``master_port`` by default), for ``salt-call --local iemkey.alert``."""
-    import salt.utils.network  # pylint: disable=import-outside-toplevel
-
-    masters = __opts__.get("master") or []
-    uris = []
-    for entry in [masters] if isinstance(masters, str) else masters:
-        host, port = salt.utils.network.parse_host_port(str(entry))
-        uris.append(f"tcp://{salt.utils.network.ip_bracket(host)}:{port or __opts__.get('master_port', 4506)}")
-    return uris
-
-
 def _masterless():
     return __opts__.get("file_client") == "local" or __opts__.get("master_type") == "disable"
 

@@ -8,14 +8,20 @@ id, payload, time, nonce) with ``<pki_dir>/minion.pem``; the master verifies it 
 the key it accepted for that id, refuses it when stale or from the future, and
 remembers its nonce so a replay is refused too.
 
-Pure functions: callers pass keys, clocks and limits in. Used by the ``iemkey``
-execution module (signing) and the ``iemkey`` runner (verifying).
+Also the webhook's timed HMAC (``check_webhook``): a SIEM signs ``<t>.<body>`` with the secret it
+shares with the master. Pure functions: callers pass keys, clocks and limits in (``accepted_key``
+reads the key the master accepted, with Salt's own cache). Used by the ``iemkey`` execution module
+(signing) and the master's engine and runner (verifying), each event verified once.
 """
 
 import base64
 import binascii
 import datetime
+import hashlib
+import hmac
 import json
+import logging
+import os
 import re
 import secrets
 
@@ -25,6 +31,10 @@ ALGORITHM = "RSA-PKCS1v15-SHA256"
 # One minion id: what Salt's key directory can hold and a target can never widen.
 MINION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 UTC = datetime.timezone.utc
+HOOK_SIGNATURE = "X-Iemkey-Signature"
+HOOK_FORM = "X-Iemkey-Signature: t=<unix time>,sha256=<HMAC-SHA256 of '<t>.<body>'>"
+
+log = logging.getLogger(__name__)
 
 
 class Refused(Exception):
@@ -141,9 +151,94 @@ def verify(tag, data, public_key_pem, now, max_age, max_skew):
         key.verify(signature, canonical(tag, minion_id, payload, when, nonce), padding.PKCS1v15(), hashes.SHA256())
     except (invalid, ValueError, TypeError):
         raise Refused(f"its signature does not verify with the accepted key of {minion_id!r}") from None
+    check_age(signed_at, now, max_age, max_skew)
+    return minion_id, payload, signed_at, nonce
+
+
+def check_age(signed_at, now, max_age, max_skew):
+    """Refused unless ``signed_at`` is at most ``max_age`` seconds before ``now`` and at most
+    ``max_skew`` seconds after it, each refusal naming its setting."""
     age = (now - signed_at).total_seconds()
     if age > max_age:
         raise Refused(f"it was signed {age:.0f} s ago, more than {max_age:g} s (iemkey:reactor:max_age)")
     if age < -max_skew:
-        raise Refused(f"it was signed {-age:.0f} s in the future (clock skew beyond {max_skew:g} s)")
+        raise Refused(
+            f"it was signed {-age:.0f} s in the future, more than {max_skew:g} s ahead of the master's clock "
+            "(iemkey:reactor:max_skew)"
+        )
+
+
+def accepted_key(opts, minion_id):
+    """The public key the master accepted for ``minion_id`` (PEM bytes), or None."""
+    import salt.cache  # pylint: disable=import-outside-toplevel
+    import salt.utils.verify  # pylint: disable=import-outside-toplevel
+
+    if not isinstance(minion_id, str) or not MINION_ID.fullmatch(minion_id):
+        return None
+    if not salt.utils.verify.valid_id(opts, minion_id):
+        return None
+    driver = opts.get("keys.cache_driver")
+    if driver:  # Salt 3008 keeps minion keys behind a cache driver (localfs_key by default)
+        try:
+            found = salt.cache.Cache(opts, driver=driver).fetch("keys", minion_id)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.debug("iemkey: the keys cache could not answer for %s (%s); reading pki_dir", minion_id, exc)
+        else:
+            accepted = isinstance(found, dict) and found.get("state") == "accepted" and found.get("pub")
+            return found["pub"].encode() if accepted else None
+    pki_dir = opts.get("cluster_pki_dir") if opts.get("cluster_id") else opts["pki_dir"]
+    path = os.path.join(pki_dir, "minions", minion_id)
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def verify_event(tag, event, opts, now, max_age, max_skew):
+    """(minion id, payload, signed time, nonce) of a minion's event (``{"id": ..., "data": ...}``)
+    signed with the key the master accepted for its signer, judged at ``now`` (when the master
+    received it) and arriving as from its signer; Refused otherwise, with the reason."""
+    data = event.get("data")
+    envelope_id = signer(data)
+    key = accepted_key(opts, envelope_id) if envelope_id else None
+    try:
+        minion_id, payload, signed_at, nonce = verify(tag, data, key, now, max_age, max_skew)
+    except Refused as exc:
+        hint = " (a detector sends it with `salt-call iemkey.alert`)" if tag == "iemkey/compromised" else ""
+        if envelope_id and key is None and opts.get("order_masters"):
+            hint = (
+                ": this is a master of masters (order_masters), whose key registry holds only its syndics; "
+                "iemkey runs on the masters (syndics) that accepted the minions"
+            )
+        raise Refused(f"{exc}{hint}") from None
+    claimed = event.get("id")
+    if claimed is not None and claimed != minion_id:
+        raise Refused(f"it is signed by {minion_id!r} but arrived as from {claimed!r}")
     return minion_id, payload, signed_at, nonce
+
+
+def webhook_fields(header):
+    """(t, hex digest) of ``X-Iemkey-Signature: t=<unix>,sha256=<hex>``; Refused for anything else."""
+    parts = header.split(",") if isinstance(header, str) else []
+    fields = dict(part.strip().partition("=")[::2] for part in parts)
+    stamp, digest = fields.get("t", ""), fields.get("sha256", "")
+    if not re.fullmatch(r"[0-9]{1,12}", stamp) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise Refused(f"its body is not signed with iemkey:reactor:hook_secret ({HOOK_FORM})")
+    return stamp, digest
+
+
+def check_webhook(secret, header, body, now, max_age, max_skew):
+    """(hex digest, signed time) of a webhook whose ``X-Iemkey-Signature`` is the HMAC-SHA256 of
+    ``<t>.<body>`` with ``secret`` (bytes), signed no more than ``max_age`` seconds before ``now``
+    (when the master received it) nor more than ``max_skew`` after; Refused otherwise. The one check
+    of a webhook's signature."""
+    body = body.encode() if isinstance(body, str) else body
+    if not isinstance(body, bytes):
+        raise Refused("its body is not signed with iemkey:reactor:hook_secret (it has no body)")
+    stamp, digest = webhook_fields(header)
+    expected = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(digest.encode(), expected.encode()):
+        raise Refused(f"its body is not signed with iemkey:reactor:hook_secret ({HOOK_FORM})")
+    signed_at = datetime.datetime.fromtimestamp(int(stamp), UTC)
+    check_age(signed_at, now, max_age, max_skew)
+    return digest, signed_at

@@ -15,6 +15,9 @@ bank                      key -> record
 ``incidents``             ``<name>`` -> an incident an operator declared (``iemkey.incident``)
 ``groups``                ``<incident>`` -> the BigFix computer group listing its computers to
                           revoke
+``owed``                  ``<minion>`` -> the rotation the master owes that minion after a
+                          compromise signal, and how its delivery stands (``iemkey_owed``)
+``settled``               ``<minion>:<when>`` -> an owed rotation once settled (the trail)
 ========================  ==================================================================
 
 ``LocalStore`` (the default, ``iemkey:store: {driver: local}``) keeps each record in its own
@@ -45,7 +48,7 @@ except ImportError:  # a Salt master runs on POSIX; this keeps the import harmle
     fcntl = None
 
 
-BANKS = ("cases", "nonces", "compromises", "incidents", "groups")
+BANKS = ("cases", "nonces", "compromises", "incidents", "groups", "owed", "settled")
 # What a key may be: minion ids, computer ids, nonces, incident names, joined by ':'. Never a path.
 KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,300}")
 SWEEP_EVERY = 60  # seconds between two sweeps of expired records in a bank

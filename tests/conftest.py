@@ -1,5 +1,6 @@
 """Fixtures shared by every test layer."""
 
+import os
 import shutil
 import tempfile
 
@@ -15,7 +16,8 @@ def salt_factories_default_root_dir():
     another venv's Salt would run. Short, under /tmp: Salt's unix sockets live below it."""
     root = tempfile.mkdtemp(prefix="iemkey-sf-", dir="/tmp")
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    if not os.environ.get("IEMKEY_KEEP_DAEMON_FILES"):  # set it to read the daemons' logs after a run
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +25,7 @@ def module_roots(tmp_path_factory):
     """What README tells a master to serve: a folder of links to _modules, _states, _runners and _utils,
     and the formula's salt/ (serving the repo root would walk .venv and friends on every sync)."""
     served = tmp_path_factory.mktemp("iemkey-modules")
-    for folder in ("_modules", "_states", "_runners", "_utils"):
+    for folder in ("_modules", "_states", "_runners", "_utils", "_engines", "_grains"):
         (served / folder).symlink_to(REPO / folder)
     return [str(served), str(REPO / "salt")]
 

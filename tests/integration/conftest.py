@@ -14,6 +14,7 @@ from helpers import (
     CLEANUP_EVERY,
     COOLDOWN,
     HOOK_SECRET,
+    RATE,
     REPORT_MARGIN,
     agent_settings,
     api_settings,
@@ -21,8 +22,6 @@ from helpers import (
 from pytestshellutils.utils import ports
 from saltapi import SaltApi, login
 from saltfactories.utils import random_string
-
-REACTOR_SLS = "salt://iemkey/reactor/compromised.sls"
 
 
 @pytest.fixture(scope="session")
@@ -66,16 +65,21 @@ def salt_master(salt_factories, pillar_root, state_root, bigfix_api_port, secret
         overrides={
             "file_roots": {"base": [str(state_root), *module_roots]},
             "pillar_roots": {"base": [str(pillar_root)]},
-            "reactor": [
-                {"iemkey/compromised": [REACTOR_SLS]},
-                {"salt/netapi/hook/iemkey/compromised": [REACTOR_SLS]},
-                {"iemkey/rotated": ["salt://iemkey/reactor/rotated.sls"]},
-            ],
+            # the iemkey engine decides iemkey's events and delivers owed rotations (README)
+            "engines": [{"iemkey": {}}],
             "iemkey_secrets": {"driver": "yaml", "files": [str(secrets_file)]},
             # the console clean-up runs itself, as README tells operators to set it up
             "schedule": {"iemkey-cleanup": {"function": "iemkey.cleanup", "seconds": CLEANUP_EVERY}},
             "iemkey": {
-                "reactor": {"cooldown": COOLDOWN, "hook_secret": "sdb://iemkey_secrets/hook_secret"},
+                "reactor": {"cooldown": COOLDOWN, "rate": RATE, "hook_secret": "sdb://iemkey_secrets/hook_secret"},
+                # a test minion is away for seconds, not hours: probe and redeliver quickly
+                "delivery": {
+                    "probe_after": 3,
+                    "redeliver_every": 5,
+                    "retry_after": 3,
+                    "max_attempts": 3,
+                    "interval": 1,
+                },
                 # the stand-in agents report every second; a real fleet's heartbeat needs the default 900 s
                 "cleanup": {"report_margin": REPORT_MARGIN},
                 "api": api_settings(bigfix_api_port),
@@ -141,17 +145,21 @@ def agent_2(make_agent, salt_minion_2):
 
 
 def _forget_rotations(minion):
-    (pathlib.Path(minion.config["cachedir"]) / "iemkey" / "rotation.json").unlink(missing_ok=True)
+    """A fresh agent's minion: no rotation on record, and no alert kept from an earlier test (its
+    schedule would send it again, and the master would owe this minion a rotation)."""
+    cache = pathlib.Path(minion.config["cachedir"]) / "iemkey"
+    (cache / "rotation.json").unlink(missing_ok=True)
+    shutil.rmtree(cache / "alerts", ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cleanups(request):
-    """Each test starts with no clean-ups, compromises, incidents or revocation groups on the master
-    (the store the runner keeps under its cachedir; the replay nonces stay, as they would)."""
+    """Each test starts with no clean-ups, compromises, incidents, revocation groups or owed rotations on
+    the master (the store the runner keeps under its cachedir; the replay nonces stay, as they would)."""
     if "salt_master" in request.fixturenames:
         master = request.getfixturevalue("salt_master")
         store = pathlib.Path(master.config["cachedir"]) / "iemkey"
-        for bank in ("cases", "compromises", "incidents", "groups"):
+        for bank in ("cases", "compromises", "incidents", "groups", "owed", "settled"):
             shutil.rmtree(store / bank, ignore_errors=True)
 
 

@@ -47,6 +47,9 @@ def module_globals(loaded_function):
 
 # integration: the reactor's cooldown window (master iemkey:reactor:cooldown) and the salt-api user
 COOLDOWN = 15
+# the test master's iemkey:reactor:rate: the session's tests send one minion's alerts and rotations in
+# quick succession (a fleet's minion sends a handful an incident); the storm test holds one minion to it
+RATE = 30
 CLEANUP_EVERY = 5  # seconds between the master schedule's iemkey.cleanup runs
 REPORT_MARGIN = 2  # seconds an old computer must stay silent after the master received its rotation
 API_USER = "siem"
@@ -61,6 +64,7 @@ def agent_settings(root, **extra):
         "init_script": str(root / "etc/init.d/besclient"),
         "client_binary": str(root / "opt/BESClient/bin/BESClient"),
         "command_timeout": 10,
+        "alert_resend": 10,  # a kept alert is sent again every 10 s here (60 s by default)
         **extra,
     }
 
@@ -82,3 +86,36 @@ def synced(*masters):
     for master in masters:
         ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")
         assert ret.returncode == 0, ret
+
+
+ENGINE = [{"iemkey": {}}]  # a master's engines: the iemkey engine decides iemkey's events
+
+
+def preloaded(factory):
+    """``factory`` (a master not started yet) with iemkey's engine, runner and utility modules already
+    where ``salt-run saltutil.sync_all`` puts them, so that the engine runs from its first start (a
+    synced engine starts only with the master, and restarting costs a test 10-15 s)."""
+    import shutil
+
+    import salt.config
+
+    # where the master will look: its config file as Salt reads it (a syndic's master's factory config
+    # names another place than the daemon computes from its root_dir)
+    assert pathlib.Path(factory.config_file).is_file(), factory.config_file  # written when the factory is made
+    opts = salt.config.master_config(factory.config_file)
+    engines = opts.get("engines") or []
+    if not any(isinstance(e, dict) and "iemkey" in e for e in engines):
+        # salt-factories' syndic writes master.d/syndic.conf with its own engines list, which replaces
+        # the master config's: a later master.d file adds the iemkey engine back to it
+        import yaml
+
+        conf_d = pathlib.Path(factory.config_file).parent / "master.d"
+        conf_d.mkdir(exist_ok=True)
+        (conf_d / "zz-iemkey.conf").write_text(yaml.safe_dump({"engines": [*engines, *ENGINE]}))
+    extmods = pathlib.Path(opts["extension_modules"])
+    for folder, kind in (("_engines", "engines"), ("_runners", "runners"), ("_utils", "utils")):
+        target = extmods / kind
+        target.mkdir(parents=True, exist_ok=True)
+        for source in (REPO / folder).glob("*.py"):
+            shutil.copy2(source, target / source.name)
+    return factory

@@ -1,23 +1,15 @@
 #!py
 """
-Reactor: after a minion's rotation, clean its old computer out of the BigFix console.
+Reactor for ``iemkey/rotated``: a hand-off.
 
-Mapping ``iemkey/rotated`` to this file in the master's ``reactor:`` is the opt-in:
+Where the master runs the iemkey engine (``engines: [{iemkey: {}}]``), this file does nothing: the
+engine verifies each signed ``iemkey/rotated`` once, records the clean-up of the old computer for
+``iemkey.cleanup`` (the master schedule) to decide with BigFix (a routine rotation's old computer is
+deleted once BigFix confirms it is the superseded duplicate; a compromise rotation's is listed to
+revoke), and settles the minion's owed rotation. Remove this file's entry from the master's
+``reactor:`` once the engine runs (CHANGELOG, 0.3.0).
 
-    reactor:
-      - 'iemkey/rotated':
-        - salt://iemkey/reactor/rotated.sls
-
-The runner ``iemkey.react`` acts only on an event signed with the minion's own Salt
-key (``iemkey.rotate`` signs it), records the clean-up on the master and acts on the
-old computer only once BigFix confirms it is the superseded duplicate: the minion's
-new computer has reported the same Computer Name and the old one has not reported
-since the master received the rotation. A routine rotation's old computer is then
-deleted; a compromise rotation's (the master acted on an alert for that minion, or an
-incident covers it) is listed to revoke, never deleted. Anything else is listed for
-review (``salt-run iemkey.report``); what cannot be decided yet waits for
-``salt-run iemkey.cleanup`` (a master schedule). Like the compromise reactor, it asks
-``iemkey_gate`` first: what cannot be genuine never costs a runner reaction.
+On a master without the engine, it records the clean-up here, in Salt's reactor, as iemkey 0.2 did.
 """
 
 import logging
@@ -25,30 +17,20 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def _gate():
-    """``iemkey_gate`` from the master's synced utility modules (formula) or the installed package."""
-    import importlib
-    import os
-    import sys
-
-    try:
-        from saltext.iemkey.utils import iemkey_gate  # pylint: disable=import-outside-toplevel
-
-        return iemkey_gate
-    except ImportError:
-        pass
-    utils = os.path.join(__opts__["extension_modules"], "utils")
-    if utils not in sys.path:
-        sys.path.append(utils)
-    try:
-        return importlib.import_module("iemkey_gate")
-    except ImportError:
-        return None
-
-
 def run():
-    gate = _gate()
-    if gate is None:
-        log.error("iemkey reactor: _utils/iemkey_gate.py is not on the master: run salt-run saltutil.sync_all")
-        return {}
-    return gate.reaction(tag, data, __opts__)
+    try:
+        from saltext.iemkey.utils import iemkey_engine  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        import importlib  # pylint: disable=import-outside-toplevel
+        import os  # pylint: disable=import-outside-toplevel
+        import sys  # pylint: disable=import-outside-toplevel
+
+        utils = os.path.join(__opts__["extension_modules"], "utils")
+        if utils not in sys.path:
+            sys.path.append(utils)
+        try:
+            iemkey_engine = importlib.import_module("iemkey_engine")
+        except ImportError:
+            log.error("iemkey reactor: _utils/iemkey_engine.py is not on the master: run salt-run saltutil.sync_all")
+            return {}
+    return iemkey_engine.reaction(tag, data, __opts__)

@@ -128,7 +128,7 @@ def test_linux_without_script_or_service_names_both_and_reports_the_keys(modules
     assert agent.key_files()
 
 
-def test_rotate_without_an_agent_says_where_it_looked(modules, agent):
+def test_rotate_without_an_agent_has_nothing_to_rotate_unless_one_is_required(modules, agent, loaders):
     import shutil
 
     agent.kill()
@@ -136,8 +136,15 @@ def test_rotate_without_an_agent_says_where_it_looked(modules, agent):
     status = modules.iemkey.status()
     assert status["installed"] is False and status["key_files"] == 0 and status["agent_running"] is None
     assert status["problem"].startswith("no storage path at")
-    with pytest.raises(CommandExecutionError, match="the BigFix agent is not installed here: no storage path at"):
-        modules.iemkey.rotate()
+    ret = modules.iemkey.rotate()
+    assert ret["no_agent"] is True and ret["rotated"] is False
+    assert ret["comment"].startswith("no BigFix agent here: nothing to rotate (no storage path at ")
+    loaders.opts["iemkey"]["require_agent"] = True  # config.get reads the minion's config
+    try:
+        with pytest.raises(CommandExecutionError, match="the BigFix agent is not installed here: no storage path at"):
+            modules.iemkey.rotate()
+    finally:
+        del loaders.opts["iemkey"]["require_agent"]
 
 
 def test_check_decides_on_the_key_time(modules, agent):

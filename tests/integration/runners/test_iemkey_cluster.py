@@ -11,7 +11,7 @@ every event on every peer with ``__peer_id`` added, so both reactors see the min
 
 import pytest
 import salt.version
-from helpers import COOLDOWN, agent_settings, synced
+from helpers import ENGINE, agent_settings, preloaded, synced
 from saltevents import log_lines, wait_for
 from saltfactories.utils import random_string
 
@@ -37,11 +37,8 @@ def _config(shared, state_root, pillar_root, module_roots, interface, peer):
         "open_mode": True,
         "file_roots": {"base": [str(state_root), *module_roots]},
         "pillar_roots": {"base": [str(pillar_root)]},
-        "reactor": [
-            {"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]},
-            {"iemkey/rotated": ["salt://iemkey/reactor/rotated.sls"]},
-        ],
-        "iemkey": {"store": {"path": str(shared / "iemkey")}, "reactor": {"cooldown": COOLDOWN}},
+        "engines": ENGINE,
+        "iemkey": {"store": {"path": str(shared / "iemkey")}, "delivery": {"probe_after": 3, "interval": 1}},
         "log_level_logfile": "debug",
     }
 
@@ -49,17 +46,21 @@ def _config(shared, state_root, pillar_root, module_roots, interface, peer):
 @pytest.fixture(scope="module")
 def cluster(salt_factories, shared, state_root, pillar_root, module_roots):
     # a cluster knows its peers by id = address (cluster_peers, cluster_pki_dir/peers/<id>.pub)
-    first = salt_factories.salt_master_daemon(
-        "127.0.0.1", overrides=_config(shared, state_root, pillar_root, module_roots, "127.0.0.1", "127.0.0.2")
+    first = preloaded(
+        salt_factories.salt_master_daemon(
+            "127.0.0.1", overrides=_config(shared, state_root, pillar_root, module_roots, "127.0.0.1", "127.0.0.2")
+        )
     )
     with first.started(start_timeout=120):
-        second = salt_factories.salt_master_daemon(
-            "127.0.0.2",
-            overrides={
-                **_config(shared, state_root, pillar_root, module_roots, "127.0.0.2", "127.0.0.1"),
-                "ret_port": first.config["ret_port"],
-                "publish_port": first.config["publish_port"],
-            },
+        second = preloaded(
+            salt_factories.salt_master_daemon(
+                "127.0.0.2",
+                overrides={
+                    **_config(shared, state_root, pillar_root, module_roots, "127.0.0.2", "127.0.0.1"),
+                    "ret_port": first.config["ret_port"],
+                    "publish_port": first.config["publish_port"],
+                },
+            )
         )
         with second.started(start_timeout=120):
             synced(first, second)

@@ -17,23 +17,18 @@ import pathlib
 
 import iemkey_auth
 import pytest
-from helpers import COOLDOWN, agent_settings, synced
+from helpers import ENGINE, agent_settings, preloaded, synced
 from saltevents import log_lines, wait_for
 from saltfactories.utils import random_string
 
 SINCE = "2026-01-01T00:00:00Z"
-REACTORS = [
-    {"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]},
-    {"iemkey/rotated": ["salt://iemkey/reactor/rotated.sls"]},
-]
 
 
 def _iemkey_master(state_root, pillar_root, module_roots, **extra):
     return {
         "file_roots": {"base": [str(state_root), *module_roots]},
         "pillar_roots": {"base": [str(pillar_root)]},
-        "reactor": REACTORS,
-        "iemkey": {"reactor": {"cooldown": COOLDOWN}},
+        "engines": ENGINE,
         "log_level_logfile": "debug",
         **extra,
     }
@@ -41,8 +36,10 @@ def _iemkey_master(state_root, pillar_root, module_roots, **extra):
 
 @pytest.fixture(scope="module")
 def master_of_masters(salt_factories, state_root, pillar_root, module_roots):
-    factory = salt_factories.salt_master_daemon(
-        random_string("mom-"), overrides=_iemkey_master(state_root, pillar_root, module_roots, order_masters=True)
+    factory = preloaded(
+        salt_factories.salt_master_daemon(
+            random_string("mom-"), overrides=_iemkey_master(state_root, pillar_root, module_roots, order_masters=True)
+        )
     )
     with factory.started(start_timeout=120):
         synced(factory)
@@ -56,6 +53,7 @@ def syndic(master_of_masters, state_root, pillar_root, module_roots):
         overrides={"syndic_forward_all_events": True},
         master_overrides=_iemkey_master(state_root, pillar_root, module_roots),
     )
+    preloaded(factory.master)
     with factory.started(start_timeout=180):
         synced(factory.master)
         yield factory
@@ -95,7 +93,7 @@ def test_the_syndics_master_decides_and_the_master_of_masters_says_where_iemkey_
     assert log_lines(
         master_of_masters,
         f"'{leaf.id}' is not an accepted minion: this is a master of masters (order_masters), whose key registry "
-        "holds only its syndics; iemkey's reactors and runner run on the masters (syndics) that accepted the minions",
+        "holds only its syndics; iemkey runs on the masters (syndics) that accepted the minions",
         timeout=60,
     )
     report = syndic.master.salt_run_cli(timeout=120).run("iemkey.report", f"since={SINCE}", f"tgt={leaf.id}")
@@ -107,4 +105,4 @@ def test_on_the_master_of_masters_report_and_targets_refuse_saying_where_to_run_
         ret = master_of_masters.salt_run_cli(timeout=120).run(*args)
         assert ret.returncode != 0, ret
         assert ret.data["error"].startswith("this master is a master of masters (order_masters)"), ret
-        assert "run iemkey's runner (and reactors) on the masters that accepted the minions" in ret.data["error"]
+        assert "run iemkey's runner (and engine) on the masters that accepted the minions" in ret.data["error"]

@@ -1,6 +1,8 @@
 """The minion's events carry its own signature: iemkey.alert and the iemkey/rotated of iemkey.rotate."""
 
 import datetime
+import json
+import logging
 
 import iemkey_auth
 import pytest
@@ -21,8 +23,45 @@ def sent():
     return []
 
 
+class Schedule:
+    """The minion's schedule module as iemkey uses it: ``online`` is whether the minion daemon answers
+    (schedule.add/delete through it); ``offline=True`` writes the persisted file itself."""
+
+    def __init__(self):
+        self.jobs, self.saved, self.online, self.calls = {}, {}, True, []
+
+    def list(self, return_yaml=True, offline=False):
+        assert return_yaml is False
+        return dict(self.saved if offline else self.jobs)
+
+    def add(self, name, persist=True, offline=False, **job):
+        self.calls.append(("add", name, "offline" if offline else "online"))
+        if offline:
+            self.saved[name] = job
+            return {"result": True, "comment": f"Added job: {name} to schedule."}
+        if not self.online:
+            return {"result": False, "comment": "the minion daemon did not answer"}
+        self.jobs[name] = job
+        if persist:
+            self.saved[name] = job
+        return {"result": True, "comment": f"Added job: {name} to schedule."}
+
+    def delete(self, name, persist=True, offline=False):
+        self.calls.append(("delete", name, "offline" if offline else "online"))
+        if not offline and not self.online:
+            return {"result": False, "comment": "the minion daemon did not answer"}
+        self.jobs.pop(name, None)
+        self.saved.pop(name, None)
+        return {"result": True}
+
+
 @pytest.fixture
-def configure_loader_modules(tmp_path, minion_key, sent):
+def schedule():
+    return Schedule()
+
+
+@pytest.fixture
+def configure_loader_modules(tmp_path, minion_key, sent, schedule):
     (tmp_path / "minion.pem").write_bytes(minion_key[0])
 
     def send(tag, data):
@@ -33,7 +72,13 @@ def configure_loader_modules(tmp_path, minion_key, sent):
         iemkey: {
             "__opts__": {"id": "web01", "pki_dir": str(tmp_path), "cachedir": str(tmp_path), "file_client": "remote"},
             "__grains__": {"kernel": "Linux"},
-            "__salt__": {"event.send": send},
+            "__salt__": {
+                "event.send": send,
+                "config.get": lambda key, default=None: default,
+                "schedule.list": schedule.list,
+                "schedule.add": schedule.add,
+                "schedule.delete": schedule.delete,
+            },
         }
     }
 
@@ -48,18 +93,89 @@ def test_alert_sends_a_compromise_signed_with_this_minions_key(sent, minion_key)
     ((tag, data),) = sent
     assert tag == "iemkey/compromised"
     minion_id, payload, signed_at, _nonce = _verify(tag, data, minion_key[1])
-    assert (minion_id, payload) == ("web01", {"reason": "IDS rule 4711"})
-    assert signed_at.isoformat() == ret["signed_at"]
+    assert minion_id == "web01" and signed_at.isoformat() == ret["signed_at"]
+    assert payload == {"reason": "IDS rule 4711", "alert_id": ret["alert_id"], "raised_at": payload["raised_at"]}
+    assert datetime.datetime.fromisoformat(payload["raised_at"]) <= signed_at
 
 
 def test_alert_reasons_are_cut_at_1000_characters(sent):
     assert len(iemkey.alert(reason="x" * 5000)["reason"]) == 1000
 
 
-def test_alert_fails_loudly_when_nothing_was_sent(sent, monkeypatch):
+def test_alert_fails_loudly_when_nothing_was_sent_and_keeps_the_alert_to_send_again(sent, tmp_path, schedule):
     iemkey.__salt__["event.send"] = lambda tag, data: False
-    with pytest.raises(CommandExecutionError, match="could not send iemkey/compromised"):
+    with pytest.raises(CommandExecutionError) as raised:
         iemkey.alert(reason="x")
+    assert str(raised.value) == (
+        "could not send iemkey/compromised to any master (minion daemon: event.send returned False); the alert is "
+        "kept and sent again: every 60 s (schedule iemkey-alert-resend)"
+    )
+    (kept,) = (tmp_path / "iemkey" / "alerts").glob("*.json")
+    assert json.loads(kept.read_text())["took"] is False
+
+
+# -- at-least-once: kept, sent again, forgotten once a rotation follows -------------------------------
+def test_an_alert_is_kept_and_the_schedule_sends_it_again_with_its_id_and_time_until_a_rotation_follows(
+    sent, tmp_path, schedule, minion_key
+):
+    ret = iemkey.alert(reason="EDR")
+    assert ret["resend"] == "every 60 s (schedule iemkey-alert-resend)"
+    assert schedule.jobs["iemkey-alert-resend"] == {
+        "function": "iemkey.resend_alerts",
+        "seconds": 60,
+        "run_on_start": False,  # not at once: the alert was just sent
+        "maxrunning": 1,
+    }
+    assert schedule.saved == schedule.jobs  # persisted: it survives a minion restart
+    again = iemkey.resend_alerts()
+    assert list(again["sent_again"]) == [ret["alert_id"]] and again["kept"] == 1
+    first, second = (_verify(tag, data, minion_key[1]) for tag, data in sent)
+    assert first[1] == second[1] and first[3] != second[3]  # the same alert, a new signature
+    # a rotation iemkey made after the alert was raised: it is done
+    record = {"step": "done", "rotated_at": datetime.datetime.now(UTC).isoformat(), "keystorage": "/k"}
+    (tmp_path / "iemkey" / "rotation.json").write_text(json.dumps(record))
+    done = iemkey.resend_alerts()
+    assert done == {"sent_again": {}, "done": [ret["alert_id"]], "expired": [], "kept": 0}
+    assert list((tmp_path / "iemkey" / "alerts").iterdir()) == [] and len(sent) == 2
+    assert "iemkey-alert-resend" not in schedule.jobs and "iemkey-alert-resend" not in schedule.saved
+
+
+def test_a_rotation_before_the_alert_does_not_end_it_and_one_kept_too_long_is_dropped_loudly(
+    sent, tmp_path, schedule, caplog
+):
+    before = {"step": "done", "rotated_at": "2026-01-01T00:00:00+00:00", "keystorage": "/k"}
+    (tmp_path / "iemkey").mkdir(exist_ok=True)
+    (tmp_path / "iemkey" / "rotation.json").write_text(json.dumps(before))
+    ret = iemkey.alert(reason="x")
+    assert iemkey.resend_alerts()["kept"] == 1
+    path = tmp_path / "iemkey" / "alerts" / f"{ret['alert_id']}.json"
+    alert = json.loads(path.read_text())
+    path.write_text(json.dumps({**alert, "raised_at": "2026-01-02T00:00:00+00:00"}))  # kept for months
+    with caplog.at_level(logging.ERROR):
+        assert iemkey.resend_alerts()["expired"] == [ret["alert_id"]]
+    assert "kept for more than iemkey:alert_keep (86400 s) without a rotation following it" in caplog.text
+    assert not path.exists()
+
+
+def test_with_the_minion_daemon_down_the_schedule_is_written_for_its_next_start(sent, schedule):
+    schedule.online = False
+    ret = iemkey.alert(reason="x")
+    assert ret["resend"] == "every 60 s (schedule iemkey-alert-resend)"
+    assert schedule.calls == [("add", "iemkey-alert-resend", "online"), ("add", "iemkey-alert-resend", "offline")]
+    assert "iemkey-alert-resend" in schedule.saved
+    iemkey.alert(reason="again")  # already in the persisted schedule: not added twice
+    assert len(schedule.calls) == 2
+
+
+def test_without_a_schedule_module_the_alert_still_goes_and_says_it_is_not_scheduled(sent, caplog):
+    del iemkey.__salt__["schedule.list"]
+    with caplog.at_level(logging.ERROR):
+        ret = iemkey.alert(reason="x")
+    assert (
+        ret["sent"] is True
+        and ret["resend"].startswith("NOT scheduled (")
+        and "run iemkey.resend_alerts" in ret["resend"]
+    )
 
 
 def test_alert_needs_a_master(sent):
@@ -157,9 +273,10 @@ def test_under_salt_call_an_alert_no_master_took_fails_naming_each(sent, salt_ca
     with pytest.raises(CommandExecutionError) as raised:
         iemkey.alert(reason="x")
     assert str(raised.value) == (
-        "could not send iemkey/compromised to any master: "
+        "could not send iemkey/compromised to any master ("
         "tcp://127.0.0.1:4506: not sent: OSError: connection refused by tcp://127.0.0.1:4506; "
         "tcp://127.0.0.2:4506: not sent: OSError: connection refused by tcp://127.0.0.2:4506"
+        "); the alert is kept and sent again: every 60 s (schedule iemkey-alert-resend)"
     )
     # a rotation's iemkey/rotated is not a failure of the rotation when no master takes it
     rotated = {"old_computer_id": "1001", "rotated_at": "2026-11-27T00:00:00+00:00"}

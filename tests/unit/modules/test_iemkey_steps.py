@@ -371,13 +371,42 @@ def test_check_of_a_keyless_agent_long_after_a_rotation_is_stale(storage, config
     assert iemkey.check("2026-11-20T08:00:00Z")["stale"] is False
 
 
-def test_check_where_no_agent_is_installed(config, tmp_path):
+def test_check_where_no_agent_is_installed_has_nothing_to_rotate_unless_one_is_required(config, tmp_path):
     config["storage_path"] = str(tmp_path / "nowhere")
     ret = iemkey.check("2026-11-20T08:00:00Z", probe_agent=False)
-    assert (ret["compliant"], ret["basis"], ret["key_time"], ret["stale"]) == (False, None, None, False)
+    assert (ret["compliant"], ret["basis"], ret["key_time"], ret["stale"]) == (True, None, None, False)
+    assert (ret["no_agent"], ret["require_agent"]) == (True, False)
     assert ret["reason"] == (
-        f"the BigFix agent is not installed: no storage path at {tmp_path / 'nowhere'} (config iemkey:storage_path)"
+        f"no BigFix agent here: nothing to rotate (no storage path at {tmp_path / 'nowhere'} (config "
+        "iemkey:storage_path))"
     )
+    config["require_agent"] = True
+    required = iemkey.check("2026-11-20T08:00:00Z", probe_agent=False)
+    assert (required["compliant"], required["no_agent"], required["require_agent"]) == (False, True, True)
+    assert required["reason"] == (
+        "the BigFix agent is not installed, and iemkey:require_agent is true: no storage path at "
+        f"{tmp_path / 'nowhere'} (config iemkey:storage_path)"
+    )
+    config["require_agent"] = "yes-please"
+    with pytest.raises(SaltInvocationError, match=r"^iemkey:require_agent must be True or False, not 'yes-please'$"):
+        iemkey.check("2026-11-20T08:00:00Z", probe_agent=False)
+
+
+def test_rotate_where_no_agent_is_installed_is_success_with_nothing_to_rotate(config, tmp_path, seen):
+    config["storage_path"] = str(tmp_path / "nowhere")
+    ret = iemkey.rotate()
+    assert ret == {
+        "rotated": False,
+        "no_agent": True,
+        "keystorage": None,
+        "removed": [],
+        "comment": f"no BigFix agent here: nothing to rotate (no storage path at {tmp_path / 'nowhere'} (config "
+        "iemkey:storage_path); iemkey:require_agent is false)",
+    }
+    assert seen == []
+    config["require_agent"] = True
+    with pytest.raises(CommandExecutionError, match="the BigFix agent is not installed here: no storage path"):
+        iemkey.rotate()
 
 
 def test_check_refuses_a_since_in_the_future():
@@ -440,11 +469,18 @@ def test_test_mode_from_the_minion_config_plans_too(storage, seen):
 
 
 def test_a_key_new_enough_is_not_rotated_and_says_why(storage, seen):
-    ret = iemkey.rotate(since="2000-01-01T00:00:00Z")
+    ret = iemkey.rotate(since="2001-01-01T00:00:00Z")
     assert ret["rotated"] is False and ret["keystorage"] == _keystorage(storage)
     assert ret["comment"].startswith("key_created ") and ret["comment"].endswith(
-        " is at or after since 2000-01-01T00:00:00+00:00"
+        " is at or after since 2001-01-01T00:00:00+00:00"
     )
+    assert seen == []
+
+
+@pytest.mark.parametrize(("name", "value"), [("force", "yes-please"), ("test", 2), ("owed", "sure")])
+def test_a_switch_that_is_not_a_boolean_is_refused_before_anything_changes(storage, seen, name, value):
+    with pytest.raises(SaltInvocationError, match=f"^{name} must be True or False, not "):
+        iemkey.rotate(since="2001-01-01T00:00:00Z", **{name: value})
     assert seen == []
 
 
@@ -533,3 +569,84 @@ def test_each_step_after_the_delete_is_named_when_it_fails(storage, monkeypatch,
     assert ret["rotated"] is True and ret["errors"][0] == f"{step} failed after the rotation: RuntimeError: boom"
     # this stand-in makes no new key: a wait that ends without one is an error of its own
     assert len(ret["errors"]) == (1 if helper == "_await_new_key" else 2)
+
+
+# -- an owed rotation: only iemkey's own rotation after since counts; it is then reported again --------
+def _record(storage, rotated_at, step="done"):
+    record = {"step": step, "keystorage": _keystorage(storage), "old_computer_id": "999", "rotated_at": rotated_at}
+    iemkey._write_record(record)
+    return record
+
+
+def test_an_owed_rotation_rotates_a_key_whose_files_are_new_but_that_iemkey_never_rotated(storage, seen, sent):
+    since = (datetime.datetime.now(UTC) - datetime.timedelta(hours=1)).isoformat()
+    assert iemkey.check(since, probe_agent=False)["compliant"] is True  # by the key files' time it would pass
+    owed = iemkey.check(since, probe_agent=False, owed=True)
+    assert owed["compliant"] is False and owed["reason"] == (
+        f"iemkey recorded no rotation of this key at or after since {since}"
+    )
+    ret = iemkey.rotate(since=since, owed=True)
+    assert ret["rotated"] is True and [verb for verb, _ in seen] == ["stop", "start"]
+    assert [tag for tag, _ in sent] == ["iemkey/rotated"]
+
+
+def test_an_owed_rotation_iemkey_already_made_is_reported_again_not_made_twice(storage, seen, sent):
+    rotated_at = datetime.datetime.now(UTC) - datetime.timedelta(minutes=10)
+    for path in (storage / "KeyStorage").iterdir():  # the agent wrote its new keys after that rotation
+        os.utime(path, (rotated_at.timestamp() + 5, rotated_at.timestamp() + 5))
+    _record(storage, rotated_at.isoformat())
+    since = (rotated_at - datetime.timedelta(minutes=1)).isoformat()
+    verdict = iemkey.check(since, probe_agent=False, owed=True)
+    assert (verdict["compliant"], verdict["basis"], verdict["key_time"]) == (True, "rotation", rotated_at.isoformat())
+    planned = iemkey.rotate(since=since, owed=True, test=True)
+    assert planned["resent"] is None and "would send its iemkey/rotated again" in planned["comment"] and sent == []
+    ret = iemkey.rotate(since=since, owed=True)
+    assert (ret["rotated"], ret["resent"], ret["old_computer_id"], ret["new_computer_id"]) == (
+        False,
+        True,
+        "999",
+        "1001",
+    )
+    assert seen == [] and ret["event_sent"] is True
+    ((tag, data),) = sent
+    payload = iemkey_auth.verify(tag, data, KEY[1], datetime.datetime.now(UTC), 60, 5)[1]
+    assert payload == {
+        "old_computer_id": "999",
+        "new_computer_id": "1001",
+        "rotated_at": rotated_at.isoformat(),
+        "keystorage": _keystorage(storage),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["before_since", "keys_restored_from_a_backup", "another_keystorage", "not_done"],
+)
+def test_what_is_not_an_iemkey_rotation_after_since_is_rotated_for_an_owed_rotation(storage, seen, case):
+    rotated_at = datetime.datetime.now(UTC) - datetime.timedelta(minutes=10)
+    since = rotated_at - datetime.timedelta(minutes=1)
+    record = _record(storage, rotated_at.isoformat(), step="stopping" if case == "not_done" else "done")
+    if case == "before_since":
+        since = rotated_at + datetime.timedelta(seconds=1)
+    if case == "keys_restored_from_a_backup":
+        for path in (storage / "KeyStorage").iterdir():
+            os.utime(path, (rotated_at.timestamp() - 3, rotated_at.timestamp() - 3))
+    if case == "another_keystorage":
+        iemkey._write_record({**record, "keystorage": "/elsewhere/KeyStorage"})
+    assert iemkey.check(since.isoformat(), probe_agent=False, owed=True)["compliant"] is False
+    assert iemkey.rotate(since=since.isoformat(), owed=True)["rotated"] is True
+
+
+def test_an_owed_rotation_needs_since(storage):
+    with pytest.raises(SaltInvocationError, match="owed=True needs since"):
+        iemkey.rotate(owed=True)
+
+
+def test_an_owed_rotation_on_a_minion_without_an_agent_says_so_signed(config, tmp_path, sent, seen):
+    config["storage_path"] = str(tmp_path / "nowhere")
+    ret = iemkey.rotate(since="2026-11-20T08:00:00Z", owed=True)
+    assert ret["no_agent"] is True and ret["event_sent"] is True and seen == []
+    ((tag, data),) = sent
+    assert tag == "iemkey/rotated"
+    assert iemkey_auth.verify(tag, data, KEY[1], datetime.datetime.now(UTC), 60, 5)[1] == {"no_agent": True}
+    assert iemkey.rotate(since="2026-11-20T08:00:00Z", owed=True, test=True)["no_agent"] is True and len(sent) == 1

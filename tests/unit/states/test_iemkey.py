@@ -16,7 +16,7 @@ KEY = {"key_created": "2026-10-01T00:00:00+00:00", "computer_id": "1001"}
 
 def _verdict(compliant=False, installed=True, stale=False, reason="key_created ... is before since ..."):
     status = {"installed": installed, **KEY}
-    return {"compliant": compliant, "stale": stale, "reason": reason, "status": status}
+    return {"compliant": compliant, "stale": stale, "reason": reason, "status": status, "no_agent": not installed}
 
 
 ROTATION = {
@@ -53,7 +53,7 @@ def test_a_compliant_key_changes_nothing(mods, test_mode):
     assert ret["result"] is True and ret["changes"] == {}
     assert ret["comment"] == "The BigFix agent key is rotated: key_created X is at or after since"
     mods["iemkey.rotate"].assert_not_called()
-    mods["iemkey.check"].assert_called_once_with(SINCE, probe_agent=False)
+    mods["iemkey.check"].assert_called_once_with(SINCE, probe_agent=False, owed=False)
 
 
 def test_a_stale_agent_fails_whatever_the_mode(mods, test_mode):
@@ -63,13 +63,54 @@ def test_a_stale_agent_fails_whatever_the_mode(mods, test_mode):
     mods["iemkey.rotate"].assert_not_called()
 
 
-def test_no_agent_fails_and_says_where_it_looked(mods, test_mode):
+def test_no_agent_is_nothing_to_rotate_and_succeeds_unless_one_is_required(mods, test_mode):
     mods["iemkey.check"].return_value = _verdict(
-        installed=False, reason="the BigFix agent is not installed: no control script at /etc/init.d/besclient"
+        compliant=True, installed=False, reason="no BigFix agent here: nothing to rotate (no storage path at /x)"
     )
     ret = _apply()
-    assert ret["result"] is False and ret["changes"] == {} and "/etc/init.d/besclient" in ret["comment"]
+    assert ret["result"] is True and ret["changes"] == {}
+    assert ret["comment"] == "No BigFix agent here: nothing to rotate (no storage path at /x)"
     mods["iemkey.rotate"].assert_not_called()
+    mods["iemkey.check"].return_value = _verdict(
+        installed=False, reason="the BigFix agent is not installed, and iemkey:require_agent is true: no storage path"
+    )
+    required = _apply()
+    assert required["result"] is False and "iemkey:require_agent is true" in required["comment"]
+    mods["iemkey.rotate"].assert_not_called()
+
+
+def test_an_owed_rotation_on_a_minion_without_an_agent_says_so_to_the_master(mods, test_mode):
+    mods["iemkey.check"].return_value = _verdict(compliant=True, installed=False, reason="no BigFix agent here: x")
+    mods["iemkey.rotate"].return_value = {"rotated": False, "no_agent": True, "comment": "no BigFix agent here: x"}
+    ret = _apply(owed=True)
+    assert ret["result"] is True and ret["changes"] == {}
+    if test_mode:
+        mods["iemkey.rotate"].assert_not_called()
+        return
+    mods["iemkey.rotate"].assert_called_once_with(wait=0, since=SINCE, owed=True)  # it sends its signed word
+    assert ret["comment"] == "No BigFix agent here: x"
+
+
+def test_an_owed_rotation_already_made_is_reported_again_not_made_again(mods, test_mode):
+    mods["iemkey.check"].return_value = _verdict(compliant=True, reason="iemkey rotated this key at X")
+    mods["iemkey.rotate"].return_value = {"rotated": False, "resent": True, "comment": "its iemkey/rotated was sent"}
+    ret = _apply(owed=True)
+    mods["iemkey.check"].assert_called_once_with(SINCE, probe_agent=False, owed=True)
+    assert ret["changes"] == {}
+    if test_mode:
+        assert ret["result"] is None and ret["comment"].startswith("The rotation's iemkey/rotated would be sent again")
+        mods["iemkey.rotate"].assert_not_called()
+        return
+    assert ret["result"] is True and ret["comment"] == "The BigFix agent key is rotated: its iemkey/rotated was sent"
+    mods["iemkey.rotate"].assert_called_once_with(wait=0, since=SINCE, owed=True)
+
+
+def test_owed_must_be_a_boolean(mods, test_mode):
+    ret = _apply(owed="perhaps")
+    assert ret["result"] is False and ret["comment"] == (
+        "Cannot decide whether the key is rotated: owed must be True or False, not 'perhaps'"
+    )
+    mods["iemkey.check"].assert_not_called()
 
 
 @pytest.mark.parametrize(
@@ -95,7 +136,7 @@ def test_an_old_key_is_rotated_or_planned(mods, test_mode):
         assert ret["comment"].startswith("The BigFix agent key would be rotated")
         mods["iemkey.rotate"].assert_not_called()
         return
-    mods["iemkey.rotate"].assert_called_once_with(wait=30, since=SINCE)
+    mods["iemkey.rotate"].assert_called_once_with(wait=30, since=SINCE, owed=False)
     assert ret["result"] is True
     assert ret["changes"]["key"]["old"] == KEY
     assert ret["changes"]["removed"] == ROTATION["removed"]
@@ -160,5 +201,5 @@ def test_without_wait_the_state_does_not_wait_for_the_new_key(mods, test_mode):
     ret = _apply()
     if test_mode:
         return
-    mods["iemkey.rotate"].assert_called_once_with(wait=0, since=SINCE)
+    mods["iemkey.rotate"].assert_called_once_with(wait=0, since=SINCE, owed=False)
     assert ret["result"] is True and ret["name"] == "bigfix-agent-key"

@@ -5,7 +5,7 @@ import datetime
 import iemkey_auth
 import pytest
 from cryptography.hazmat.primitives import serialization
-from helpers import rsa_key_pair
+from helpers import hook_signature, rsa_key_pair
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -157,7 +157,9 @@ def test_the_age_refusals_say_how_far_off_the_time_is():
     ahead = iemkey_auth.sign(TAG, "alpha", {}, ALPHA[0], now=NOW + datetime.timedelta(seconds=120))
     with pytest.raises(iemkey_auth.Refused) as err:
         _verify(ahead)
-    assert str(err.value) == "it was signed 120 s in the future (clock skew beyond 60 s)"
+    assert str(err.value) == (
+        "it was signed 120 s in the future, more than 60 s ahead of the master's clock (iemkey:reactor:max_skew)"
+    )
 
 
 def test_a_payload_json_cannot_carry_is_refused_by_name():
@@ -170,3 +172,135 @@ def test_a_payload_json_cannot_carry_is_refused_by_name():
 def test_the_claimed_signer_must_be_one_minion_id(claimed):
     data = _tampered(id=claimed)
     assert iemkey_auth.signer(data) is None
+
+
+# -- the webhook's timed HMAC: one check, at its edges --------------------------------------------
+SECRET = b"hook-secret"
+NOT_SIGNED = (
+    "its body is not signed with iemkey:reactor:hook_secret "
+    "(X-Iemkey-Signature: t=<unix time>,sha256=<HMAC-SHA256 of '<t>.<body>'>)"
+)
+
+
+def _hook_check(header, body=b'{"minion_id": "alpha"}', now=NOW):
+    return iemkey_auth.check_webhook(SECRET, header, body, now, max_age=300, max_skew=60)
+
+
+def test_a_webhook_signature_is_good_from_max_skew_ahead_to_max_age_old_and_no_further():
+    t = int(NOW.timestamp())
+    header = hook_signature(SECRET.decode(), '{"minion_id": "alpha"}', t)
+    for offset, ok in ((300, True), (301, False), (-60, True), (-61, False), (0, True)):
+        at = NOW + datetime.timedelta(seconds=offset)
+        if ok:
+            digest, signed_at = _hook_check(header, now=at)
+            assert signed_at == NOW and header.endswith(digest)
+        else:
+            with pytest.raises(iemkey_auth.Refused):
+                _hook_check(header, now=at)
+    with pytest.raises(iemkey_auth.Refused) as err:
+        _hook_check(header, now=NOW + datetime.timedelta(seconds=301))
+    assert str(err.value) == "it was signed 301 s ago, more than 300 s (iemkey:reactor:max_age)"
+    with pytest.raises(iemkey_auth.Refused) as err:  # issue 28: an hour ahead is max_skew, not max_age
+        _hook_check(hook_signature(SECRET.decode(), '{"minion_id": "alpha"}', t + 3600))
+    assert str(err.value) == (
+        "it was signed 3600 s in the future, more than 60 s ahead of the master's clock (iemkey:reactor:max_skew)"
+    )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "sha256=" + "0" * 64,  # the untimed header earlier versions took
+        "t=1795161600",
+        "t=1000000000000,sha256=" + "0" * 64,  # 13 digits
+        "t=17951616x0,sha256=" + "0" * 64,
+        "t=1795161600,sha256=" + "0" * 63,
+        "t=1795161600,sha256=" + "G" * 64,
+    ],
+)
+def test_a_webhook_header_that_is_not_a_timed_hmac_is_unsigned(header):
+    with pytest.raises(iemkey_auth.Refused) as err:
+        _hook_check(header)
+    assert str(err.value) == NOT_SIGNED
+
+
+def test_a_webhook_signed_with_another_secret_or_over_another_body_is_unsigned():
+    t = int(NOW.timestamp())
+    for header, body in (
+        (hook_signature("guessed", '{"minion_id": "alpha"}', t), b'{"minion_id": "alpha"}'),
+        (hook_signature(SECRET.decode(), '{"minion_id": "alpha"}', t), b'{"minion_id": "beta"}'),
+    ):
+        with pytest.raises(iemkey_auth.Refused) as err:
+            _hook_check(header, body=body)
+        assert str(err.value) == NOT_SIGNED
+    with pytest.raises(iemkey_auth.Refused) as err:
+        _hook_check(hook_signature(SECRET.decode(), "x", t), body=None)
+    assert str(err.value) == "its body is not signed with iemkey:reactor:hook_secret (it has no body)"
+    assert _hook_check(hook_signature(SECRET.decode(), "x", t), body="x")[1] == NOW  # str bodies count as bytes
+
+
+# -- the key the master accepted ------------------------------------------------------------------
+@pytest.fixture
+def master_opts(tmp_path):
+    from runner_fakes import accepted_keys
+
+    return {"pki_dir": accepted_keys(tmp_path)}
+
+
+def test_on_salt_3008_the_accepted_key_comes_from_the_keys_cache_and_only_an_accepted_one(master_opts, monkeypatch):
+    import pathlib
+
+    import salt.cache
+    from runner_fakes import KEYS
+
+    records = {
+        "alpha": {"state": "accepted", "pub": KEYS["alpha"][1].decode()},
+        "beta": {"state": "pending", "pub": KEYS["beta"][1].decode()},
+        "gamma": "not a record",
+        "delta": {"state": "accepted", "pub": ""},
+    }
+
+    class Cache:
+        def __init__(self, cache_opts, driver):
+            assert driver == "localfs_key" and cache_opts is master_opts
+
+        def fetch(self, bank, key):
+            assert bank == "keys"
+            if key == "broken":
+                raise OSError("the cache is down")
+            return records.get(key)
+
+    monkeypatch.setattr(salt.cache, "Cache", Cache)
+    master_opts["keys.cache_driver"] = "localfs_key"
+    assert iemkey_auth.accepted_key(master_opts, "alpha") == KEYS["alpha"][1]
+    assert [iemkey_auth.accepted_key(master_opts, m) for m in ("beta", "gamma", "delta", "nosuch")] == [None] * 4
+    (pathlib.Path(master_opts["pki_dir"]) / "minions" / "broken").write_bytes(KEYS["beta"][1])
+    assert iemkey_auth.accepted_key(master_opts, "broken") == KEYS["beta"][1]  # the cache failed: pki_dir says
+
+
+def test_a_master_cluster_reads_the_clusters_pki_dir(master_opts, tmp_path):
+    from runner_fakes import KEYS
+
+    cluster = tmp_path / "cluster-pki"
+    (cluster / "minions").mkdir(parents=True)
+    (cluster / "minions" / "epsilon").write_bytes(KEYS["alpha"][1])
+    assert iemkey_auth.accepted_key({**master_opts, "cluster_pki_dir": str(cluster)}, "epsilon") is None
+    clustered = {**master_opts, "cluster_id": "c1", "cluster_pki_dir": str(cluster)}
+    assert iemkey_auth.accepted_key(clustered, "epsilon") == KEYS["alpha"][1]
+    assert iemkey_auth.accepted_key(clustered, "alpha") is None  # the master's own pki_dir is not the cluster's
+
+
+def test_an_id_salt_would_take_but_iemkey_does_not_has_no_accepted_key(master_opts):
+    import pathlib
+
+    from runner_fakes import KEYS
+
+    (pathlib.Path(master_opts["pki_dir"]) / "minions" / "web 01").write_bytes(KEYS["alpha"][1])  # Salt allows spaces
+    assert iemkey_auth.accepted_key(master_opts, "web 01") is None
+    assert iemkey_auth.accepted_key(master_opts, None) is None
+    (pathlib.Path(master_opts["pki_dir"]) / "minions" / "linked").symlink_to(
+        pathlib.Path(master_opts["pki_dir"]) / "minions" / "alpha"
+    )
+    assert iemkey_auth.accepted_key(master_opts, "linked") is None  # a link in the key directory is no key

@@ -1,0 +1,167 @@
+"""Owed rotations (_utils/iemkey_owed.py) as pure functions: what settles them, how a delivery
+moves between its states, the backoff, and the settings."""
+
+import datetime
+
+import iemkey_owed
+import pytest
+
+UTC = datetime.timezone.utc
+T = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+SETTINGS = iemkey_owed.settings({})
+
+
+def _at(seconds):
+    return T + datetime.timedelta(seconds=seconds)
+
+
+def _alert(since=T, ident="alert:1"):
+    return iemkey_owed.signal("alert", since, since, ident, "IDS")
+
+
+def _webhook(at=T, ident="hook:1"):
+    return iemkey_owed.signal("webhook", at, at, ident, "SIEM", timed_by_master=True)
+
+
+def test_a_new_owed_rotation_is_pending_with_its_signal_on_the_trail():
+    record = iemkey_owed.new("web01", _alert(), T, "test")
+    assert (record["state"], record["since"], record["count"], record["attempts"]) == ("pending", T.isoformat(), 1, 0)
+    assert record["trail"] == [
+        {
+            "at": T.isoformat(),
+            "state": "pending",
+            "detail": f"owed since {T.isoformat()} (alert): a rotation made at or after it settles it",
+            "by": "test",
+        }
+    ]
+    assert iemkey_owed.due(record, T, SETTINGS)
+
+
+def test_an_unknown_source_or_state_is_refused():
+    with pytest.raises(ValueError, match="not 'rumour'"):
+        iemkey_owed.signal("rumour", T, T, "x")
+    with pytest.raises(ValueError, match="not 'lost'"):
+        iemkey_owed.move({"trail": []}, "lost", "x", T, "t")
+
+
+def test_signals_merge_once_each_and_the_earliest_is_what_a_rotation_must_follow():
+    record = iemkey_owed.new("web01", _alert(_at(10), "alert:a"), T, "t")
+    same, new = iemkey_owed.merge(record, _alert(_at(10), "alert:a"))  # the same alert, re-sent
+    assert new is False and same is record
+    merged, new = iemkey_owed.merge(record, _alert(_at(-5), "alert:b"))
+    assert new is True and merged["count"] == 2 and merged["since"] == _at(-5).isoformat()
+    for n in range(30):
+        merged, _ = iemkey_owed.merge(merged, _alert(_at(n), f"alert:{n}"))
+    assert len(merged["signals"]) == iemkey_owed.SIGNALS_KEPT and merged["count"] == 32
+
+
+def test_a_rotation_settles_the_signals_it_came_after_and_leaves_the_later_ones_owed():
+    record = iemkey_owed.new("web01", _alert(_at(0), "alert:a"), T, "t")
+    record, _ = iemkey_owed.merge(record, _alert(_at(60), "alert:b"))
+    done, left = iemkey_owed.settle(record, _at(30), _at(31))
+    assert [s["id"] for s in done] == ["alert:a"] and [s["id"] for s in left] == ["alert:b"]
+    still = iemkey_owed.remaining(record, left, _at(31), "t")
+    assert (still["state"], still["since"], still["exact"]) == ("pending", _at(60).isoformat(), True)
+    assert iemkey_owed.settle(record, _at(0), _at(1))[0][0]["id"] == "alert:a"  # at the very instant: after
+
+
+def test_a_signal_timed_by_the_masters_clock_needs_the_rotation_received_after_it_too():
+    hook = _webhook(T)
+    assert iemkey_owed.settled_by(hook, _at(1), _at(2)) is True
+    assert iemkey_owed.settled_by(hook, _at(1), _at(-1)) is False  # received before the webhook: no proof
+    assert iemkey_owed.settled_by(hook, _at(-1), _at(2)) is False  # made before it, by the minion's clock
+    assert iemkey_owed.settled_by(_alert(T), _at(1), _at(-1)) is True  # an alert's time is the minion's own
+
+
+def test_a_delivery_moves_through_delivered_away_and_back():
+    record = iemkey_owed.delivered(iemkey_owed.new("web01", _alert(), T, "t"), "J1", _at(1), "t")
+    assert (record["state"], record["jid"], record["delivered_at"]) == ("delivered", "J1", _at(1).isoformat())
+    assert iemkey_owed.probe(record, _at(5), SETTINGS) is None
+    assert iemkey_owed.probe(record, _at(11), SETTINGS) == "probe"
+    probed = {**record, "probed_at": _at(11).isoformat()}
+    assert iemkey_owed.probe(probed, _at(20), SETTINGS) is None
+    assert iemkey_owed.probe(probed, _at(21), SETTINGS) == "away"
+    seen = {**probed, "seen": _at(15).isoformat()}  # it answered the probe: connected
+    assert iemkey_owed.probe(seen, _at(24), SETTINGS) is None and iemkey_owed.probe(seen, _at(25), SETTINGS) == "probe"
+    gone = iemkey_owed.away(probed, _at(21), "t")
+    assert (gone["state"], gone["away_since"]) == ("away", _at(1).isoformat())
+    assert not iemkey_owed.due(gone, _at(30), SETTINGS) and iemkey_owed.due(gone, _at(31), SETTINGS)
+    assert iemkey_owed.delivered(gone, "J2", _at(31), "t")["state"] == "away"  # away until it answers
+    back = iemkey_owed.answered(gone, _at(32), "t")
+    assert (back["state"], back["away_since"], back["seen"]) == ("delivered", None, _at(32).isoformat())
+    assert iemkey_owed.answered(back, _at(33), "t")["trail"] == back["trail"]  # answering again changes no state
+    returned = {**record, "returned": _at(2).isoformat()}
+    assert iemkey_owed.probe(returned, _at(12), SETTINGS) == "redeliver"
+
+
+def test_failed_jobs_are_retried_with_a_doubling_backoff_then_go_to_review():
+    record = iemkey_owed.new("web01", _alert(), T, "t")
+    waits = []
+    for attempt in range(1, 5):
+        record = iemkey_owed.failed(record, f"boom {attempt}", T, "t", SETTINGS)
+        assert record["state"] == "failed" and record["attempts"] == attempt
+        waits.append((iemkey_owed.parse(record["next_try"]) - T).total_seconds())
+        assert not iemkey_owed.due(record, _at(waits[-1] - 1), SETTINGS) and iemkey_owed.due(
+            record, _at(waits[-1]), SETTINGS
+        )
+    assert waits == [60, 120, 240, 480]
+    record = iemkey_owed.failed(record, "boom 5", T, "t", SETTINGS)
+    assert (record["state"], record["next_try"], record["error"]) == ("review", None, "boom 5")
+    assert record["detail"] == "5 jobs returned without a rotation (iemkey:delivery:max_attempts): boom 5"
+    assert not iemkey_owed.due(record, _at(10**6), SETTINGS)
+    again = iemkey_owed.retry_now(record, _at(1), "t", "retried by alice")
+    assert (again["state"], again["attempts"]) == ("pending", 0)
+    capped = iemkey_owed.failed(
+        {**record, "attempts": 20, "state": "failed"}, "x", T, "t", {**SETTINGS, "max_attempts": 99}
+    )
+    assert iemkey_owed.parse(capped["next_try"]) == _at(3600)  # retry_max
+
+
+def test_retry_now_leaves_a_delivery_in_flight_alone():
+    delivered = iemkey_owed.delivered(iemkey_owed.new("web01", _alert(), T, "t"), "J", T, "t")
+    assert iemkey_owed.retry_now(delivered, _at(1), "t", "x")["state"] == "delivered"
+    for state in ("away", "failed", "held", "review"):
+        assert iemkey_owed.retry_now({**delivered, "state": state}, _at(1), "t", "x")["state"] == "pending"
+
+
+def test_a_closed_record_keeps_its_trail_and_says_what_ended_it():
+    record = iemkey_owed.delivered(iemkey_owed.new("web01", _alert(), T, "t"), "J", T, "t")
+    closed = iemkey_owed.closed(record, "settled", "settled by X", _at(5), "iemkey/rotated", {"old_computer_id": "1"})
+    assert (closed["state"], closed["closed"], closed["rotation"]) == (
+        "settled",
+        _at(5).isoformat(),
+        {"old_computer_id": "1"},
+    )
+    assert [s["state"] for s in closed["trail"]] == ["pending", "delivered", "settled"]
+    assert "next_try" not in closed and iemkey_owed.settled_key(closed, _at(5)) == "web01:20261201T120005000000Z"
+
+
+def test_the_report_view_has_no_trail_and_next_try_only_when_failed():
+    record = iemkey_owed.new("web01", _alert(), T, "t")
+    shown = iemkey_owed.public(record)
+    assert (
+        "trail" not in shown and shown["next_try"] is None and shown["sources"] == ["alert"] and shown["signals"] == 1
+    )
+    failed = iemkey_owed.failed(record, "x", T, "t", SETTINGS)
+    assert iemkey_owed.public(failed)["next_try"] == _at(60).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("conf", "error"),
+    [
+        ({"batch_window": "soon"}, "iemkey:delivery:batch_window must be a number, not 'soon'"),
+        ({"batch_size": 0}, "iemkey:delivery:batch_size must be between 1 and 100000, not 0"),
+        ({"max_attempts": True}, "iemkey:delivery:max_attempts must be between 1 and 1000, not True"),
+        ({"probe": 3}, "iemkey:delivery: probe is not a setting (known: batch_window, batch_size, probe_after, "),
+    ],
+)
+def test_a_malformed_delivery_setting_names_itself(conf, error):
+    with pytest.raises(ValueError) as raised:
+        iemkey_owed.settings(conf)
+    assert str(raised.value).startswith(error)
+
+
+def test_settings_have_their_defaults_and_whole_numbers_where_they_count():
+    found = iemkey_owed.settings({"batch_size": "250", "probe_after": ""})
+    assert found["batch_size"] == 250 and isinstance(found["batch_size"], int) and found["probe_after"] == 10
+    assert iemkey_owed.settings(None) == SETTINGS
