@@ -1,11 +1,13 @@
 """
-Master side of iemkey: fleet compliance, the reactors' decisions and the BigFix console clean-up,
-revocation included.
+Master side of iemkey: fleet compliance, owed rotations, incidents, the BigFix console clean-up and
+revocation, and the audit trail.
 
 :configuration: master config
 
     .. code-block:: yaml
 
+        engines:
+          - iemkey: {}                                  # decides alerts, delivers owed rotations
         iemkey:
           api:
             url: https://bigfix.example:52311
@@ -15,10 +17,12 @@ revocation included.
             timeout: 30                                 # seconds per request
             retries: 3                                  # attempts on connection errors and 5xx
           reactor:
-            cooldown: 300        # alerts this close to a rotation are duplicates
+            cooldown: 300        # rotations received this long before an alert are compromise ones
             hook_secret: sdb://vault/bigfix/hook_secret  # required for the webhook
             max_age: 300         # seconds a signed minion event stays valid
             max_skew: 60         # seconds a minion's clock may run ahead
+            rate: 10             # signed events one minion may make the master decide per minute
+          delivery: {}           # the engine's batches, probes and retries (see the engine)
           cleanup:
             compromised: revoke  # a compromise rotation's old computer: revoke (default) or delete
             compromise_window: 86400  # seconds after an alert during which rotations are compromise ones
@@ -34,13 +38,13 @@ revocation included.
             driver: local        # where the master keeps its state (<cachedir>/iemkey)
 
 Sync it (and its utility modules) to the master with ``salt-run saltutil.sync_all``. The logic
-lives in ``_utils/``: ``iemkey_bigfix`` (REST client, replies), ``iemkey_cleanup`` (what to do
-with each old computer), ``iemkey_store`` (everything the master keeps), ``iemkey_auth``
-(signatures). This module is the Salt glue.
+lives in ``_utils/``: ``iemkey_owed`` (owed rotations), ``iemkey_incidents``, ``iemkey_console``
+(the clean-up pass), ``iemkey_cleanup`` (what to do with each old computer), ``iemkey_bigfix``
+(REST client), ``iemkey_store``. This module is the Salt glue.
 """
 
-import concurrent.futures
 import datetime
+import getpass
 import json
 import logging
 import os
@@ -54,42 +58,55 @@ import salt.utils.sdb
 from salt.exceptions import SaltInvocationError
 
 try:  # _utils/, synced with saltutil.sync_all (formula install)
-    import iemkey_auth
     import iemkey_bigfix
     import iemkey_cleanup
+    import iemkey_config
+    import iemkey_console
+    import iemkey_delivery
+    import iemkey_engine
+    import iemkey_incidents
+    import iemkey_owed
     import iemkey_react
     import iemkey_store
     import iemkey_time
 except ImportError:
     try:  # pip install (Salt extension)
         from saltext.iemkey.utils import (
-            iemkey_auth,
             iemkey_bigfix,
             iemkey_cleanup,
+            iemkey_config,
+            iemkey_console,
+            iemkey_delivery,
+            iemkey_engine,
+            iemkey_incidents,
+            iemkey_owed,
             iemkey_react,
             iemkey_store,
             iemkey_time,
         )
     except ImportError:
-        iemkey_auth = None
+        iemkey_store = None
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "iemkey"
-# what a runner function answers with a clear error (exit 1) rather than a traceback: bad input, and a
-# store that cannot be used (misconfigured, or its shared server unreachable for longer than its wait)
-_ERRORS = (SaltInvocationError, iemkey_store.StoreError) if iemkey_auth is not None else (SaltInvocationError,)
+# what a runner function answers with a clear error (exit 1) rather than a traceback: bad input, a
+# malformed setting, and a store that cannot be used (misconfigured, or its server unreachable)
+_ERRORS = (
+    (SaltInvocationError, iemkey_store.StoreError, iemkey_config.Misconfigured, iemkey_incidents.Refused)
+    if iemkey_store is not None
+    else (SaltInvocationError,)
+)
 
 UTC = datetime.timezone.utc
 COMPUTER_ID = re.compile(r"[0-9]{1,20}")
 INCIDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
+_UNSET = object()
 _WARNED = set()  # the unresolved hook secrets this process has already logged
 
 
 def __virtual__():
-    if iemkey_auth is None:
+    if iemkey_store is None:
         return (
             False,
             "iemkey runner: its utility modules (_utils/iemkey_*.py) are missing: run salt-run saltutil.sync_all",
@@ -100,7 +117,7 @@ def __virtual__():
 
 def _warn_unresolved_hook_secret():
     """Salt resolves sdb:// URIs in the master config when it reads it; one still there did not
-    resolve. Said once per process when the master (its reactor, its scheduler) loads this runner,
+    resolve. Said once per process when the master (its engine, its scheduler) loads this runner,
     not first when a SIEM's webhook is refused."""
     secret = salt.utils.data.traverse_dict_and_list(__opts__, "iemkey:reactor:hook_secret", None)
     if isinstance(secret, str) and secret.startswith("sdb://") and secret not in _WARNED:
@@ -120,44 +137,31 @@ def _fail(ret, message):
     return ret
 
 
-def _setting(section, key, defaults):
-    """A non-negative number from the master config ``iemkey:<section>:<key>``."""
-    try:
-        return iemkey_react.number(__opts__, section, key, defaults)
-    except iemkey_react.Misconfigured as exc:
-        raise SaltInvocationError(str(exc)) from None
-
-
-def _cleanup_setting(key):
-    return _setting("cleanup", key, iemkey_cleanup.DEFAULTS)
-
-
-def _compromised_mode():
-    """``iemkey:cleanup:compromised``: what becomes of a compromise rotation's old computer."""
-    value = salt.utils.data.traverse_dict_and_list(__opts__, "iemkey:cleanup:compromised", None) or "revoke"
-    if value not in iemkey_cleanup.MODES:
-        raise SaltInvocationError(f"iemkey:cleanup:compromised must be revoke or delete, not {value!r}")
-    return value
-
-
-def _group_settings():
-    conf = salt.utils.data.traverse_dict_and_list(__opts__, "iemkey:cleanup:revoke_group", None) or {}
-    conf = conf if isinstance(conf, dict) else {"enabled": bool(conf)}
-    return {"enabled": conf.get("enabled", True) is not False, "site": conf.get("site") or "master", **conf}
+def _ok(ret):
+    ret["retcode"] = 0
+    __context__["retcode"] = 0
+    return ret
 
 
 def _now():
     return datetime.datetime.now(UTC)
 
 
+def _who(kwargs):
+    """Who runs this: the salt-api or eauth user Salt names, else the local user (sudo's caller)."""
+    user = kwargs.get("__pub_user") or os.environ.get("SUDO_USER") or getpass.getuser()
+    return str(user)[:100]
+
+
+def _resolve(uri):
+    return salt.utils.sdb.sdb_get(uri, __opts__)
+
+
 def _store():
     """The master's iemkey store (``iemkey:store``; local files under the cachedir by default)."""
     store = __context__.get("iemkey.store")
     if store is None:
-        try:
-            store = iemkey_store.from_opts(__opts__, resolve=lambda uri: salt.utils.sdb.sdb_get(uri, __opts__))
-        except iemkey_store.StoreError as exc:
-            raise SaltInvocationError(str(exc)) from None
+        store = iemkey_store.from_opts(__opts__, resolve=_resolve)
         _import_legacy(store)
         __context__["iemkey.store"] = store
     return store
@@ -193,10 +197,14 @@ def _import_legacy(store):
     log.warning("iemkey: imported %d clean-ups from %s into the iemkey store", imported, path)
 
 
+def _reactions():
+    return iemkey_react.Reactions(__opts__, _store(), resolve=_resolve, now=_now)
+
+
 MASTER_OF_MASTERS = (
     "this master is a master of masters (order_masters): its key registry holds only its syndics, so it "
     "cannot tell which minions a target matches, nor decide their clean-ups; run iemkey's runner (and "
-    "reactors) on the masters that accepted the minions, the syndics' masters (README: Several masters)"
+    "engine) on the masters that accepted the minions, the syndics' masters (README: Several masters)"
 )
 
 
@@ -209,8 +217,8 @@ def _targets(tgt, tgt_type):
 def targets(tgt="*", tgt_type="glob"):
     """
     The accepted minions a target matches, sorted: what ``iemkey.orch.rotate`` splits
-    into batches (a minion that is down fails its batch, which stops the rollout). On a
-    master of masters, which cannot know, an error saying where to run it (exit 1).
+    into batches. On a master of masters, which cannot know, an error saying where to
+    run it (exit 1).
 
     CLI Example:
 
@@ -231,7 +239,7 @@ def _gather(tgt, tgt_type, since, timeout):
     deadline = time.monotonic() + timeout
     with salt.client.get_local_client(mopts=__opts__) as client:
         for reply in client.cmd_iter_no_block(
-            tgt, "iemkey.check", [str(since)], tgt_type=tgt_type, timeout=timeout, full_return=True
+            tgt, "iemkey.check", [since], tgt_type=tgt_type, timeout=timeout, full_return=True
         ):
             if reply:
                 answers.update(reply)
@@ -253,41 +261,77 @@ def _open_cases():
     }
 
 
-def _revocation(open_cases):
-    """What the operator must still revoke, by incident: the computers, the group and the steps."""
-    groups = _store().all("groups")
+def _revocation(store=None):
+    """What the operator must still do about stolen keys, by incident: the computers to revoke (and the
+    group and console steps), those that left the console unconfirmed, and those that ended without a
+    revocation nobody accepted."""
+    store = store or _store()
+    mode = iemkey_console.compromised_mode(__opts__)
+    groups = store.all("groups")
     by_incident = {}
-    for case in open_cases["revoke"]:
-        incident = (case.get("compromise") or {}).get("incident") or iemkey_cleanup.ALERTS
-        by_incident.setdefault(incident, []).append(case["old_computer_id"])
+    for case in store.all("cases").values():
+        incident = iemkey_incidents.incident_of(case)
+        if incident and (
+            case["status"] in ("revoke", "left_console")
+            or case["status"] == "review"
+            or iemkey_cleanup.unrevoked(case, mode)
+        ):
+            by_incident.setdefault(incident, []).append(case)
     revocation = {}
-    for incident, computers in sorted(by_incident.items()):
+    for incident, cases in sorted(by_incident.items()):
+        ids = {
+            status: sorted((c["old_computer_id"] for c in cases if c["status"] == status), key=int)
+            for status in ("revoke", "left_console")
+        }
+        unrevoked = [
+            c["old_computer_id"]
+            for c in iemkey_incidents.unrevoked(dict(enumerate(cases)), mode)
+            if c["status"] not in ("revoke", "left_console")
+        ]
         group = groups.get(incident) or {}
         name = iemkey_cleanup.group_name(incident)
-        revocation[incident] = {
-            "computers": computers,
-            "group": {
+        entry = {"computers": ids["revoke"], "left_console": ids["left_console"], "unrevoked": unrevoked}
+        if ids["revoke"]:
+            entry["group"] = {
                 "name": name,
                 "id": group.get("id"),
-                "matches": bool(group.get("matches")) and group.get("members") == sorted(computers, key=int),
-            },
-            "console_steps": iemkey_cleanup.console_steps(name),
-        }
+                "matches": bool(group.get("matches")) and group.get("members") == ids["revoke"],
+                "error": group.get("error"),
+            }
+            entry["console_steps"] = iemkey_cleanup.console_steps(name)
+        if ids["left_console"]:
+            entry["confirm"] = f"salt-run iemkey.incident name={incident} revoked=True (once you revoked them)"
+        if unrevoked:
+            entry["accept"] = f"salt-run iemkey.incident name={incident} accept_unrevoked=True reason='...'"
+        revocation[incident] = entry
     return revocation
 
 
-def report(since, tgt="*", tgt_type="glob", timeout=None):
+def _owed_of(minions=None):
+    """The open owed rotations (of ``minions``), sorted by minion, as the report shows them."""
+    found = _store().all("owed")
+    return [
+        iemkey_owed.public(record)
+        for minion, record in sorted(found.items())
+        if record.get("state") in iemkey_owed.OPEN and (minions is None or minion in minions)
+    ]
+
+
+def report(since=None, tgt="*", tgt_type="glob", timeout=None):
     """
-    Fleet compliance: which agents have a key made at or after ``since``, which do
-    not, and which minions did not answer; and the console clean-ups still open:
-    pending, waiting for an operator's review, or **to revoke** (the old computers of
-    compromise rotations, with the console steps). Exits non-zero when the target
-    matches no minion, or any minion is noncompliant, unreachable, has no agent, or
-    errs, or any computer is still to revoke (an incident is not closed while a
-    stolen key is still valid).
+    Fleet compliance, a gate for pipelines: which agents have a key made at or after
+    ``since``, which do not, which minions have no agent or did not answer; the
+    rotations still **owed** after a compromise (and how their delivery stands); and
+    the console clean-ups still open or ended without a revocation. Exits non-zero
+    when ``since`` is missing or malformed, the target matches no minion, or any
+    minion is noncompliant, unreachable or errs, any rotation is owed, or any stolen
+    key is not known revoked (to revoke, left the console unconfirmed, for review, or
+    closed without revocation and not accepted). Minions without a BigFix agent are
+    listed apart (``no_agent``) and fail it only where ``iemkey:require_agent`` is true.
 
     since
-        ISO 8601 (``2026-11-20T08:00:00Z``) or epoch seconds, as for ``iemkey.rotated``.
+        ISO 8601 (``2026-11-20T08:00:00Z``) or epoch seconds as ``@1763625600``; read
+        once, before the fleet is asked, and shown as the ISO 8601 time it used.
 
     tgt, tgt_type
         The minions to ask (default: all accepted minions).
@@ -311,27 +355,21 @@ def report(since, tgt="*", tgt_type="glob", timeout=None):
 
 def _report(since, tgt, tgt_type, timeout):
     if since in (None, ""):
-        return _fail({}, "report needs since, e.g. since=2026-11-20T08:00:00Z")
+        raise SaltInvocationError("report needs since, e.g. since=2026-11-20T08:00:00Z")
+    since = iemkey_time.parse_time(since).isoformat()  # once, before the fleet is asked
+    if iemkey_time.parse_time(since) > _now():
+        raise SaltInvocationError(f"since {since} is in the future: no key could ever satisfy it")
     try:
         timeout = float(__opts__.get("timeout", 5) if timeout is None else timeout)
     except (TypeError, ValueError):
-        return _fail({}, f"timeout must be a number of seconds, not {timeout!r}")
+        raise SaltInvocationError(f"timeout must be a number of seconds, not {timeout!r}") from None
     expected = set(_targets(tgt, tgt_type))
     if not expected:
-        return _fail(
-            {"since": str(since), "tgt": tgt, "tgt_type": tgt_type},
-            f"the target {tgt!r} ({tgt_type}) matches no accepted minion: nothing to report on",
-        )
+        raise SaltInvocationError(f"the target {tgt!r} ({tgt_type}) matches no accepted minion: nothing to report on")
     answers = _gather(tgt, tgt_type, since, timeout)
-    ret = {
-        "since": str(since),
-        "compliant": [],
-        "noncompliant": [],
-        "not_installed": [],
-        "errors": [],
-        "unreachable": sorted(expected - set(answers)),
-        "minions": {},
-    }
+    ret = {"since": since, "compliant": [], "noncompliant": [], "no_agent": [], "errors": []}
+    ret.update(unreachable=sorted(expected - set(answers)), minions={})
+    required = []
     for minion, reply in sorted(answers.items()):
         verdict = reply.get("ret")
         if not isinstance(verdict, dict) or reply.get("retcode", 0) != 0:
@@ -340,29 +378,43 @@ def _report(since, tgt, tgt_type, timeout):
             continue
         status = verdict["status"]
         ret["minions"][minion] = {
-            key: verdict.get(key) for key in ("compliant", "basis", "key_time", "stale", "reason")
+            key: verdict.get(key) for key in ("compliant", "basis", "key_time", "stale", "reason", "no_agent")
         } | {key: status.get(key) for key in ("computer_id", "last_rotated", "agent_running", "pending")}
         if not status.get("installed"):
-            ret["not_installed"].append(minion)
+            ret["no_agent"].append(minion)
+            if verdict.get("require_agent"):
+                required.append(minion)
         elif verdict["compliant"] and not verdict["stale"]:
             ret["compliant"].append(minion)
         else:
             ret["noncompliant"].append(minion)
     for minion in ret["unreachable"]:
         ret["minions"][minion] = {"error": f"no answer within {timeout:g} s"}
+    ret["owed"] = _owed_of(None if tgt == "*" and tgt_type == "glob" else expected)
     cases = _open_cases()
     ret["cleanup"] = {status: [iemkey_cleanup.public(c) for c in listed] for status, listed in cases.items()}
-    ret["revocation"] = _revocation(cases)
-    waiting = sum("max_deletes" in (c.get("detail") or "") for c in cases["pending"])
-    failing = ret["noncompliant"] + ret["unreachable"] + ret["not_installed"] + ret["errors"] + cases["revoke"]
+    ret["revocation"] = _revocation()
+    return _verdict(ret, cases, required)
+
+
+def _verdict(ret, cases, required):
+    """The report's summary and exit code."""
+    unsafe = {i: r for i, r in ret["revocation"].items() if r["computers"] or r["left_console"] or r["unrevoked"]}
+    failing = ret["noncompliant"] + ret["unreachable"] + ret["errors"] + required + ret["owed"] + list(unsafe)
+    c = {k: len(v) for k, v in cases.items()}
     ret["summary"] = (
-        f"{len(ret['compliant'])} compliant, {len(ret['noncompliant'])} noncompliant, "
-        f"{len(ret['unreachable'])} unreachable, {len(ret['not_installed'])} without the agent, "
-        f"{len(ret['errors'])} errors (keys since {since}); console clean-ups: "
-        f"{len(cases['pending'])} pending, {len(cases['review'])} for review, {len(cases['revoke'])} to revoke"
+        f"keys since {ret['since']}: {len(ret['compliant'])} compliant, {len(ret['noncompliant'])} noncompliant, "
+        f"{len(ret['unreachable'])} unreachable, {len(ret['no_agent'])} without a BigFix agent"
+        f"{f' ({len(required)} required to have one)' if required else ''}, {len(ret['errors'])} errors; "
+        f"{len(ret['owed'])} rotations owed; console clean-ups: {c['pending']} pending, {c['review']} for review, "
+        f"{c['revoke']} to revoke, {c['left_console']} left the console unconfirmed"
     )
-    if cases["revoke"]:
-        ret["summary"] += " (the stolen keys stay valid until revoked: see revocation)"
+    if ret["owed"]:
+        states = sorted({o["state"] for o in ret["owed"]})
+        ret["summary"] += f" (owed: {', '.join(states)}: see owed)"
+    if unsafe:
+        ret["summary"] += f"; stolen keys not known revoked in {', '.join(unsafe)}: see revocation"
+    waiting = sum("max_deletes" in (c.get("detail") or "") for c in cases["pending"])
     if waiting:
         ret["summary"] += f"; {waiting} confirmed duplicates wait for the next pass (iemkey:cleanup:max_deletes)"
     ret["retcode"] = 1 if failing else 0
@@ -374,9 +426,7 @@ def _report(since, tgt, tgt_type, timeout):
 def _api():
     """The ``iemkey:api`` master config, checked, with the password resolved (never logged)."""
     try:
-        return iemkey_bigfix.settings(
-            __opts__.get("iemkey", {}).get("api"), lambda uri: salt.utils.sdb.sdb_get(uri, __opts__)
-        )
+        return iemkey_bigfix.settings(__opts__.get("iemkey", {}).get("api"), _resolve)
     except iemkey_bigfix.ConfigError as exc:
         raise SaltInvocationError(str(exc)) from None
 
@@ -384,14 +434,17 @@ def _api():
 def remove_computers(computer_ids, force=False):
     """
     Delete computers from the BigFix server (``DELETE /api/computer/{id}``): an
-    operator's explicit clean-up. Already gone (404) counts as done. Retries
-    connection errors and 5xx with backoff; 401/403 is an authentication error.
-    A removed computer's open clean-up is closed (``deleted``, by the operator).
-    Exits non-zero if any deletion failed.
+    operator's explicit clean-up. ``deleted`` only on BigFix's own success reply
+    (``ok``); ``not found`` for a 404 when the API user is a master operator (nothing
+    was deleted: already removed, or a mistyped ID); for another operator a 404 is an
+    error (a computer outside its scope answers 404 too). Any other answer is an error
+    with its reason. A removed computer's open clean-up is closed. Exits non-zero if
+    any deletion failed.
 
     A computer listed **to revoke** (a compromise rotation's old computer) is
     refused: deleting it hides the record the console needs to revoke its
-    certificate, and the stolen key stays valid. ``force=True`` deletes it anyway.
+    certificate, and the stolen key stays valid. ``force=True`` deletes it anyway;
+    the report then stays red until an operator accepts it unrevoked.
 
     CLI Example:
 
@@ -399,12 +452,20 @@ def remove_computers(computer_ids, force=False):
 
         salt-run iemkey.remove_computers '[1234567, 7654321]'
     """
+    try:
+        force = iemkey_time.boolean("force", force)
+        return _remove(computer_ids, force)
+    except _ERRORS as exc:
+        return _fail({"result": False}, str(exc))
+
+
+def _remove(computer_ids, force):
     if not isinstance(computer_ids, (list, tuple)):
         computer_ids = [computer_ids]
     ids = [str(c).strip() for c in computer_ids]
     bad = [c for c in ids if not COMPUTER_ID.fullmatch(c)]
     if bad or not ids:
-        return _fail({"result": False}, f"computer IDs are numbers, not {bad or computer_ids!r}; nothing was sent")
+        raise SaltInvocationError(f"computer IDs are numbers, not {bad or computer_ids!r}; nothing was sent")
     store = _store()
     to_revoke = sorted({c["old_computer_id"] for c in _open_cases()["revoke"]} & set(ids), key=int)
     if to_revoke and not force:
@@ -414,43 +475,64 @@ def remove_computers(computer_ids, force=False):
             "them from the console while their keys stay valid; revoke them in the console (see iemkey.report), "
             "or pass force=True; nothing was sent",
         )
-    try:
-        api = _api()
-    except _ERRORS as exc:
-        return _fail({"result": False}, str(exc))
+    api = _api()
     results = []
     with iemkey_bigfix.session(api) as client:
+        try:
+            master_operator = client.master_operator()
+        except iemkey_bigfix.ApiError as exc:
+            return _fail({"result": False}, f"{exc}; nothing was sent")
         for computer_id in ids:
             outcome = {"computer_id": computer_id, "result": False, "status": None, "detail": ""}
             try:
-                outcome["status"] = client.delete(computer_id)
+                answer = client.delete(computer_id)
             except iemkey_bigfix.ApiError as exc:
-                outcome.update(status=exc.status, detail=str(exc))
+                outcome.update(status="error", detail=str(exc))
             else:
-                outcome.update(result=True, detail="already gone" if outcome["status"] == 404 else "deleted")
+                outcome.update(_delete_outcome(computer_id, answer, master_operator))
             results.append(outcome)
-    removed = {r["computer_id"] for r in results if r["result"]}
-    now = _now()
-    for key, case in store.all("cases").items():
-        if case["old_computer_id"] in removed and case["status"] in iemkey_cleanup.OPEN:
-            with store.update("cases", key) as stored:
-                stored.update(
-                    iemkey_cleanup.settle(stored, "deleted", "deleted by an operator", now, "iemkey.remove_computers")
-                )
+    _close_removed(store, results)
     ret = {"result": all(r["result"] for r in results), "computers": results}
     if not ret["result"]:
         failed = [f"{r['computer_id']}: {r['detail']}" for r in results if not r["result"]]
         return _fail(ret, "the BigFix server did not remove: " + "; ".join(failed))
-    ret["retcode"] = 0
-    return ret
+    return _ok(ret)
+
+
+def _delete_outcome(computer_id, answer, master_operator):
+    if answer == "deleted":
+        return {"result": True, "status": "deleted", "detail": "deleted (BigFix answered ok)"}
+    if master_operator:
+        detail = (
+            f"not found: BigFix has no computer {computer_id}; nothing was deleted (already removed, or a mistyped ID?)"
+        )
+        return {"result": True, "status": "not found", "detail": detail}
+    detail = (
+        f"BigFix answered 404 for computer {computer_id}, and the API user is not a master operator: a computer "
+        "outside its scope answers 404 too; nothing is known deleted"
+    )
+    return {"result": False, "status": "unknown", "detail": detail}
+
+
+def _close_removed(store, results):
+    """Close the open clean-ups of the computers an operator removed (or found gone)."""
+    now = _now()
+    closing = {r["computer_id"]: r["status"] for r in results if r["result"]}
+    for key, case in store.all("cases").items():
+        status = closing.get(case["old_computer_id"])
+        if status and case["status"] in iemkey_cleanup.OPEN:
+            outcome, detail = ("deleted", "deleted by an operator") if status == "deleted" else ("gone", "not found")
+            after = iemkey_cleanup.settle(case, outcome, detail, now, "iemkey.remove_computers")
+            iemkey_react.write_case(store, key, case, after)
 
 
 def remove_computer(computer_id, force=False):
     """
     Delete one computer from the BigFix server (``DELETE /api/computer/{id}``): an
-    operator's explicit delete, e.g. of a clean-up listed for review. Already gone
-    (404) is success. A computer listed to revoke is refused unless ``force=True``.
-    Exits non-zero on failure.
+    operator's explicit delete, e.g. of a clean-up listed for review. ``deleted`` on
+    BigFix's ``ok``; ``not found`` for a master operator's 404 (success: nothing was
+    there). A computer listed to revoke is refused unless ``force=True``. Exits
+    non-zero on failure.
 
     CLI Example:
 
@@ -462,276 +544,32 @@ def remove_computer(computer_id, force=False):
 
 
 # -- console clean-up after rotations --------------------------------------------------------
-def _new_computer_ids(cases):
-    """Ask the minions whose new computer ID is unknown for their agent's current one."""
-    minions = sorted({c["minion"] for c in cases if not c.get("new_computer_id")})
-    if not minions:
-        return {}
-    timeout = _cleanup_setting("minion_timeout")
-    found = {}
+def _statuses(minions, timeout):
     with salt.client.get_local_client(mopts=__opts__) as client:
-        replies = client.cmd(minions, "iemkey.status", tgt_type="list", timeout=timeout)
-    for minion, status in (replies or {}).items():
-        computer_id = str(status.get("computer_id") or "") if isinstance(status, dict) else ""
-        if COMPUTER_ID.fullmatch(computer_id):
-            found[minion] = computer_id
-    return found
+        return client.cmd(minions, "iemkey.status", tgt_type="list", timeout=timeout)
 
 
-class _Budget:
-    """The DELETEs one pass may still send (``iemkey:cleanup:max_deletes``)."""
+def _cleanup_pass(test=False):
+    def api():
+        return iemkey_bigfix.settings(__opts__.get("iemkey", {}).get("api"), _resolve)
 
-    def __init__(self, limit):
-        self.limit, self.left, self.deferred = int(limit), int(limit), 0
-
-    def take(self):
-        if self.left <= 0:
-            self.deferred += 1
-            return False
-        self.left -= 1
-        return True
+    cache = __context__.setdefault("iemkey.console", {})
+    return iemkey_console.Pass(__opts__, _store(), api, _statuses, cache, _now).run(test=test)
 
 
-def _prefetch(client, api, computer_ids):
-    """Every computer one pass needs, asked at once: {id: Computer}, without those BigFix does not
-    show. ``iemkey:api:lookup: query`` (default): session relevance, one request per chunk of IDs;
-    ``get``: ``GET /api/computer/{id}`` each, ``iemkey:api:concurrency`` at a time (for an operator
-    who may not submit queries)."""
-    if not computer_ids:
-        return {}
-    if api["lookup"] == "query":
-        return client.computers(computer_ids)
-    ids = sorted(computer_ids, key=int)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=api["concurrency"]) as pool:
-        found = dict(zip(ids, pool.map(client.computer, ids), strict=True))
-    return {computer_id: computer for computer_id, computer in found.items() if computer is not None}
-
-
-def _decide(computers, case, master_operator, budget, now, test, latest=None):
-    """One open case, judged from what BigFix showed (``computers``): (the case as it now stands,
-    what to do or was done). ``delete`` means its DELETE is still to be sent. ``latest``: the newest
-    computer the rotation's new computer led to (``iemkey_cleanup.successor``)."""
-    old_id = case["old_computer_id"]
-    if case["status"] == "revoke":
-        status, detail = iemkey_cleanup.still_to_revoke(case, computers.get(old_id), now, master_operator)
-        return iemkey_cleanup.settle(case, status, detail, now, "iemkey.cleanup"), status
-    new_id = latest or case.get("new_computer_id")
-    new = computers.get(new_id) if new_id else None
-    old = computers.get(old_id)
-    outcome, detail = iemkey_cleanup.verdict(
-        {**case, "new_computer_id": new_id}, old, new, now, master_operator, _cleanup_setting("report_margin")
-    )
-    if new_id != case.get("new_computer_id"):
-        detail += f" (the rotation's new computer {case['new_computer_id']} was itself rotated since)"
-    if old is not None:
-        case = {**case, "name": old.name}
-    if outcome == "superseded":
-        if iemkey_cleanup.mode(case, _compromised_mode()) == "revoke":
-            incident = case["compromise"]["incident"]
-            detail = (
-                f"{detail}; a compromise rotation ({incident}): revoke its certificate in the console "
-                f"(group '{iemkey_cleanup.group_name(incident)}'); listed until it leaves the console"
-            )
-            return iemkey_cleanup.settle(case, "revoke", detail, now, "iemkey.cleanup"), "listed"
-        if not budget.take():
-            detail = f"confirmed, waiting for the next pass: iemkey:cleanup:max_deletes ({budget.limit}) reached"
-            return iemkey_cleanup.settle(case, "pending", detail, now, "iemkey.cleanup"), "waiting"
-        if test:
-            return iemkey_cleanup.settle(case, "deleted", f"would delete: {detail}", now, "test"), "would_delete"
-        return {**case, "detail": detail}, "delete"
-    if outcome == "pending":
-        outcome, detail = iemkey_cleanup.give_up(case, outcome, detail, now, _cleanup_setting("give_up_after"))
-    return iemkey_cleanup.settle(case, outcome, detail, now, "iemkey.cleanup"), outcome
-
-
-def _delete_all(client, api, confirmed, now):
-    """Send the DELETEs of the confirmed duplicates, ``iemkey:api:concurrency`` at a time (no bulk
-    delete exists): each case settled (deleted, already gone, or pending with the error)."""
-
-    def one(item):
-        key, case = item
-        try:
-            gone = client.delete(case["old_computer_id"]) == 404
-        except iemkey_bigfix.ApiError as exc:
-            return key, iemkey_cleanup.settle(case, "pending", f"DELETE failed: {exc}", now, "iemkey.cleanup"), str(exc)
-        outcome = "gone" if gone else "deleted"
-        detail = f"{'already gone' if gone else 'deleted'}: {case['detail']}"
-        return key, iemkey_cleanup.settle(case, outcome, detail, now, "iemkey.cleanup"), None
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=api["concurrency"]) as pool:
-        return list(pool.map(one, confirmed))
-
-
-def _write_case(store, key, before, after):
-    return iemkey_react.write_case(store, key, before, after)
-
-
-def _sync_groups(client, store, ret, test):
-    """Keep one server based computer group per incident listing exactly its computers to revoke,
-    and read back what BigFix counts as members (confirmed, not assumed)."""
-    conf = _group_settings()
-    if not conf["enabled"]:
-        return
-    site = conf["site"]
-    wanted = {}
-    for case in store.all("cases").values():
-        if case.get("status") == "revoke":
-            incident = (case.get("compromise") or {}).get("incident") or iemkey_cleanup.ALERTS
-            wanted.setdefault(incident, set()).add(case["old_computer_id"])
-    groups = store.all("groups")
-    for incident in sorted(set(wanted) | set(groups)):
-        members = sorted(wanted.get(incident, ()), key=int)
-        group = dict(groups.get(incident) or {})
-        name = iemkey_cleanup.group_name(incident)
-        try:
-            if not members:
-                if group.get("id") and not test:
-                    client.delete_group(site, group["id"])  # a group, never a computer: nothing left to revoke
-                    store.delete("groups", incident)
-                continue
-            if members != group.get("members") or not group.get("id"):
-                if test:
-                    ret["groups"][incident] = {"name": name, "would_list": members}
-                    continue
-                property_id = conf.get("property_id") or __context__.get("iemkey.id_property")
-                if not property_id:
-                    property_id = __context__["iemkey.id_property"] = client.id_property()
-                group_id = group.get("id") or client.group_id(site, name)
-                group_id = client.save_group(site, name, members, property_id, group_id)
-                group.update(id=group_id, name=name, members=members, saved=_now().isoformat())
-            seen = client.group_members(site, group["id"])
-        except (iemkey_bigfix.ApiError, ValueError) as exc:
-            ret["error"] = ret["error"] or f"the revocation group {name!r}: {exc}"
-            log.error("iemkey cleanup: the revocation group %r: %s", name, exc)
-            continue
-        strangers = sorted(seen - set(members), key=int)
-        group.update(seen=sorted(seen, key=int), matches=seen == set(members), checked=_now().isoformat())
-        if strangers:
-            log.warning(
-                "iemkey cleanup: BigFix counts computers %s in the group %r that iemkey did not list: "
-                "do not revoke from that group until it matches (iemkey:cleanup:revoke_group:property_id?)",
-                ", ".join(strangers),
-                name,
-            )
-        if not test:
-            store.put("groups", incident, group)
-        ret["groups"][incident] = {k: group.get(k) for k in ("name", "id", "members", "seen", "matches")}
-
-
-def _mark_compromises(store, cases, now):
-    """Cases the master's own records now cover become compromise cases (sticky)."""
-    compromises = iemkey_react.compromises_of(store, {c["minion"] for c in cases.values()})
-    incidents = store.all("incidents")
-    for key, case in list(cases.items()):
-        covered = iemkey_cleanup.covering(case, compromises, incidents)
-        if covered and not case.get("compromise"):
-            marked = iemkey_cleanup.reopened_by(case, covered, now, "iemkey.cleanup")
-            if marked and _write_case(store, key, case, marked):
-                cases[key] = marked
-
-
-def _cleanup_pass(keys=None, wait=True, test=False):
-    """Decide every open case (or those in ``keys``), one pass at a time on this master.
-
-    {"deleted"|"gone"|"pending"|"review"|"revoke"|"revoked": [cases decided so], "groups": {...},
-    "error": why the REST API failed, "busy": True when another pass was running and ``wait`` is
-    False (nothing decided), "deferred": confirmed duplicates left for the next pass}.
-    """
-    ret = {kind: [] for kind in ("deleted", "gone", "pending", "review", "listed", "revoke", "revoked", "would_delete")}
-    ret.update(groups={}, error=None, busy=False, deferred=0)
-    store = _store()
-    with store.locked("cleanup-pass", blocking=wait) as mine:
-        if not mine:
-            return {**ret, "busy": True}
-        now = _now()
-        # the reactor's try of one rotation reads that case only; a full pass reads them all
-        found = store.all("cases") if keys is None else {k: store.get("cases", k) for k in keys}
-        cases = {k: c for k, c in found.items() if c and c.get("status") in ("pending", "revoke")}
-        if not test:
-            _mark_compromises(store, cases, now)
-        if not cases and keys is not None:
-            return ret
-        try:
-            api = _api()
-        except SaltInvocationError as exc:
-            ret["pending"] = [iemkey_cleanup.public(c) for c in cases.values() if c["status"] == "pending"]
-            ret["error"] = f"{exc}: {len(cases)} clean-ups wait for it" if cases else None
-            return ret  # iemkey.cleanup logs it: one ERROR line per pass
-        found = _new_computer_ids([c for c in cases.values() if c["status"] == "pending"])
-        budget = _Budget(_cleanup_setting("max_deletes"))
-        minions = {c["minion"] for c in cases.values()}
-        chains = [c for m in minions for c in store.all("cases", prefix=f"{m}:").values()]
-        asked = {}  # key -> (the case as this pass asks BigFix about it, the newest computer it led to)
-        for key, case in cases.items():
-            fresh = found.get(case["minion"])
-            if not case.get("new_computer_id") and fresh and fresh != case["old_computer_id"]:
-                asked[key] = {**case, "new_computer_id": fresh}
-            else:
-                asked[key] = case
-            asked[key] = (asked[key], iemkey_cleanup.successor(asked[key], chains))
-        wanted = {c["old_computer_id"] for c, _latest in asked.values()}
-        wanted |= {latest for c, latest in asked.values() if latest and c["status"] == "pending"}
-        with iemkey_bigfix.session(api) as client:
-            try:
-                master_operator = client.master_operator() if cases else True
-                computers = _prefetch(client, api, wanted)
-                decided, confirmed = [], []
-                for key, (case, latest) in sorted(asked.items()):
-                    after, action = _decide(computers, case, master_operator, budget, now, test, latest)
-                    (confirmed if action == "delete" else decided).append((key, after, action))
-                for key, after, error in _delete_all(client, api, [(k, c) for k, c, _a in confirmed], now):
-                    decided.append((key, after, "pending" if error else after["status"]))
-                    ret["error"] = ret["error"] or error
-                for key, after, action in decided:
-                    if not test and not _write_case(store, key, cases[key], after):
-                        continue  # an operator dismissed or removed it meanwhile
-                    ret.get(action, ret["pending"]).append(iemkey_cleanup.public(after))
-                    if not test:  # test=True changes nothing and says so in its return only
-                        _log_outcome(action, after)
-                if keys is None:  # a full pass keeps the groups; the reactor's try of one case does not
-                    _sync_groups(client, store, ret, test)
-            except iemkey_bigfix.ApiError as exc:
-                ret["error"] = str(exc)
-            ret["requests"] = client.requests
-        ret["deferred"] = budget.deferred
-        if budget.deferred:
-            log.warning(
-                "iemkey cleanup: %d confirmed duplicates wait for the next pass: iemkey:cleanup:max_deletes is %d",
-                budget.deferred,
-                budget.limit,
-            )
-    return ret
-
-
-def _log_outcome(action, case):
-    where = f"computer {case['old_computer_id']} (rotation of minion {case['minion']})"
-    if action == "review":
-        log.warning(
-            "iemkey cleanup: not deleting %s: %s; listed for review (salt-run iemkey.report)", where, case["detail"]
-        )
-    elif action in ("deleted", "gone"):
-        log.warning("iemkey cleanup: removed %s from the BigFix console: %s", where, case["detail"])
-    elif action == "listed":
-        log.warning("iemkey cleanup: %s is to revoke: %s", where, case["detail"])
-    elif action == "revoked":
-        log.warning("iemkey cleanup: %s: %s", where, case["detail"])
-    else:
-        log.info("iemkey cleanup: %s stays %s: %s", where, case["status"], case["detail"])
-
-
-def cleanup(dismiss=None, test=False):
+def cleanup(dismiss=_UNSET, test=False):
     """
     Perform the console clean-ups that rotations left. For each old computer:
 
     - a **routine** rotation's is deleted once BigFix confirms it is the superseded
       duplicate (the new computer has reported the same Computer Name; the old one
-      is a native agent record that has not reported since the master received the
-      rotation, ``iemkey:cleanup:report_margin`` seconds on);
+      is a native agent record that has not reported since the rotation,
+      ``iemkey:cleanup:report_margin`` seconds on);
     - a **compromise** rotation's (a signed alert or webhook, or an incident, covers
       it) is confirmed the same way and then listed **to revoke**, never deleted
       (unless ``iemkey:cleanup:compromised: delete``), in one BigFix computer group
-      per incident; each later run checks whether it has left the console and then
-      records it revoked;
+      per incident; once it has left the console it is ``left_console`` until an
+      operator confirms the revocation (``iemkey.incident revoked=True``);
     - what BigFix does not confirm is listed for review; what cannot be decided yet
       (new computer not registered, REST API unreachable) stays pending.
 
@@ -740,12 +578,13 @@ def cleanup(dismiss=None, test=False):
     the REST API failed.
 
     dismiss
-        A computer ID whose open clean-up (pending, for review, or to revoke after
-        the operator dealt with it some other way) is closed without deleting anything.
+        A computer ID whose open clean-up is closed without deleting anything (a
+        compromise one then counts as not revoked until an operator accepts it).
+        An empty or malformed value is refused.
 
     test
-        Say what would be deleted, listed to revoke or confirmed revoked; change
-        nothing on BigFix or on the master.
+        Say what would be deleted, listed to revoke or found gone; change nothing on
+        BigFix or on the master.
 
     CLI Example:
 
@@ -756,53 +595,53 @@ def cleanup(dismiss=None, test=False):
         salt-run iemkey.cleanup dismiss=1234567
     """
     try:
-        store = _store()
-        if dismiss not in (None, ""):
-            return _dismiss(store, str(dismiss).strip())
-        outcomes = _cleanup_pass(test=bool(test))
+        test = iemkey_time.boolean("test", test)
+        if dismiss is not _UNSET:
+            computer_id = str(dismiss).strip() if dismiss is not None else ""
+            if not COMPUTER_ID.fullmatch(computer_id):
+                raise SaltInvocationError(f"dismiss takes a computer ID (digits), not {dismiss!r}; nothing was done")
+            return _dismiss(_store(), computer_id)
+        outcomes = _cleanup_pass(test=test)
+        cases = _open_cases()
     except _ERRORS as exc:
         return _fail({}, str(exc))
-    cases = _open_cases()
-    ret = {kind: outcomes[kind] for kind in ("deleted", "gone", "revoked")}
-    ret.update(
-        pending=[iemkey_cleanup.public(c) for c in cases["pending"]],
-        review=[iemkey_cleanup.public(c) for c in cases["review"]],
-        revoke=[iemkey_cleanup.public(c) for c in cases["revoke"]],
-        groups=outcomes["groups"],
-        retcode=0,
-    )
-    if cases["revoke"]:
-        ret["revocation"] = _revocation(cases)
     if test:
         ret = {
             "test": True,
             "would_delete": outcomes["would_delete"],
             "would_list_to_revoke": outcomes["listed"],
-            "would_confirm_revoked": outcomes["revoked"],
+            "would_find_left_console": outcomes["left_console"],
             "would_review": outcomes["review"],
             "pending": outcomes["pending"],
             "groups": outcomes["groups"],
-            "retcode": 0,
         }
         ret["summary"] = (
             f"test: would delete {len(ret['would_delete'])}, list {len(ret['would_list_to_revoke'])} to revoke, "
-            f"confirm {len(ret['would_confirm_revoked'])} revoked, list {len(ret['would_review'])} for review; "
-            "nothing was changed"
+            f"find {len(ret['would_find_left_console'])} gone from the console, list {len(ret['would_review'])} "
+            "for review; nothing was changed"
         )
     else:
+        ret = {kind: outcomes[kind] for kind in ("deleted", "gone", "left_console")}
+        for status in ("pending", "review", "revoke"):
+            ret[status] = [iemkey_cleanup.public(c) for c in cases[status]]
+        ret["groups"] = outcomes["groups"]
         ret["summary"] = (
-            f"{len(ret['deleted'])} deleted, {len(ret['gone'])} already gone, {len(ret['revoked'])} revoked, "
-            f"{len(ret['pending'])} pending, {len(ret['review'])} for review, {len(ret['revoke'])} to revoke"
+            f"{len(ret['deleted'])} deleted, {len(ret['gone'])} already gone, {len(ret['left_console'])} left the "
+            f"console (confirm their revocation), {len(ret['pending'])} pending, {len(ret['review'])} for review, "
+            f"{len(ret['revoke'])} to revoke"
         )
+        if cases["revoke"] or cases["left_console"]:
+            ret["revocation"] = _revocation()
         if outcomes["deferred"]:
             ret["summary"] += f" ({outcomes['deferred']} wait for the next pass: iemkey:cleanup:max_deletes)"
     if outcomes["busy"]:
         ret["summary"] = "another iemkey clean-up is running; nothing was decided by this one"
     if outcomes["error"]:
-        ret.update(error=outcomes["error"], retcode=1)
         log.error("iemkey cleanup: %s", outcomes["error"])
-    __context__["retcode"] = ret["retcode"]
-    return ret
+        ret.update(error=outcomes["error"], retcode=1)
+        __context__["retcode"] = 1
+        return ret
+    return _ok(ret)
 
 
 def _dismiss(store, computer_id):
@@ -811,34 +650,49 @@ def _dismiss(store, computer_id):
     for key, case in store.all("cases").items():
         if case["old_computer_id"] == computer_id and case["status"] in iemkey_cleanup.OPEN:
             after = iemkey_cleanup.settle(case, "dismissed", "dismissed by an operator", now, "iemkey.cleanup dismiss")
-            if _write_case(store, key, case, after):
+            if iemkey_react.write_case(store, key, case, after):
                 dropped.append(iemkey_cleanup.public(after))
-                if case["status"] == "revoke":
+                if case.get("compromise"):
                     log.warning(
-                        "iemkey cleanup: an operator dismissed computer %s, which was to revoke: iemkey no longer "
-                        "tracks whether its certificate is revoked",
+                        "iemkey cleanup: an operator dismissed computer %s, a compromise rotation's: it counts as NOT "
+                        "revoked (the report stays red) until an operator accepts that: salt-run iemkey.incident "
+                        "name=%s accept_unrevoked=True reason='...'",
                         computer_id,
+                        iemkey_incidents.incident_of(case),
                     )
     if not dropped:
         return _fail({"dismissed": []}, f"no open clean-up for computer {computer_id}")
     log.warning("iemkey cleanup: an operator dismissed the clean-up of computer %s", computer_id)
-    return {"dismissed": dropped, "retcode": 0}
+    return _ok({"dismissed": dropped})
 
 
-# -- incidents and the audit trail -----------------------------------------------------------
-def incident(since=None, tgt="*", tgt_type="glob", name=None, cleanup=None, close=False):  # pylint: disable=redefined-outer-name
+# -- incidents, owed rotations and the audit trail --------------------------------------------
+def incident(
+    since=None,
+    tgt="*",
+    tgt_type="glob",
+    name=None,
+    cleanup=None,  # pylint: disable=redefined-outer-name
+    close=False,
+    deliver=True,
+    withdraw=False,
+    revoked=False,
+    accept_unrevoked=False,
+    reason=None,
+    **kwargs,
+):
     """
     Declare an incident: the rotations of the targeted minions that the master
-    receives at or after ``since`` are compromise rotations. Their old computers are
-    listed to revoke (never deleted), in one BigFix computer group for the incident,
-    until BigFix shows they have left the console. Open clean-ups it covers become
-    compromise ones; old computers iemkey already deleted as routine duplicates go
-    back to review (their certificates were never revoked). Without arguments:
-    the incidents on record.
+    receives at or after ``since`` are compromise rotations (their old computers are
+    listed to revoke, never deleted, in one BigFix computer group for the incident),
+    and each targeted minion is **owed** a rotation made after ``since``: the iemkey
+    engine delivers it (a minion that already rotated since is settled at once), and
+    the report stays red until each is settled. Old computers iemkey already deleted
+    as routine duplicates go back to review (their certificates were never revoked).
+    Without arguments: the incidents on record.
 
     since
-        When the incident began (ISO 8601 or epoch seconds); rotations the master
-        received from then on are covered.
+        When the incident began (ISO 8601, or ``@<epoch seconds>``).
 
     tgt, tgt_type
         The minions concerned (accepted minions, matched now; default all).
@@ -850,42 +704,77 @@ def incident(since=None, tgt="*", tgt_type="glob", name=None, cleanup=None, clos
         ``revoke`` (the default, ``iemkey:cleanup:compromised``) or ``delete`` for this
         incident's old computers.
 
+    deliver
+        ``False``: record the owed rotations, but let the operator's own rollout
+        (highstate, ``iemkey.orch.rotate``) rotate them (``held``).
+
+    With ``name`` and one of:
+
     close
-        With ``name``: rotations received from now on are no longer covered.
+        Rotations received from now on are no longer covered. Refused while anything of
+        the incident is not known revoked, unless an operator accepted it unrevoked.
+
+    withdraw
+        The declaration was a mistake (``reason=`` says why): it covers nothing any more,
+        its open clean-ups are decided again, its owed rotations are no longer owed.
+
+    revoked
+        Confirm that the computers of this incident that left the console were revoked
+        (BigFix cannot tell a revoked computer from a deleted one): lists them.
+
+    accept_unrevoked
+        Record (with ``reason=``) that the compromise clean-ups of this incident that
+        ended without a revocation are accepted so; the report stops failing on them.
+
+    The incident ``alerts`` holds the compromises no declared incident covers.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run iemkey.incident since=2026-11-20T08:00:00Z tgt='web*' name=worm-2026-11
+        salt-run iemkey.incident name=worm-2026-11 revoked=True
+        salt-run iemkey.incident name=worm-2026-11 accept_unrevoked=True reason='host decommissioned'
+        salt-run iemkey.incident name=worm-2026-11 withdraw=True reason='wrong target'
         salt-run iemkey.incident name=worm-2026-11 close=True
         salt-run iemkey.incident
     """
     try:
-        store = _store()
-        if since in (None, "") and not close:
-            return {"incidents": store.all("incidents"), "retcode": 0}
+        flags = {
+            key: iemkey_time.boolean(key, value)
+            for key, value in (
+                ("close", close),
+                ("deliver", deliver),
+                ("withdraw", withdraw),
+                ("revoked", revoked),
+                ("accept_unrevoked", accept_unrevoked),
+            )
+        }
+        acts = [key for key in ("close", "withdraw", "revoked", "accept_unrevoked") if flags[key]]
+        if len(acts) > 1:
+            raise SaltInvocationError(f"one of close, withdraw, revoked or accept_unrevoked at a time, not {acts}")
         if name not in (None, "") and not INCIDENT_NAME.fullmatch(str(name)):
             raise SaltInvocationError(f"an incident name is letters, digits, '.', '_' and '-', not {name!r}")
-        if cleanup not in (None, "") and cleanup not in iemkey_cleanup.MODES:
-            raise SaltInvocationError(f"cleanup must be revoke or delete, not {cleanup!r}")
-        if close:
+        if acts:
             if name in (None, ""):
-                raise SaltInvocationError("close=True needs the incident's name")
-            with store.update("incidents", str(name)) as record:
-                if not record:
-                    raise SaltInvocationError(f"no incident {name!r} on record")
-                record["until"] = _now().isoformat()
-            log.warning("iemkey: incident %s closed by an operator", name)
-            return {"incident": store.get("incidents", str(name)), "retcode": 0}
-        began = iemkey_time.parse_time(since)
+                raise SaltInvocationError(f"{acts[0]}=True needs the incident's name")
+            return _incident_act(acts[0], str(name), reason, _who(kwargs))
+        if since in (None, ""):
+            return _ok({"incidents": _store().all("incidents")})
+        return _declare(since, tgt, tgt_type, name, cleanup, flags["deliver"], _who(kwargs))
     except _ERRORS as exc:
         return _fail({}, str(exc))
+
+
+def _declare(since, tgt, tgt_type, name, cleanup_mode, deliver, who):
+    if cleanup_mode not in (None, "") and cleanup_mode not in iemkey_cleanup.MODES:
+        raise SaltInvocationError(f"cleanup must be revoke or delete, not {cleanup_mode!r}")
+    began = iemkey_time.parse_time(since)
     if began > _now():
-        return _fail({}, f"since {began.isoformat()} is in the future")
+        raise SaltInvocationError(f"since {began.isoformat()} is in the future")
     minions = _targets(tgt, tgt_type)
     if not minions:
-        return _fail({}, f"the target {tgt!r} ({tgt_type}) matches no accepted minion")
+        raise SaltInvocationError(f"the target {tgt!r} ({tgt_type}) matches no accepted minion")
     name = str(name) if name not in (None, "") else f"incident-{began:%Y%m%dT%H%M%SZ}"
     record = {
         "name": name,
@@ -895,31 +784,142 @@ def incident(since=None, tgt="*", tgt_type="glob", name=None, cleanup=None, clos
         "tgt_type": tgt_type,
         "minions": minions,
         "declared": _now().isoformat(),
-        "cleanup": cleanup or None,
+        "by": who,
+        "cleanup": cleanup_mode or None,
     }
-    store.put("incidents", name, record)
-    covered = _reactions().cover(set(minions), f"iemkey.incident {name}")
+    store = _store()
+    covered, decided = iemkey_incidents.declare(store, _reactions(), record, deliver, _now(), who)
+    if decided["owed"] and not iemkey_engine.configured(__opts__):
+        _publish_owed(store, decided["owed"])  # no engine here to deliver them
     log.warning(
-        "iemkey: incident %s declared by an operator: rotations of %d minions received since %s are compromise "
-        "rotations (%s); %d clean-ups re-decided",
+        "iemkey: incident %s declared by %s: rotations of %d minions received since %s are compromise rotations "
+        "(%s); %d clean-ups re-decided; %d rotations owed, %d already rotated since, %d held",
         name,
+        who,
         len(minions),
         record["since"],
-        cleanup or _compromised_mode(),
+        cleanup_mode or iemkey_console.compromised_mode(__opts__),
         len(covered),
+        len(decided["owed"]),
+        len(decided["settled"]),
+        len(decided["held"]),
     )
-    return {"incident": record, "covered": covered, "retcode": 0}
+    ret = {"incident": record, "covered": covered, "owed": _owed_of(set(minions)), "settled": decided["settled"]}
+    return _ok(ret)
+
+
+def _publish_owed(store, minions):
+    """Publish the rotation jobs of owed rotations here (a master without the engine)."""
+    engine = iemkey_engine.Engine(__opts__, store, iemkey_delivery.Publisher(__opts__), lambda d: None, _resolve)
+    batch = {m: (store.get("owed", m)["since"], False, []) for m in minions if store.get("owed", m)}
+    engine.publish(batch)
+
+
+def _incident_act(act, name, reason, who):
+    store, now = _store(), _now()
+    mode = iemkey_console.compromised_mode(__opts__)
+    if act == "revoked":
+        return _ok({"incident": name, "confirmed_revoked": iemkey_incidents.confirm_revoked(store, name, now, who)})
+    if act == "accept_unrevoked":
+        accepted = iemkey_incidents.accept_unrevoked(store, name, reason, mode, now, who)
+        return _ok({"incident": name, "accepted_unrevoked": accepted, "reason": reason})
+    if act == "withdraw":
+        if not reason:
+            raise SaltInvocationError("withdraw=True needs reason='...': the trail says why")
+        return _ok({"incident": name, "withdrawn": iemkey_incidents.withdraw(store, name, reason, now, who)})
+    record = store.get("incidents", name)
+    if not record:
+        raise SaltInvocationError(f"no incident {name!r} on record")
+    unsafe = iemkey_incidents.unrevoked(iemkey_incidents.cases_of(store, name), mode)
+    if unsafe:
+        listed = ", ".join(f"{c['old_computer_id']} ({c['status']})" for c in unsafe)
+        return _fail(
+            {"incident": record, "unrevoked": [iemkey_cleanup.public(c) for c in unsafe]},
+            f"incident {name} is not closed: computers {listed} are not known revoked; revoke and confirm them "
+            f"(revoked=True), or record accept_unrevoked=True reason='...'; nothing was changed",
+        )
+    with store.update("incidents", name) as stored:
+        stored.update(until=now.isoformat(), closed_by=who)
+    log.warning("iemkey: incident %s closed by %s", name, who)
+    return _ok({"incident": store.get("incidents", name)})
+
+
+def owed(minion=None, retry=False, cancel=False, reason=None, **kwargs):
+    """
+    The rotations the master owes minions after a compromise, until each minion's
+    signed rotation settles it: ``pending`` (about to be published), ``delivered``
+    (job id and when), ``away`` (not connected since when: asked again when it comes
+    back), ``failed`` (the job's error; retried with backoff), ``review`` (after
+    ``iemkey:delivery:max_attempts`` failed jobs), ``held`` (an incident declared with
+    ``deliver=False``). Exits non-zero while any is owed.
+
+    minion
+        Only this minion's; with ``retry`` or ``cancel``, the one acted on.
+
+    retry
+        Deliver it again now (a ``review`` one starts counting attempts again).
+
+    cancel
+        An operator closes it without a rotation (``reason=`` says why: a minion
+        decommissioned, its agent reinstalled by hand); recorded in ``iemkey.history``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run iemkey.owed
+        salt-run iemkey.owed minion=web01 retry=True
+        salt-run iemkey.owed minion=web01 cancel=True reason='decommissioned'
+    """
+    try:
+        retry, cancel = iemkey_time.boolean("retry", retry), iemkey_time.boolean("cancel", cancel)
+        if (retry or cancel) and minion in (None, ""):
+            raise SaltInvocationError("retry=True or cancel=True needs minion=<id>")
+        if retry and cancel:
+            raise SaltInvocationError("retry=True or cancel=True, not both")
+        store, now, who = _store(), _now(), _who(kwargs)
+        if retry:
+            with store.update("owed", str(minion)) as record:
+                if not record:
+                    raise SaltInvocationError(f"no rotation is owed to {minion!r}")
+                record.update(iemkey_owed.retry_now(record, now, f"iemkey.owed ({who})", f"retried by {who}"))
+            if not iemkey_engine.configured(__opts__):
+                _publish_owed(store, [str(minion)])
+        elif cancel:
+            if not reason:
+                raise SaltInvocationError("cancel=True needs reason='...': the trail says why")
+            _cancel(store, str(minion), str(reason)[:500], now, who)
+        found = _owed_of({str(minion)} if minion not in (None, "") else None)
+    except _ERRORS as exc:
+        return _fail({}, str(exc))
+    ret = {"owed": found, "count": len(found)}
+    ret["retcode"] = 1 if found else 0
+    __context__["retcode"] = ret["retcode"]
+    return ret
+
+
+def _cancel(store, minion, reason, now, who):
+    with store.update("owed", minion) as record:
+        if not record:
+            raise SaltInvocationError(f"no rotation is owed to {minion!r}")
+        detail = f"cancelled by {who}: {reason}"
+        closed = iemkey_owed.closed(record, "cancelled", detail, now, f"iemkey.owed ({who})")
+        store.put("settled", iemkey_owed.settled_key(closed, now), closed)  # the trail first
+        record.clear()
+    log.warning("iemkey: %s cancelled the rotation owed to %s: %s", who, minion, reason)
 
 
 def history(minion=None, computer=None):
     """
-    The audit trail of the console clean-up: per old computer, the minion, the old
-    and new computer IDs, and each status it went through (pending, deleted, to
-    revoke, revoked, review, dismissed, gone) with when and what decided it. Kept on
-    the master across restarts; ``--out=json`` exports it.
+    The audit trail: per old computer, the minion, the old and new computer IDs, and
+    each status its clean-up went through (pending, deleted, to revoke, left the
+    console, revoked, review, dismissed, gone) with when and what or who decided it;
+    and per minion, each rotation owed after a compromise, how it was delivered and
+    what settled it (``rotations``). Kept in the store across restarts, the same on
+    every master sharing it; ``--out=json`` exports it.
 
     minion
-        Only this minion's rotations.
+        Only this minion's.
 
     computer
         Only the rotation whose old or new computer ID this is.
@@ -932,7 +932,9 @@ def history(minion=None, computer=None):
         salt-run iemkey.history computer=1234567 --out=json
     """
     try:
-        cases = _store().all("cases").values()
+        store = _store()
+        cases = store.all("cases").values()
+        rotations = [*store.all("settled").values(), *store.all("owed").values()]
     except _ERRORS as exc:
         return _fail({}, str(exc))
     computer = None if computer in (None, "") else str(computer)
@@ -942,17 +944,24 @@ def history(minion=None, computer=None):
         if (minion in (None, "") or case["minion"] == minion)
         and (computer is None or computer in (case["old_computer_id"], case.get("new_computer_id")))
     ]
-    return {"computers": found, "count": len(found), "retcode": 0}
+    owed_trail = [
+        {k: r.get(k) for k in ("minion", "state", "since", "at", "closed", "detail", "rotation", "signals", "trail")}
+        for r in sorted(rotations, key=lambda r: (r["minion"], r["at"]))
+        if (minion in (None, "") or r["minion"] == minion)
+        and (computer is None or computer == (r.get("rotation") or {}).get("old_computer_id"))
+    ]
+    return _ok({"computers": found, "count": len(found), "rotations": owed_trail})
 
 
 # -- moving a backlog ----------------------------------------------------------------------------
 def import_store(path, test=False):
     """
     Add the records of another master's local store (its ``<cachedir>/iemkey``) to this
-    master's store: the pending clean-ups, compromises, incidents, revocation groups and
-    replay nonces of a master stopped for good, or the local files of one master moving
-    to a shared ``iemkey:store: {driver: redis}``. A record this store already has stays
-    as it is (nothing is overwritten, nothing done twice). ``test=True`` counts only.
+    master's store: the pending clean-ups, owed rotations, compromises, incidents,
+    revocation groups and replay nonces of a master stopped for good, or the local files
+    of one master moving to a shared ``iemkey:store: {driver: redis}``. A record this
+    store already has stays as it is (nothing is overwritten, nothing done twice).
+    ``test=True`` counts only.
 
     CLI Example:
 
@@ -961,53 +970,41 @@ def import_store(path, test=False):
         salt-run iemkey.import_store path=/mnt/old-master/var/cache/salt/master/iemkey test=True
         salt-run iemkey.import_store path=/mnt/old-master/var/cache/salt/master/iemkey
     """
-    ret = {"path": str(path), "test": bool(test)}
-    if not path or not os.path.isdir(str(path)):
-        return _fail(ret, f"{path!r} is not a folder of an iemkey store (a master's <cachedir>/iemkey)")
+    ret = {"path": str(path), "test": test}
     try:
+        test = ret["test"] = iemkey_time.boolean("test", test)
+        if not path or not os.path.isdir(str(path)):
+            raise SaltInvocationError(f"{path!r} is not a folder of an iemkey store (a master's <cachedir>/iemkey)")
         source, target = iemkey_store.LocalStore(str(path)), _store()
         if repr(source) == repr(target):
-            return _fail(ret, f"{path} is this master's own store")
-        ret["banks"] = iemkey_store.copy_into(source, target, test=bool(test))
+            raise SaltInvocationError(f"{path} is this master's own store")
+        ret["banks"] = iemkey_store.copy_into(source, target, test=test)
     except _ERRORS as exc:
         return _fail(ret, str(exc))
     added = sum(b["added"] for b in ret["banks"].values())
     log.warning("iemkey: %s %d records from %s into %r", "would add" if test else "added", added, path, target)
-    ret.update(added=added, retcode=0)
-    return ret
+    ret["added"] = added
+    return _ok(ret)
 
 
-# -- the reactors' decisions ---------------------------------------------------------------------
-_PUBLISHER = {}  # master opts id -> iemkey_react.Publisher, kept for this process
-
-
-def _reactions():
-    publish = _PUBLISHER.setdefault(id(__opts__), iemkey_react.Publisher(__opts__))
-    return iemkey_react.Reactions(
-        __opts__, _store(), publish, resolve=lambda uri: salt.utils.sdb.sdb_get(uri, __opts__), now=_now
-    )
-
-
+# -- the decisions, from the command line --------------------------------------------------------
 def react(event_tag=None, event=None, **kwargs):  # pylint: disable=unused-argument
     """
-    The reactors' decision on an iemkey event, made on the master: act on it only when it
-    proves where it came from. The reactor files (``salt://iemkey/reactor/*.sls``) make
-    the same decision in the reactor process; this runs it from the command line.
+    The master's decision on one iemkey event, as the iemkey engine makes it for each
+    event on the bus: act on it only when it proves where it came from. A refused
+    event exits non-zero.
 
     - ``iemkey/compromised`` (``iemkey.alert`` on a minion): signed with that minion's
-      own Salt key, not stale, not a replay: that minion, and only it, is asked to
-      rotate (``state.single iemkey.rotated`` with ``since`` = signed time - cooldown),
-      and the master records the compromise: that minion's rotations are compromise
-      rotations, whose old computers are revoked, not deleted. Another alert for it
-      within the cooldown publishes nothing new.
+      own Salt key, not stale, not a replay: the master records the compromise (that
+      minion's rotations are then compromise rotations, revoked, not deleted) and
+      owes that minion, and only it, a rotation, published now.
     - ``salt/netapi/hook/iemkey/compromised`` (salt-api): ``X-Iemkey-Signature:
       t=<unix>,sha256=<hex>`` is the HMAC-SHA256 of ``<t>.<body>`` with
       ``iemkey:reactor:hook_secret``, ``t`` is recent and the signature new: the one
-      accepted minion it names rotates, as for an alert.
+      accepted minion it names is owed a rotation, as for an alert.
     - ``iemkey/rotated`` (``iemkey.rotate`` on a minion), signed likewise: the old
-      computer's clean-up is recorded, for ``iemkey.cleanup`` to decide.
-
-    Anything else acts on nothing and leaves one WARNING line in the master log.
+      computer's clean-up is recorded, for ``iemkey.cleanup`` to decide, and the
+      minion's owed rotation is settled if the rotation came after its compromise.
 
     CLI Example:
 
@@ -1016,6 +1013,16 @@ def react(event_tag=None, event=None, **kwargs):  # pylint: disable=unused-argum
         salt-run iemkey.react event_tag=iemkey/compromised event='{"id": "web01", "data": {...}}'
     """
     try:
-        return _reactions().handle(event_tag, event)
-    except _ERRORS as exc:  # the store is misconfigured
+        store = _store()
+        engine = iemkey_engine.Engine(__opts__, store, iemkey_delivery.Publisher(__opts__), lambda d: None, _resolve)
+        event = event if isinstance(event, dict) else {}
+        decided = engine.reactions.handle(event_tag, event, verified=None)
+        if decided.get("deliver"):
+            published = engine.publish({decided["minion"]: (decided["since"], False, [])})
+            decided["jid"] = published.get(decided["minion"])
+    except _ERRORS as exc:
         return _fail({"tag": event_tag, "action": "error"}, str(exc))
+    if decided.get("action") in ("refused", "error"):
+        return _fail(decided, decided.get("refused") or decided.get("error"))
+    decided.pop("deliver", None)
+    return _ok(decided)

@@ -3,8 +3,8 @@ The console clean-up's decisions: what to do with each rotation's old computer.
 
 Each rotation the master hears of (a signed ``iemkey/rotated``) is a *case*: one old computer,
 its minion and the new computer. A case is open while iemkey still has something to do or to
-show (``pending``, ``revoke``, ``review``) and closed once settled (``deleted``, ``gone``,
-``revoked``, ``dismissed``); closed cases stay, as the audit trail (``trail``).
+show (``pending``, ``revoke``, ``left_console``, ``review``) and closed once settled (``deleted``,
+``gone``, ``revoked``, ``dismissed``); closed cases stay, as the audit trail (``trail``).
 
 - **Routine rotations** delete the old computer once BigFix confirms it is the superseded
   duplicate: the new computer exists, has reported its Computer Name, and the old computer is a
@@ -13,10 +13,18 @@ show (``pending``, ``revoke``, ``review``) and closed once settled (``deleted``,
 - **Compromise rotations** (the master acted on a signed alert or webhook for that minion, or an
   operator declared an incident covering it) are never deleted (unless the master config or the
   incident says ``delete``): once confirmed the same way, the old computer is listed *to revoke*
-  until BigFix no longer shows it, then recorded as revoked. Which rotations are compromise
+  until BigFix no longer shows it (``left_console``: revoked, or deleted; BigFix's REST API cannot
+  tell which), and recorded as revoked only once an operator confirms it. One that ended without
+  a revocation (reviewed, dismissed, deleted) stays *unrevoked* until an operator records that
+  decision (``accepted``). Which rotations are compromise
   rotations is decided from the master's own records (compromises, incidents) and the time the
   master received each event, never from anything the minion sends.
 - What BigFix does not confirm is listed for review; what cannot be decided yet stays pending.
+- Silence is judged from the earliest plausible moment of the rotation: the earlier of the master's
+  receipt and the minion's own ``rotated_at`` (a late re-send is normal; a minion whose clock lies
+  backward can only send its own case to review, one that lies forward changes nothing). A report
+  within ``max_skew`` before that moment (a minion clock running ahead) is the old agent's last one
+  only if nothing reported after it for ``report_margin`` seconds, which the verdict waits anyway.
 
 Pure functions: the runner passes in the records, what BigFix answered and the clock.
 """
@@ -24,7 +32,8 @@ Pure functions: the runner passes in the records, what BigFix answered and the c
 import datetime
 
 UTC = datetime.timezone.utc
-OPEN = ("pending", "revoke", "review")
+OPEN = ("pending", "revoke", "left_console", "review")
+CLOSED_UNREVOKED = ("review", "dismissed", "deleted", "gone")  # a compromise case ending so was not revoked
 MODES = ("revoke", "delete")
 ALERTS = "alerts"  # the incident of compromises no declared incident covers
 DEFAULTS = {
@@ -90,7 +99,8 @@ def covering(case, compromises, incidents):
     for name, incident in sorted(incidents.items(), key=lambda item: (parse(item[1]["since"]), item[0])):
         until = incident.get("until")
         if (
-            minion in (incident.get("minions") or ())
+            not incident.get("withdrawn")
+            and minion in (incident.get("minions") or ())
             and parse(incident["since"]) <= received
             and (until is None or received <= parse(until))
         ):
@@ -138,6 +148,17 @@ def successor(case, cases):
     return current
 
 
+def earliest(case):
+    """The earliest moment the rotation can have happened: the master's receipt of its signed event,
+    or the minion's own ``rotated_at``, whichever is earlier."""
+    received = parse(case["received"])
+    try:
+        claimed = parse(case["rotated_at"])
+    except (TypeError, ValueError):
+        return received
+    return min(received, claimed)
+
+
 def verdict(case, old, new, now, master_operator, margin):
     """What BigFix says of a pending case: (outcome, detail), the outcome one of ``pending`` (not
     decidable yet), ``review`` (BigFix does not confirm it), ``gone`` (the old computer is not in
@@ -150,9 +171,12 @@ def verdict(case, old, new, now, master_operator, margin):
         than "outside my scope".
     margin
         Seconds after the master received the rotation before the old computer's silence counts.
+        The old computer must be silent since the earliest plausible moment of the rotation
+        (``earliest``).
     """
     old_id, new_id = case["old_computer_id"], case.get("new_computer_id")
     received = parse(case["received"])
+    rotated = earliest(case)
     if not new_id:
         return "pending", "the minion has not reported its new computer ID yet"
     if new_id == old_id:
@@ -179,10 +203,11 @@ def verdict(case, old, new, now, master_operator, margin):
         )
     if old.last_report is None:
         return "review", f"BigFix gives no Last Report Time for the old computer {old_id}"
-    if old.last_report > received:
+    if old.last_report > rotated:
         return "review", (
-            f"the old computer {old_id} reported at {old.last_report.isoformat()}, after the master received "
-            f"the rotation at {received.isoformat()}: it is still alive"
+            f"the old computer {old_id} reported at {old.last_report.isoformat()}, after the rotation (made at "
+            f"{case.get('rotated_at')} by the minion's clock, received at {received.isoformat()}; judged from "
+            f"{rotated.isoformat()}): something still uses that identity"
         )
     decide_at = received + datetime.timedelta(seconds=margin)
     if parse(now) < decide_at:
@@ -197,9 +222,9 @@ def verdict(case, old, new, now, master_operator, margin):
 
 
 def still_to_revoke(case, old, now, master_operator):
-    """A to-revoke case after asking BigFix again: (status, detail). Revocation is confirmed, not
-    assumed: the computer must have left the console (revoked, or removed by an operator), and a
-    404 proves that only to a master operator."""
+    """A to-revoke case after asking BigFix again: (status, detail). The computer must leave the
+    console, and a 404 proves that only to a master operator; then it is ``left_console``: revoked,
+    or deleted (BigFix answers 404 for both), which only an operator can tell (``confirm_revoked``)."""
     old_id = case["old_computer_id"]
     if old is not None:
         last = old.last_report.isoformat() if old.last_report else "none"
@@ -208,19 +233,36 @@ def still_to_revoke(case, old, now, master_operator):
     if not master_operator:
         return "revoke", (
             f"BigFix answers 404 for computer {old_id}, but the API user is not a master operator, so that does "
-            "not prove it left the console: confirm the revocation in the console, then dismiss it"
+            "not prove it left the console: check it in the console"
         )
-    return "revoked", (
-        f"computer {old_id} left the BigFix console (seen gone at {parse(now).isoformat()}): revoked, or removed by an "
-        "operator"
+    incident = (case.get("compromise") or {}).get("incident") or ALERTS
+    return "left_console", (
+        f"computer {old_id} left the BigFix console (seen gone at {parse(now).isoformat()}): revoked, or deleted "
+        "(BigFix cannot tell them apart); an operator who revoked it confirms with `salt-run iemkey.incident "
+        f"name={incident} revoked=True`"
     )
+
+
+def confirm_revoked(case, now, by, who):
+    """A ``left_console`` case an operator confirms revoked."""
+    return settle(case, "revoked", f"revocation confirmed by {who} (it had left the console)", now, by)
+
+
+def unrevoked(case, default_mode):
+    """Whether a compromise case ended without its certificate being revoked, and no operator accepted
+    that (``accepted``): a review, a dismissal, a delete the incident did not choose."""
+    if not case.get("compromise") or case.get("accepted") or case["status"] not in CLOSED_UNREVOKED:
+        return False
+    if case["status"] in ("deleted", "gone") and mode(case, default_mode) == "delete":
+        return False  # the incident (or iemkey:cleanup:compromised) chose deleting over revoking
+    return True
 
 
 def reopened_by(case, compromise, now, by):
     """A case a compromise now covers. Open ones become compromise cases (a pending one will be
     listed to revoke, not deleted). One iemkey already deleted goes back to review: BigFix hides
     deleted computers, so its certificate was never revoked. None when nothing changes."""
-    if case.get("compromise") or case["status"] in ("revoke", "revoked", "dismissed", "gone"):
+    if case.get("compromise") or case["status"] in ("revoke", "left_console", "revoked", "dismissed", "gone"):
         return None
     marked = {**case, "compromise": compromise}
     if case["status"] == "deleted":
@@ -255,7 +297,9 @@ def console_steps(name):
         "(iemkey keeps it listing exactly the computers to revoke; check `iemkey.report`: group matches)",
         "In the group's computer list, select every computer (Ctrl+A)",
         "Right-click the selection and choose Revoke Certificate, then OK in the confirmation dialog",
-        "Run `salt-run iemkey.cleanup`: each computer that has left the console is recorded as revoked",
+        "Run `salt-run iemkey.cleanup`: each computer that has left the console is listed as left_console",
+        f"Confirm the revocation (BigFix cannot tell a revoked computer from a deleted one): `salt-run "
+        f"iemkey.incident name={name[len(GROUP_PREFIX) :]} revoked=True`",
     ]
 
 
@@ -268,4 +312,6 @@ def public(case):
         checked=case.get("checked"),
         incident=(case.get("compromise") or {}).get("incident"),
     )
+    if case.get("accepted"):
+        shown["accepted"] = case["accepted"]
     return shown

@@ -224,3 +224,14 @@ def resolve_control(platform, script):
         "source": source,
         "commands": {verb: [script, verbs[verb]] for verb in VERBS},
     }
+
+
+def installed(storage, storage_source, computer_id, keystorage):
+    """(whether the agent's files are here, whatever controls it; if not, where iemkey looked)."""
+    if not storage or not os.path.isdir(storage):
+        return False, f"no storage path at {storage} ({storage_source})"
+    if storage_source.startswith(("setting", "config")) or computer_id:
+        return True, None  # the client's own settings, or an operator, say where it lives
+    if keystorage and os.path.lexists(keystorage):
+        return True, None
+    return False, f"no BigFix client settings and no KeyStorage at {keystorage}"

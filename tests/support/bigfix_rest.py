@@ -89,6 +89,7 @@ class StandInBigFix:
         self.unreported = set()  # computer ids registered but not reported yet
         self.agent_types = {}  # computer id -> Agent Type other than Native
         self.groups = {}  # group id -> {"name": ..., "rules": [(property id, comparison, text)]}
+        self.vanish_on_delete = set()  # computer ids another console user deletes just before iemkey's DELETE
         self.down = False
         self.ignore_fields = False
         self.relevance_error = None  # every query fails with this message
@@ -204,6 +205,9 @@ class StandInBigFix:
         if computer_id not in computers:
             return Response("Computer not found", status=404)
         if request.method == "DELETE":
+            if computer_id in self.vanish_on_delete:  # someone else deleted it between the look-up and now
+                self.deleted[computer_id] = time.time()
+                return Response("Computer not found", status=404)
             self.deleted[computer_id] = time.time()
             return Response("ok", status=200)
         if request.method != "GET":

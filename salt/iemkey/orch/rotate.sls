@@ -1,7 +1,9 @@
 {#- Staged rollout: rotate a target in batches, check each batch, stop at the first failed batch,
-    then report on the whole target.
+    then report on the whole target. A minion without a BigFix agent passes its batch (nothing to
+    rotate) unless pillar iemkey:require_agent is true.
 
-    Pillar: iemkey:rotated_since; iemkey:orch:tgt, tgt_type, batch (size), wait. README shows the command.
+    Pillar: iemkey:rotated_since; iemkey:orch:tgt, tgt_type, batch (size), wait. The docs' Formula
+    page shows the command.
 -#}
 {%- set orch = salt['pillar.get']('iemkey:orch', {}) %}
 {%- set since = salt['pillar.get']('iemkey:rotated_since') %}

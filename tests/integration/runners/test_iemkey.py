@@ -24,9 +24,17 @@ def _deletes(httpserver):
 
 
 def _computer(httpserver, computer_id, status=200):
+    """DELETE /api/computer/<id> answers ``status`` (BigFix's ``ok`` with a 200); the API user is a
+    master operator (GET /api/operator/<user>)."""
+    _operator(httpserver)
     httpserver.expect_request(
         f"/api/computer/{computer_id}", method="DELETE", headers={"Authorization": BASIC}
-    ).respond_with_data("", status=status)
+    ).respond_with_data("ok" if status == 200 else "", status=status)
+
+
+def _operator(httpserver, master=True):
+    xml = f"<BESAPI><Operator><MasterOperator>{str(master).lower()}</MasterOperator></Operator></BESAPI>"
+    httpserver.expect_request("/api/operator/iemkey-operator", method="GET").respond_with_data(xml)
 
 
 # -- report -------------------------------------------------------------------------------
@@ -66,14 +74,35 @@ def test_report_on_a_target_that_matches_nobody_fails(salt_run_cli, salt_minion,
     assert report.data["error"] == "the target 'nosuch*' (glob) matches no accepted minion: nothing to report on"
 
 
-def test_report_says_which_minions_have_no_agent(salt_run_cli, salt_minion, agent):
+def test_a_minion_without_an_agent_is_listed_apart_and_fails_nothing_unless_one_is_required(
+    salt_run_cli, salt_cli, salt_minion, agent, set_pillar
+):
+    """Issue 28: a mixed fleet. A real minion whose BigFix agent is gone: rotate, the state and the
+    report succeed with nothing to rotate; with iemkey:require_agent: true in pillar, each fails."""
     import shutil
 
     agent.kill()
     shutil.rmtree(agent.storage)
     report = salt_run_cli.run("iemkey.report", "since=2026-01-01T00:00:00Z", f"tgt={salt_minion.id}")
-    assert report.returncode != 0
-    assert report.data["not_installed"] == [salt_minion.id]
+    assert report.returncode == 0, report
+    assert report.data["no_agent"] == [salt_minion.id] and report.data["minions"][salt_minion.id]["no_agent"]
+    rotate = salt_cli.run("iemkey.rotate", minion_tgt=salt_minion.id)
+    assert rotate.returncode == 0 and rotate.data["no_agent"] is True, rotate
+    assert rotate.data["comment"].startswith("no BigFix agent here: nothing to rotate (no storage path at ")
+    state = salt_cli.run(
+        "state.single", "iemkey.rotated", "name=k", "since=2026-01-01T00:00:00Z", minion_tgt=salt_minion.id
+    )
+    assert state.returncode == 0, state
+    (result,) = state.data.values()
+    assert result["result"] is True and result["comment"].startswith("No BigFix agent here: nothing to rotate")
+    # grains are computed at start and at refresh_grains (docs: Formula): an operator refreshes them
+    assert salt_cli.run("saltutil.refresh_grains", minion_tgt=salt_minion.id).returncode == 0
+    grain = salt_cli.run("grains.get", "iemkey:installed", minion_tgt=salt_minion.id)
+    assert grain.data is False, grain
+    set_pillar("iemkey:\n  require_agent: true\n")
+    required = salt_run_cli.run("iemkey.report", "since=2026-01-01T00:00:00Z", f"tgt={salt_minion.id}")
+    assert required.returncode == 1 and "(1 required to have one)" in required.data["summary"], required
+    assert salt_cli.run("iemkey.rotate", minion_tgt=salt_minion.id).returncode != 0
 
 
 def test_report_lists_an_unsafe_keystorage_path_under_errors_with_its_reason(
@@ -92,11 +121,22 @@ def test_report_lists_an_unsafe_keystorage_path_under_errors_with_its_reason(
     assert agent.untouched()
 
 
-def test_report_with_a_malformed_since_is_an_error(salt_run_cli, salt_minion, agent):
-    report = salt_run_cli.run("iemkey.report", "since=last-week", f"tgt={salt_minion.id}")
-    assert report.returncode != 0
-    assert report.data["errors"] == [salt_minion.id]
-    assert "not an ISO 8601 time" in report.data["minions"][salt_minion.id]["error"]
+@pytest.mark.parametrize("since", ["last-week", "20261120", "0"])
+def test_report_with_a_malformed_since_is_one_error_before_anyone_is_asked(
+    salt_run_cli, salt_master, salt_minion, agent, event_listener, since
+):
+    start = time.time()
+    report = salt_run_cli.run("iemkey.report", f"since={since}", f"tgt={salt_minion.id}")
+    assert report.returncode == 1 and report.data["error"].startswith("since "), report
+    assert "is not a time" in report.data["error"] or "is a number, but not 10 digits" in report.data["error"]
+    assert "minions" not in report.data
+    jobs = event_listener.get_events([(salt_master.id, "salt/job/*/new")], after_time=start)
+    assert not [j for j in jobs if j.data.get("fun") == "iemkey.check"]  # the fleet was never asked
+
+
+def test_report_without_since_exits_non_zero(salt_run_cli, salt_minion, agent):
+    report = salt_run_cli.run("iemkey.report", f"tgt={salt_minion.id}")
+    assert report.returncode == 1 and report.data["error"] == "report needs since, e.g. since=2026-11-20T08:00:00Z"
 
 
 # -- remove_computer -----------------------------------------------------------------------
@@ -104,14 +144,16 @@ def test_remove_computer_deletes_with_basic_auth(salt_run_cli, httpserver):
     _computer(httpserver, 1234567)
     ret = salt_run_cli.run("iemkey.remove_computer", "1234567")
     assert ret.returncode == 0, ret
-    assert ret.data["computers"] == [{"computer_id": "1234567", "result": True, "status": 200, "detail": "deleted"}]
+    assert ret.data["computers"] == [
+        {"computer_id": "1234567", "result": True, "status": "deleted", "detail": "deleted (BigFix answered ok)"}
+    ]
     assert _deletes(httpserver) == [("DELETE", "/api/computer/1234567")]
 
 
-def test_already_gone_is_success(salt_run_cli, httpserver):
+def test_a_404_to_a_master_operator_is_not_found(salt_run_cli, httpserver):
     _computer(httpserver, 42, status=404)
     ret = salt_run_cli.run("iemkey.remove_computer", "42")
-    assert ret.returncode == 0 and ret.data["computers"][0]["detail"] == "already gone", ret
+    assert ret.returncode == 0 and ret.data["computers"][0]["status"] == "not found", ret
 
 
 def test_a_5xx_is_retried_then_succeeds(salt_run_cli, httpserver):
@@ -135,18 +177,20 @@ def test_a_timeout_fails_after_the_retries(salt_run_cli, httpserver):
         time.sleep(3)  # the master's iemkey:api:timeout is 2 s
         return Response("", status=200)
 
+    _operator(httpserver)
     httpserver.expect_request("/api/computer/9", method="DELETE").respond_with_handler(slow)
     ret = salt_run_cli.run("iemkey.remove_computer", "9")
     assert ret.returncode != 0
-    assert "Timeout" in ret.data["error"]
+    assert "no answer within 2 s (iemkey:api:timeout)" in ret.data["error"], ret
 
 
 def test_wrong_credentials_are_an_authentication_error(salt_run_cli, httpserver):
-    httpserver.expect_request("/api/computer/5", method="DELETE").respond_with_data("", status=401)
+    httpserver.expect_request("/api/operator/iemkey-operator").respond_with_data("", status=401)
     ret = salt_run_cli.run("iemkey.remove_computer", "5")
     assert ret.returncode != 0
     assert "authentication failed" in ret.data["error"] and "iemkey-operator" in ret.data["error"]
-    assert _deletes(httpserver).count(("DELETE", "/api/computer/5")) == 1  # an auth error is not retried
+    assert ret.data["error"].endswith("nothing was sent")  # not retried, and no DELETE was sent
+    assert ("DELETE", "/api/computer/5") not in _deletes(httpserver)
 
 
 def test_a_non_numeric_id_is_refused_before_any_request(salt_run_cli, httpserver):
@@ -213,6 +257,19 @@ def test_orchestration_rotates_in_batches_and_reports(salt_run_cli, salt_minion,
     }
     assert agent.wait_for_keys() and agent_2.wait_for_keys()
     assert (agent.computer_id, agent_2.computer_id) != old
+
+
+def test_orchestration_goes_past_a_minion_without_an_agent(salt_run_cli, salt_minion, salt_minion_2, agent, agent_2):
+    """Issue 28: in a mixed fleet the staged rollout does not stop at a host without BigFix."""
+    import shutil
+
+    agent.kill()
+    shutil.rmtree(agent.storage)  # alpha (batch 1) has no BigFix agent at all
+    old_2 = agent_2.computer_id
+    ret = _orchestrate(salt_run_cli, [salt_minion.id, salt_minion_2.id])
+    assert ret.returncode == 0, ret
+    assert set(_orch_states(ret).values()) == {True}, _orch_states(ret)
+    assert agent_2.wait_for_keys() and agent_2.computer_id != old_2
 
 
 def test_orchestration_stops_at_the_first_failed_batch(salt_run_cli, salt_minion, salt_minion_2, agent, agent_2):

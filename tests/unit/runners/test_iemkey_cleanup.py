@@ -16,6 +16,7 @@ import pathlib
 
 import iemkey_auth
 import iemkey_bigfix
+import iemkey_store
 import pytest
 from bigfix_rest import ID_PROPERTY, SETTING_SECRET, StandInBigFix
 from helpers import load_source
@@ -37,7 +38,6 @@ def opts(master_opts, httpserver):
 
 @pytest.fixture
 def configure_loader_modules(opts):
-    iemkey._PUBLISHER.clear()  # each test's own fake LocalClient
     return {iemkey: {"__opts__": opts, "__context__": {}}}
 
 
@@ -78,7 +78,14 @@ def _signed(tag, minion, payload, signer=None):
     return iemkey_auth.sign(tag, minion, payload, KEYS[signer or minion][0])
 
 
-OUTCOMES = {"deleted": "deleted", "gone": "gone", "revoke": "listed", "review": "review", "pending": "pending"}
+OUTCOMES = {
+    "deleted": "deleted",
+    "gone": "gone",
+    "revoke": "listed",
+    "review": "review",
+    "pending": "pending",
+    "left_console": "left_console",
+}
 
 
 def _rotated(minion="alpha", old="1001", new="2002", rotated_at=None, signer=None, **extra):
@@ -253,47 +260,32 @@ def test_finding_a_compromise_rotation_is_listed_to_revoke_never_deleted(local, 
     assert group["rules"] == [(ID_PROPERTY, "Equals", "1001")]
 
 
-def test_a_revocation_is_confirmed_once_the_computer_leaves_the_console(local, bigfix, opts):
+def test_a_computer_that_left_the_console_is_revoked_only_once_an_operator_confirms_it(local, bigfix, opts):
     _duplicate(bigfix)
     _alert("alpha")
     _rotated()
     still = iemkey.cleanup()
-    assert [c["old_computer_id"] for c in still["revoke"]] == ["1001"] and still["revoked"] == []
+    assert [c["old_computer_id"] for c in still["revoke"]] == ["1001"] and still["left_console"] == []
     assert still["revocation"]["alerts"]["computers"] == ["1001"] and still["revocation"]["alerts"]["console_steps"]
     assert still["groups"]["alerts"]["matches"] is True and still["groups"]["alerts"]["seen"] == ["1001"]
-    bigfix.revoke("1001")  # the operator's Revoke Certificate in the console
-    done = iemkey.cleanup()
-    assert [c["old_computer_id"] for c in done["revoked"]] == ["1001"] and done["revoke"] == []
-    assert "left the BigFix console (seen gone at " in done["revoked"][0]["detail"]
+    nothing = iemkey.incident(name="alerts", revoked=True)  # nothing has left the console yet
+    assert nothing["retcode"] == 1 and nothing["error"] == (
+        "no computer of incident 'alerts' has left the console for iemkey to confirm; still in the console, to "
+        "revoke: 1001"
+    )
+    bigfix.revoke("1001")  # the operator's Revoke Certificate in the console (or a delete: BigFix cannot tell)
+    gone = iemkey.cleanup()
+    assert [c["old_computer_id"] for c in gone["left_console"]] == ["1001"] and gone["revoke"] == []
+    assert "left the BigFix console (seen gone at " in gone["left_console"][0]["detail"]
+    assert "revoked, or deleted (BigFix cannot tell them apart)" in gone["left_console"][0]["detail"]
+    assert gone["revocation"]["alerts"]["left_console"] == ["1001"]
     assert bigfix.deletes() == [] and bigfix.groups == {}  # the emptied group is removed; no computer was
-    assert "revocation" not in done
+    confirmed = iemkey.incident(name="alerts", revoked=True, __pub_user="alice")
+    assert confirmed["retcode"] == 0 and confirmed["confirmed_revoked"] == ["1001"]
     (computer,) = iemkey.history(minion="alpha")["computers"]
-    assert [step["status"] for step in computer["trail"]] == ["pending", "revoke", "revoked"]
-
-
-def test_the_report_fails_while_a_stolen_key_is_still_valid_and_says_what_to_click(local, bigfix, opts, monkeypatch):
-    _duplicate(bigfix)
-    _alert("alpha")
-    _rotated()
-    monkeypatch.setattr(iemkey, "_targets", lambda tgt, tgt_type: ["alpha"])
-    monkeypatch.setattr(iemkey, "_gather", lambda *a: {"alpha": {"ret": _compliant(), "retcode": 0}})
-    ret = iemkey.report("2026-01-01T00:00:00Z")
-    assert ret["compliant"] == ["alpha"] and ret["retcode"] == 1
-    (listed,) = ret["cleanup"]["revoke"]
-    assert {k: listed[k] for k in ("old_computer_id", "name", "minion", "incident")} == {
-        "old_computer_id": "1001",
-        "name": NAME,
-        "minion": "alpha",
-        "incident": "alerts",
-    }
-    assert listed["rotated_at"] and listed["received"]
-    revocation = ret["revocation"]["alerts"]
-    assert revocation["computers"] == ["1001"] and revocation["group"]["matches"] is True
-    assert "Revoke Certificate" in " ".join(revocation["console_steps"])
-    assert "1 to revoke (the stolen keys stay valid until revoked: see revocation)" in ret["summary"]
-    bigfix.revoke("1001")
-    iemkey.cleanup()
-    assert iemkey.report("2026-01-01T00:00:00Z")["retcode"] == 0
+    assert [step["status"] for step in computer["trail"]] == ["pending", "revoke", "left_console", "revoked"]
+    assert computer["trail"][-1]["by"] == "iemkey.incident revoked=True (alice)"
+    assert computer["trail"][-1]["detail"] == "revocation confirmed by alice (it had left the console)"
 
 
 def _compliant():
@@ -303,7 +295,8 @@ def _compliant():
 
 def test_a_rooted_minion_cannot_turn_its_compromise_rotation_into_a_delete(local, bigfix, opts):
     """beta (rooted) is under a compromise; it signs its own rotation with a rotation time long
-    before the alert and payload keys of its own invention: the master decides from its records."""
+    before the alert and payload keys of its own invention: the master decides from its records, and
+    a lying clock only sends beta's own case to review (never a delete)."""
     _duplicate(bigfix, name="beta.example.com")
     _alert("beta")
     ret = _rotated(
@@ -313,9 +306,9 @@ def test_a_rooted_minion_cannot_turn_its_compromise_rotation_into_a_delete(local
         incident=None,
         cleanup="delete",
     )
-    assert ret["compromise"] is True and ret["outcome"] == "listed", ret
+    assert ret["compromise"] is True and ret["outcome"] == "review", ret
     assert iemkey.cleanup()["deleted"] == [] and bigfix.deletes() == []
-    assert _case(opts, "beta")["status"] == "revoke"
+    assert "after the rotation (made at 2020-01-01T00:00:00+00:00" in _case(opts, "beta")["detail"]
 
 
 def test_compromised_delete_deletes_compromise_rotations_too(local, bigfix, opts):
@@ -359,8 +352,22 @@ def test_an_incident_makes_later_and_open_clean_ups_revocations_and_reopens_a_de
     assert next(iter(bigfix.groups.values()))["name"] == "iemkey revoke: worm-2026-12"
     _duplicate(bigfix, "5005", "6006")
     assert _rotated(old="5005", new="6006")["outcome"] == "listed"  # received after since: covered
+    refused = iemkey.incident(name="worm-2026-12", close=True)
+    assert refused["retcode"] == 1 and [c["old_computer_id"] for c in refused["unrevoked"]] == ["1001", "3003", "5005"]
+    assert refused["error"].startswith("incident worm-2026-12 is not closed: computers 1001 (review), 3003 (revoke)")
+    assert iemkey.incident()["incidents"]["worm-2026-12"]["until"] is None  # nothing was changed
+    bigfix.revoke("3003")
+    bigfix.revoke("5005")
+    iemkey.cleanup()
+    assert iemkey.incident(name="worm-2026-12", revoked=True)["confirmed_revoked"] == ["3003", "5005"]
+    assert iemkey.incident(name="worm-2026-12", accept_unrevoked=True)["error"].startswith(
+        "accept_unrevoked=True needs reason="
+    )
+    accepted = iemkey.incident(name="worm-2026-12", accept_unrevoked=True, reason="lab host, rebuilt from scratch")
+    assert accepted["accepted_unrevoked"] == ["1001"]
+    assert _case(opts, "alpha", "1001")["status"] == "dismissed" and _case(opts, "alpha", "1001")["accepted"]
     assert iemkey.incident(name="worm-2026-12", close=True)["incident"]["until"]
-    assert iemkey.incident()["incidents"]["worm-2026-12"]["until"]
+    assert iemkey.incident()["incidents"]["worm-2026-12"]["accepted_unrevoked"][0]["computers"] == ["1001"]
 
 
 def test_an_incident_may_choose_delete_for_its_old_computers(local, bigfix, monkeypatch):
@@ -373,7 +380,12 @@ def test_an_incident_may_choose_delete_for_its_old_computers(local, bigfix, monk
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
-        ({"since": "last week"}, "since 'last week' is not an ISO 8601 time"),
+        ({"since": "last week"}, "since 'last week' is not a time"),
+        ({"since": "20261120"}, "(did you mean 2026-11-20?)"),
+        ({"since": "2026-01-01T00:00:00Z", "close": "yes-please"}, "close must be True or False, not 'yes-please'"),
+        ({"withdraw": True, "name": "nosuch", "reason": "typo"}, "no incident 'nosuch' on record"),
+        ({"withdraw": True, "name": "nosuch"}, "withdraw=True needs reason="),
+        ({"revoked": True, "close": True, "name": "x"}, "one of close, withdraw, revoked or accept_unrevoked"),
         ({"since": "2026-01-01T00:00:00Z", "name": "../x"}, "an incident name is letters, digits"),
         ({"since": "2026-01-01T00:00:00Z", "cleanup": "wipe"}, "cleanup must be revoke or delete, not 'wipe'"),
         ({"close": True}, "close=True needs the incident's name"),
@@ -401,7 +413,7 @@ def test_finding_a_correlated_reply_cannot_make_a_live_computer_look_superseded(
     }
     ret = _rotated()
     assert ret["outcome"] == "review", ret
-    assert "reported at " in _case(opts)["detail"] and "it is still alive" in _case(opts)["detail"]
+    assert "reported at " in _case(opts)["detail"] and "something still uses that identity" in _case(opts)["detail"]
     assert bigfix.deletes() == []
 
 
@@ -422,6 +434,24 @@ def test_finding_a_404_outside_a_non_master_operators_scope_is_review_not_gone(l
     assert ret["outcome"] == "review", ret
     assert "the API user is not a master operator" in _case(opts)["detail"]
     assert "1001" in bigfix.computers() and bigfix.deletes() == []
+
+
+@pytest.mark.parametrize(
+    ("master_operator", "outcome", "detail"),
+    [
+        (True, "gone", "already gone (DELETE answered 404)"),
+        (False, "review", "DELETE /api/computer/1001 answered 404, and the API user is not a master operator"),
+    ],
+)
+def test_a_delete_answered_404_is_gone_only_for_a_master_operator(local, bigfix, opts, master_operator, outcome, detail):
+    """Issue 25: the old computer was confirmed, then its DELETE answered 404 (someone else removed it,
+    or, to an operator without full scope, it may still be there): gone only for a master operator."""
+    _duplicate(bigfix)
+    bigfix.master_operator = master_operator
+    bigfix.vanish_on_delete.add("1001")
+    ret = _rotated()
+    assert ret["outcome"] == outcome, ret
+    assert _case(opts)["status"] == outcome and _case(opts)["detail"].startswith(detail), _case(opts)
 
 
 def test_finding_a_minion_clock_running_ahead_cannot_make_a_live_computer_look_silent(local, bigfix, opts):
@@ -512,7 +542,7 @@ def test_test_mode_says_what_it_would_do_and_changes_nothing(local, bigfix, opts
     assert [c["old_computer_id"] for c in ret["would_delete"]] == ["1001"]
     assert [c["old_computer_id"] for c in ret["would_list_to_revoke"]] == ["3003"]
     assert ret["summary"] == (
-        "test: would delete 1, list 1 to revoke, confirm 0 revoked, list 0 for review; nothing was changed"
+        "test: would delete 1, list 1 to revoke, find 0 gone from the console, list 0 for review; nothing was changed"
     )
     after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
     assert after == before
@@ -541,13 +571,69 @@ def test_an_operator_dismisses_or_removes_a_review_item(local, bigfix, opts):
     assert _case(opts)["status"] == "dismissed"
 
 
-def test_dismissing_a_computer_to_revoke_says_iemkey_no_longer_tracks_it(local, bigfix, opts, caplog):
+def test_dismissing_a_computer_to_revoke_keeps_the_report_red_until_an_operator_accepts_it(
+    local, bigfix, opts, caplog, monkeypatch
+):
     _duplicate(bigfix)
     _alert("alpha")
     _rotated()
     with caplog.at_level(logging.WARNING):
         assert iemkey.cleanup(dismiss="1001")["retcode"] == 0
-    assert "iemkey no longer tracks whether its certificate is revoked" in caplog.text
+    assert "it counts as NOT revoked (the report stays red) until an operator accepts that" in caplog.text
+    monkeypatch.setattr(iemkey, "_targets", lambda tgt, tgt_type: ["alpha"])
+    monkeypatch.setattr(iemkey, "_gather", lambda *a: {"alpha": {"ret": _compliant(), "retcode": 0}})
+    red = iemkey.report("2026-01-01T00:00:00Z")
+    assert red["retcode"] == 1 and red["revocation"]["alerts"]["unrevoked"] == ["1001"]
+    assert red["revocation"]["alerts"]["accept"].startswith("salt-run iemkey.incident name=alerts accept_unrevoked")
+    iemkey.incident(name="alerts", accept_unrevoked=True, reason="the host was wiped", __pub_user="bob")
+    assert iemkey.report("2026-01-01T00:00:00Z")["retcode"] == 0
+    assert _case(opts)["accepted"]["by"] == "bob" and _case(opts)["accepted"]["reason"] == "the host was wiped"
+
+
+def test_a_forced_delete_of_a_computer_to_revoke_is_unrevoked_until_accepted(local, bigfix, opts, monkeypatch):
+    _duplicate(bigfix)
+    _alert("alpha")
+    _rotated()
+    assert iemkey.remove_computer("1001", force=True)["result"] is True
+    monkeypatch.setattr(iemkey, "_targets", lambda tgt, tgt_type: ["alpha"])
+    monkeypatch.setattr(iemkey, "_gather", lambda *a: {"alpha": {"ret": _compliant(), "retcode": 0}})
+    assert iemkey.report("2026-01-01T00:00:00Z")["revocation"]["alerts"]["unrevoked"] == ["1001"]
+
+
+@pytest.mark.parametrize("value", ["", " ", "abc", "12 34", None])
+def test_dismiss_with_an_empty_or_malformed_value_is_refused_and_runs_no_pass(local, bigfix, opts, value):
+    _duplicate(bigfix)
+    opts["iemkey"]["cleanup"]["report_margin"] = 3600
+    _rotated()  # pending: a full pass would delete it once the margin passes
+    opts["iemkey"]["cleanup"]["report_margin"] = 0
+    calls = len(bigfix.calls)
+    ret = iemkey.cleanup(dismiss=value)
+    assert (
+        ret["retcode"] == 1 and ret["error"] == f"dismiss takes a computer ID (digits), not {value!r}; nothing was done"
+    )
+    assert len(bigfix.calls) == calls and bigfix.deletes() == [] and _case(opts)["status"] == "pending"
+
+
+def test_withdrawing_an_incident_decides_its_clean_ups_again_and_its_rotations_are_no_longer_owed(
+    local, bigfix, opts, monkeypatch
+):
+    monkeypatch.setattr(iemkey, "_targets", lambda tgt, tgt_type: ["alpha"])
+    declared = iemkey.incident(since=_now(-600).isoformat(), name="typo", __pub_user="carol")
+    assert declared["retcode"] == 0 and [o["minion"] for o in declared["owed"]] == ["alpha"]
+    assert local.published[-1]["kwarg"]["owed"] is True  # no engine here: the runner published it
+    _duplicate(bigfix)
+    assert _rotated()["outcome"] == "listed"  # covered by the incident, and it settles the owed rotation
+    store = iemkey_store.from_opts(opts)
+    assert store.get("owed", "alpha") is None
+    iemkey.incident(since=_now(-600).isoformat(), name="typo2")  # owes alpha another rotation... after 600 s ago
+    withdrawn = iemkey.incident(name="typo", withdraw=True, reason="wrong target", __pub_user="carol")
+    assert withdrawn["retcode"] == 0 and [c["status"] for c in withdrawn["withdrawn"]["cases"]] == ["revoke"]
+    assert _case(opts)["compromise"]["incident"] == "typo2"  # still covered: by the other incident
+    iemkey.incident(name="typo2", withdraw=True, reason="wrong target too")
+    assert _case(opts)["compromise"] is None and _case(opts)["status"] == "pending"
+    assert _case(opts)["trail"][-1]["by"].startswith("iemkey.incident withdraw (")
+    assert iemkey.incident()["incidents"]["typo"]["withdrawn"]["by"] == "carol"
+    assert iemkey.cleanup()["deleted"][0]["old_computer_id"] == "1001"  # a routine duplicate after all
 
 
 def test_history_filters_by_minion_and_by_either_computer(local, bigfix):

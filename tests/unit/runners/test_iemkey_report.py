@@ -16,10 +16,18 @@ from helpers import load_source
 
 iemkey = load_source("_runners", "iemkey_runner_report")
 SINCE = "2026-11-20T08:00:00Z"
+USED = "2026-11-20T08:00:00+00:00"  # the time the report used, as every summary shows it
 ACCEPTED = ("web1", "web2", "web3", "db1", "db2", "mail1")
 
 
-def _check(compliant, stale=False, installed=True, basis="key_created", key_time="2026-11-21T09:00:00+00:00"):
+def _check(
+    compliant,
+    stale=False,
+    installed=True,
+    basis="key_created",
+    key_time="2026-11-21T09:00:00+00:00",
+    require_agent=False,
+):
     """What a minion's iemkey.check returns (the keys the report reads, and some it leaves out)."""
     status = {
         "installed": installed,
@@ -38,7 +46,9 @@ def _check(compliant, stale=False, installed=True, basis="key_created", key_time
         "stale": stale,
         "basis": basis if installed else None,
         "key_time": key_time if installed else None,
-        "reason": "why" if installed else "the BigFix agent is not installed: no storage path",
+        "reason": "why" if installed else "no BigFix agent here: nothing to rotate (no storage path)",
+        "no_agent": not installed,
+        "require_agent": require_agent,
     }
 
 
@@ -122,16 +132,16 @@ def test_every_answer_is_classified_and_any_failure_fails_the_run(monkeypatch):
             {"web1": {"ret": _check(True), "retcode": 0}},
             {"web2": {"ret": _check(False), "retcode": 0}, "web3": {"ret": _check(True, stale=True), "retcode": 0}},
             {},
-            {"db1": {"ret": _check(False, installed=False), "retcode": 0}},
+            {"db1": {"ret": _check(True, installed=False), "retcode": 0}},
             {"db2": {"ret": "ERROR: 'iemkey.check' is not available.", "retcode": 1}},
         ],
         silent=True,
     )
     ret = iemkey.report(SINCE, timeout=0.3)
     assert client.calls == [
-        {"tgt": "*", "fun": "iemkey.check", "arg": [SINCE], "tgt_type": "glob", "timeout": 0.3, "full_return": True}
+        {"tgt": "*", "fun": "iemkey.check", "arg": [USED], "tgt_type": "glob", "timeout": 0.3, "full_return": True}
     ]
-    assert (ret["compliant"], ret["noncompliant"], ret["not_installed"], ret["errors"], ret["unreachable"]) == (
+    assert (ret["compliant"], ret["noncompliant"], ret["no_agent"], ret["errors"], ret["unreachable"]) == (
         ["web1"],
         ["web2", "web3"],
         ["db1"],
@@ -148,23 +158,26 @@ def test_every_answer_is_classified_and_any_failure_fails_the_run(monkeypatch):
         "last_rotated": "2026-11-21T09:00:00+00:00",
         "agent_running": True,
         "pending": False,
+        "no_agent": False,
     }
     assert ret["minions"]["db2"] == {"error": "ERROR: 'iemkey.check' is not available."}
     assert ret["minions"]["mail1"] == {"error": "no answer within 0.3 s"}
     assert ret["summary"] == (
-        "1 compliant, 2 noncompliant, 1 unreachable, 1 without the agent, 1 errors "
-        f"(keys since {SINCE}); console clean-ups: 0 pending, 0 for review, 0 to revoke"
+        f"keys since {USED}: 1 compliant, 2 noncompliant, 1 unreachable, 1 without a BigFix agent, 1 errors; "
+        "0 rotations owed; console clean-ups: 0 pending, 0 for review, 0 to revoke, 0 left the console unconfirmed"
     )
-    assert ret["cleanup"] == {"pending": [], "review": [], "revoke": []} and ret["revocation"] == {}
+    assert ret["cleanup"] == {"pending": [], "review": [], "revoke": [], "left_console": []}
+    assert ret["revocation"] == {} and ret["owed"] == [] and ret["since"] == USED
     assert ret["retcode"] == 1 and iemkey.__context__["retcode"] == 1
     assert client.polls > 0  # the silent minion was waited for, until the deadline
 
 
-@pytest.mark.parametrize("failing", ["noncompliant", "unreachable", "not_installed", "errors"])
+@pytest.mark.parametrize("failing", ["noncompliant", "unreachable", "no_agent", "errors"])
 def test_each_kind_of_failure_alone_fails_the_run(monkeypatch, failing):
     answers = {
         "noncompliant": {"ret": _check(False), "retcode": 0},
-        "not_installed": {"ret": _check(False, installed=False), "retcode": 0},
+        # a minion without an agent fails it only where iemkey:require_agent says it must have one
+        "no_agent": {"ret": _check(False, installed=False, require_agent=True), "retcode": 0},
         "errors": {"ret": _check(True), "retcode": 1},
     }
     reply = {"web1": {"ret": _check(True), "retcode": 0}}
@@ -176,13 +189,49 @@ def test_each_kind_of_failure_alone_fails_the_run(monkeypatch, failing):
     assert ret["retcode"] == 1 and iemkey.__context__["retcode"] == 1
 
 
+def test_a_mixed_fleet_is_green_and_lists_the_minions_without_an_agent_apart(monkeypatch):
+    _answering(
+        monkeypatch,
+        [{"web1": {"ret": _check(True), "retcode": 0}, "mail1": {"ret": _check(True, installed=False), "retcode": 0}}],
+    )
+    ret = iemkey.report(SINCE, tgt="web1,mail1", tgt_type="list", timeout=1)
+    assert (ret["compliant"], ret["no_agent"], ret["retcode"]) == (["web1"], ["mail1"], 0)
+    assert ret["minions"]["mail1"]["no_agent"] is True
+    assert "1 without a BigFix agent," in ret["summary"] and "required" not in ret["summary"]
+
+
 def test_a_compliant_fleet_passes(monkeypatch):
     _answering(monkeypatch, [{name: {"ret": _check(True), "retcode": 0} for name in ("web1", "web2", "web3")}])
     ret = iemkey.report(SINCE, tgt="web*", timeout=5)
     assert ret["compliant"] == ["web1", "web2", "web3"]
-    assert ret["noncompliant"] == ret["unreachable"] == ret["not_installed"] == ret["errors"] == []
+    assert ret["noncompliant"] == ret["unreachable"] == ret["no_agent"] == ret["errors"] == []
     assert ret["retcode"] == 0 and iemkey.__context__["retcode"] == 0
-    assert ret["summary"].startswith("3 compliant, 0 noncompliant, 0 unreachable, 0 without the agent, 0 errors")
+    assert ret["summary"].startswith(
+        f"keys since {USED}: 3 compliant, 0 noncompliant, 0 unreachable, 0 without a BigFix agent, 0 errors"
+    )
+
+
+def test_an_owed_rotation_fails_the_report_and_says_how_its_delivery_stands(monkeypatch, opts):
+    import datetime
+
+    import iemkey_owed
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    store = iemkey_store.from_opts(opts)
+    sig = iemkey_owed.signal("webhook", now, now, "hook:1", "SIEM rule", True)
+    record = iemkey_owed.away(iemkey_owed.delivered(iemkey_owed.new("web2", sig, now, "t"), "2026", now, "t"), now, "t")
+    store.put("owed", "web2", record)
+    store.put("owed", "db1", iemkey_owed.new("db1", sig, now, "t"))
+    _answering(monkeypatch, [{name: {"ret": _check(True), "retcode": 0} for name in ("web1", "web2", "web3")}])
+    narrow = iemkey.report(SINCE, tgt="web*", timeout=5)
+    (owed,) = narrow["owed"]  # only the target's
+    assert (owed["minion"], owed["state"], owed["jid"], owed["away_since"]) == ("web2", "away", "2026", now.isoformat())
+    assert owed["sources"] == ["webhook"] and owed["signals"] == 1
+    assert narrow["retcode"] == 1 and "1 rotations owed" in narrow["summary"]
+    assert "(owed: away: see owed)" in narrow["summary"]
+    _answering(monkeypatch, [{name: {"ret": _check(True), "retcode": 0} for name in ACCEPTED}])
+    whole = iemkey.report(SINCE, timeout=5)
+    assert [o["minion"] for o in whole["owed"]] == ["db1", "web2"]
 
 
 def test_the_master_timeout_is_the_default_wait(monkeypatch):
@@ -195,8 +244,19 @@ def test_the_master_timeout_is_the_default_wait(monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
+        ({}, "report needs since, e.g. since=2026-11-20T08:00:00Z"),
         ({"since": None}, "report needs since, e.g. since=2026-11-20T08:00:00Z"),
         ({"since": ""}, "report needs since, e.g. since=2026-11-20T08:00:00Z"),
+        (
+            {"since": "20261120"},
+            "since '20261120' is a number, but not 10 digits of epoch seconds: read as epoch seconds it would not be "
+            "the time you meant (did you mean 2026-11-20?); write ISO 8601 (2026-11-20T08:00:00Z) or epoch seconds "
+            "as @1763625600",
+        ),
+        (
+            {"since": "2999-01-01T00:00:00Z"},
+            "since 2999-01-01T00:00:00+00:00 is in the future: no key could ever satisfy it",
+        ),
         ({"since": SINCE, "timeout": "soon"}, "timeout must be a number of seconds, not 'soon'"),
         (
             {"since": SINCE, "tgt": "nosuch*"},
@@ -204,7 +264,7 @@ def test_the_master_timeout_is_the_default_wait(monkeypatch):
         ),
     ],
 )
-def test_what_cannot_be_reported_on_fails_without_asking_anyone(monkeypatch, kwargs, error):
+def test_what_cannot_be_reported_on_fails_once_without_asking_anyone(monkeypatch, kwargs, error):
     client = _answering(monkeypatch, [])
     ret = iemkey.report(**kwargs)
     assert ret["error"] == error and ret["result"] is False and ret["retcode"] == 1
@@ -228,8 +288,10 @@ def test_the_clean_ups_waiting_are_listed_by_minion_then_computer(monkeypatch, o
         ("web2", "30"),
     ]
     assert [(e["minion"], e["detail"]) for e in ret["cleanup"]["review"]] == [("db1", "names differ")]
-    assert ret["summary"].endswith("console clean-ups: 3 pending, 1 for review, 0 to revoke")
-    assert ret["retcode"] == 0  # waiting clean-ups are listed, they do not fail the compliance report
+    assert ret["summary"].endswith(
+        "console clean-ups: 3 pending, 1 for review, 0 to revoke, 0 left the console unconfirmed"
+    )
+    assert ret["retcode"] == 0  # routine clean-ups are listed, they do not fail the compliance report
 
 
 def test_on_a_master_of_masters_report_and_targets_say_where_to_run_them(opts, monkeypatch):

@@ -24,7 +24,7 @@ def _case(**changes):
     return {**case, **changes}
 
 
-OLD = Computer("1001", "web01.example.com", _at(-30), "Native")
+OLD = Computer("1001", "web01.example.com", _at(-30), "Native")  # before the rotation (11:59:59)
 NEW = Computer("2002", "web01.example.com", _at(5), "Native")
 
 
@@ -92,8 +92,9 @@ def test_a_confirmed_duplicate_is_superseded_once_the_margin_has_passed():
         (
             {"old": Computer("1001", "web01.example.com", _at(1), "Native")},
             "review",
-            "the old computer 1001 reported at 2026-12-01T12:00:01+00:00, after the master received the rotation at "
-            "2026-12-01T12:00:00+00:00: it is still alive",
+            "the old computer 1001 reported at 2026-12-01T12:00:01+00:00, after the rotation (made at "
+            "2026-12-01T11:59:59+00:00 by the minion's clock, received at 2026-12-01T12:00:00+00:00; judged from "
+            "2026-12-01T11:59:59+00:00): something still uses that identity",
         ),
     ],
 )
@@ -105,14 +106,38 @@ def test_an_agent_type_bigfix_does_not_give_is_taken_as_the_native_record():
     assert _verdict(old=Computer("1001", "web01.example.com", _at(-30), None))[0] == "superseded"
 
 
-def test_the_minions_own_clock_decides_nothing():
-    """A minion whose clock runs ahead (or lies) says it rotated in the future: the old computer's
-    live reports would all predate that. Only when the master received the rotation counts."""
-    lying = _case(rotated_at="2027-01-01T00:00:00+00:00")
+def test_a_minions_clock_can_only_send_its_own_case_to_review():
+    """Silence counts from the earliest plausible moment of the rotation: the master's receipt, or the
+    minion's own rotated_at, whichever is earlier. A clock that runs ahead (or lies forward) changes
+    nothing: the receipt bounds it. One behind (or lying backward) makes every later report of the old
+    computer look alive: its own case goes to review, never to a delete."""
+    ahead = _case(rotated_at="2027-01-01T00:00:00+00:00")
     alive = Computer("1001", "web01.example.com", _at(60), "Native")
-    assert _verdict(case=lying, old=alive, now=_at(MARGIN + 60))[0] == "review"
+    assert _verdict(case=ahead, old=alive, now=_at(MARGIN + 60))[0] == "review"
+    assert _verdict(case=ahead)[0] == "superseded"
     behind = _case(rotated_at="2026-01-01T00:00:00+00:00")
-    assert _verdict(case=behind)[0] == "superseded"
+    assert _verdict(case=behind)[0] == "review"
+    unreadable = _case(rotated_at="soon")
+    assert _verdict(case=unreadable)[0] == "superseded"  # only the receipt is left to judge from
+
+
+def test_a_rotation_received_late_is_judged_from_when_the_minion_made_it():
+    """Issue 25: the rotation was made at 11:55 and received at 12:00 (re-sends make late receipt normal);
+    its old computer reported at 11:59, after the rotation: something else still uses that identity."""
+    late = _case(rotated_at=_at(-300).isoformat())
+    reported = Computer("1001", "web01.example.com", _at(-60), "Native")
+    outcome, detail = _verdict(case=late, old=reported)
+    assert outcome == "review"
+    assert detail == (
+        "the old computer 1001 reported at 2026-12-01T11:59:00+00:00, after the rotation (made at "
+        "2026-12-01T11:55:00+00:00 by the minion's clock, received at 2026-12-01T12:00:00+00:00; judged from "
+        "2026-12-01T11:55:00+00:00): something still uses that identity"
+    )
+    exact = iemkey_cleanup.verdict(
+        late, Computer("1001", "web01.example.com", _at(-300), "Native"), NEW, _at(MARGIN), True, MARGIN
+    )
+    assert exact[0] == "superseded"  # reported exactly at the earliest plausible moment: before it
+    assert iemkey_cleanup.earliest(late) == _at(-300) and iemkey_cleanup.earliest(_case()) == _at(-1)
 
 
 # -- which rotations are compromise rotations --------------------------------------------------------
@@ -202,7 +227,7 @@ def test_a_computer_to_revoke_is_revoked_only_once_a_master_operator_sees_it_gon
     assert iemkey_cleanup.still_to_revoke(case, None, _at(60), False) == (
         "revoke",
         "BigFix answers 404 for computer 1001, but the API user is not a master operator, so that does not prove "
-        "it left the console: confirm the revocation in the console, then dismiss it",
+        "it left the console: check it in the console",
     )
     # the name BigFix gave when it was listed, else the one it gives now; a computer with no report time
     unnamed = Computer("1001", "renamed.example.com", None, "Native")
@@ -212,11 +237,43 @@ def test_a_computer_to_revoke_is_revoked_only_once_a_master_operator_sees_it_gon
     assert iemkey_cleanup.still_to_revoke(_case(status="revoke"), unnamed, _at(60), True)[1] == (
         "computer 1001 'renamed.example.com' is still in the console (last report none)"
     )
+    # gone from the console: revoked, or deleted; BigFix cannot tell, so an operator confirms
     assert iemkey_cleanup.still_to_revoke(case, None, _at(60), True) == (
-        "revoked",
-        "computer 1001 left the BigFix console (seen gone at 2026-12-01T12:01:00+00:00): revoked, or removed by an "
-        "operator",
+        "left_console",
+        "computer 1001 left the BigFix console (seen gone at 2026-12-01T12:01:00+00:00): revoked, or deleted "
+        "(BigFix cannot tell them apart); an operator who revoked it confirms with `salt-run iemkey.incident "
+        "name=alerts revoked=True`",
     )
+    left = iemkey_cleanup.settle(case, "left_console", "gone", _at(60), "iemkey.cleanup")
+    confirmed = iemkey_cleanup.confirm_revoked(left, _at(120), "iemkey.incident revoked=True (alice)", "alice")
+    assert confirmed["status"] == "revoked" and confirmed["trail"][-1] == {
+        "at": _at(120).isoformat(),
+        "status": "revoked",
+        "detail": "revocation confirmed by alice (it had left the console)",
+        "by": "iemkey.incident revoked=True (alice)",
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "compromise", "accepted", "mode", "unrevoked"),
+    [
+        ("revoked", {"incident": "alerts"}, None, "revoke", False),
+        ("dismissed", {"incident": "alerts"}, None, "revoke", True),
+        ("review", {"incident": "alerts"}, None, "revoke", True),
+        ("deleted", {"incident": "alerts"}, None, "revoke", True),
+        ("gone", {"incident": "alerts"}, None, "revoke", True),
+        ("deleted", {"incident": "alerts"}, None, "delete", False),  # the master config chose delete
+        ("deleted", {"incident": "lab", "cleanup": "delete"}, None, "revoke", False),  # the incident chose it
+        ("dismissed", {"incident": "alerts"}, {"by": "bob"}, "revoke", False),
+        ("dismissed", None, None, "revoke", False),  # routine: nothing was stolen
+        ("revoke", {"incident": "alerts"}, None, "revoke", False),  # still open: listed as to revoke
+    ],
+)
+def test_a_compromise_case_that_ended_without_a_revocation_is_unrevoked_until_accepted(
+    status, compromise, accepted, mode, unrevoked
+):
+    case = _case(status=status, compromise=compromise, accepted=accepted)
+    assert iemkey_cleanup.unrevoked(case, mode) is unrevoked
 
 
 def test_a_late_compromise_turns_open_cases_and_reopens_one_already_deleted():
@@ -269,7 +326,9 @@ def test_the_console_steps_name_the_group():
         "listing exactly the computers to revoke; check `iemkey.report`: group matches)",
         "In the group's computer list, select every computer (Ctrl+A)",
         "Right-click the selection and choose Revoke Certificate, then OK in the confirmation dialog",
-        "Run `salt-run iemkey.cleanup`: each computer that has left the console is recorded as revoked",
+        "Run `salt-run iemkey.cleanup`: each computer that has left the console is listed as left_console",
+        "Confirm the revocation (BigFix cannot tell a revoked computer from a deleted one): `salt-run "
+        "iemkey.incident name=worm revoked=True`",
     ]
 
 
@@ -296,12 +355,13 @@ def test_an_old_computer_that_last_reported_the_instant_the_master_received_the_
     # the minion stops its agent before it deletes KeyStorage and signs the rotation after: a report at
     # the very instant the master received it was made before; one a second later is alive
     at_receipt = Computer("1001", "web01.example.com", RECEIVED, "Native")
-    assert _verdict(old=at_receipt)[0] == "superseded"
+    assert _verdict(case=_case(rotated_at=_at(600).isoformat()), old=at_receipt)[0] == "superseded"
     after = Computer("1001", "web01.example.com", _at(1), "Native")
-    assert _verdict(old=after) == (
+    assert _verdict(case=_case(rotated_at=_at(600).isoformat()), old=after) == (
         "review",
-        "the old computer 1001 reported at 2026-12-01T12:00:01+00:00, after the master received the rotation at "
-        "2026-12-01T12:00:00+00:00: it is still alive",
+        "the old computer 1001 reported at 2026-12-01T12:00:01+00:00, after the rotation (made at "
+        "2026-12-01T12:10:00+00:00 by the minion's clock, received at 2026-12-01T12:00:00+00:00; judged from "
+        "2026-12-01T12:00:00+00:00): something still uses that identity",
     )
 
 
