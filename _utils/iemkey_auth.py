@@ -168,6 +168,18 @@ def check_age(signed_at, now, max_age, max_skew):
         )
 
 
+_KEY_CACHES = {}  # (id of the opts, driver) -> salt.cache.Cache: making one loads its driver (~1 ms)
+
+
+def _key_cache(opts, driver, cache_class):
+    """One Salt cache object per master opts and driver. It keeps no data: every fetch reads the
+    key as it is now, so a key deleted or rejected is refused at once."""
+    found = _KEY_CACHES.get((id(opts), driver))
+    if found is None or found[0] is not opts:
+        found = _KEY_CACHES[(id(opts), driver)] = (opts, cache_class(opts, driver=driver))
+    return found[1]
+
+
 def accepted_key(opts, minion_id):
     """The public key the master accepted for ``minion_id`` (PEM bytes), or None."""
     import salt.cache  # pylint: disable=import-outside-toplevel
@@ -180,7 +192,7 @@ def accepted_key(opts, minion_id):
     driver = opts.get("keys.cache_driver")
     if driver:  # Salt 3008 keeps minion keys behind a cache driver (localfs_key by default)
         try:
-            found = salt.cache.Cache(opts, driver=driver).fetch("keys", minion_id)
+            found = _key_cache(opts, driver, salt.cache.Cache).fetch("keys", minion_id)
         except Exception as exc:  # pylint: disable=broad-except
             log.debug("iemkey: the keys cache could not answer for %s (%s); reading pki_dir", minion_id, exc)
         else:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 UTC = datetime.timezone.utc
 TAGS = ("iemkey/compromised", "iemkey/rotated", "salt/netapi/hook/iemkey/compromised")
 BACK = ("salt/minion/*/start", "salt/auth")
+BUSY_PASS_EVERY = 30  # seconds between two passes while events wait to be decided
 INBOX_MAX = 500_000  # events waiting for the decider; beyond that they are dropped, counted and logged
 BACK_EVERY = 10  # seconds: a minion's start or auth events redeliver at most this often
 BY = "iemkey engine"
@@ -282,8 +283,11 @@ class Engine:
 
     # -- the pass ---------------------------------------------------------------------------------
     def maybe_pass(self):
+        """A pass every ``interval`` seconds; while events wait to be decided (a storm, a flood), at
+        most every BUSY_PASS_EVERY seconds: a pass reads every owed rotation, deciding comes first."""
         settings = self.settings()
-        if time.monotonic() - self.last_pass < settings["interval"]:
+        since = time.monotonic() - self.last_pass
+        if since < settings["interval"] or (self.inbox and since < BUSY_PASS_EVERY):
             return
         self.last_pass = time.monotonic()
         self.run_pass(settings)
@@ -357,7 +361,7 @@ class Engine:
                 if not self.outbox:
                     self.out.wait(timeout=0.5)
                     continue
-            time.sleep(self.settings()["batch_window"])  # let the batch fill
+            self.let_the_batch_fill(self.settings()["batch_window"])
             with self.out:
                 batch, self.outbox = self.outbox, {}
             try:
@@ -370,6 +374,19 @@ class Engine:
                 time.sleep(1)
             except Exception:  # pylint: disable=broad-except
                 log.exception("iemkey engine: publishing a batch failed")
+
+    def let_the_batch_fill(self, window, step=0.05):
+        """Wait while more minions join the next batch, at most ``window`` seconds: a lone alert is
+        published within ``step``, a storm in batches of what ``window`` gathers."""
+        deadline = time.monotonic() + window
+        with self.out:
+            size = len(self.outbox)
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(step, left))
+            with self.out:
+                if len(self.outbox) == size:
+                    return
+                size = len(self.outbox)
 
     def publish(self, batch):
         """One job per ``batch_size`` minions (the earliest ``since`` among them); a minion marked

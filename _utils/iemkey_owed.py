@@ -14,8 +14,9 @@ state           meaning
 ``delivered``   a rotation job was published (``jid``, ``delivered_at``); the minion answered, or has
                 not been asked yet whether the job reached it
 ``away``        the minion answered neither the job nor ``saltutil.find_job`` (``away_since``): it is
-                asked again when it comes back (``salt/minion/<id>/start``), and every
-                ``redeliver_every`` seconds
+                asked again at once when it comes back (``salt/minion/<id>/start``, ``salt/auth``),
+                and, in case that event is missed, after ``redeliver_every`` seconds, then ever less
+                often: after half as long as it has been away (at most ``retry_max``)
 ``failed``      the job returned without a rotation (``error``); retried after ``retry_after`` seconds,
                 doubled per attempt (at most ``retry_max``)
 ``review``      ``max_attempts`` jobs returned without a rotation: nothing more is sent until an operator
@@ -40,7 +41,7 @@ OPEN = ("pending", "delivered", "away", "failed", "review", "held")
 IN_FLIGHT = ("pending", "delivered")
 SOURCES = ("alert", "webhook", "incident")
 DEFAULTS = {
-    "batch_window": 0.5,  # seconds decisions wait so that one job publishes them together
+    "batch_window": 0.5,  # the longest decisions wait so that one job publishes them together
     "batch_size": 1000,  # minions one rotation job targets at most
     "probe_after": 10,  # seconds after a delivery before asking (saltutil.find_job) whether it arrived
     "redeliver_every": 30,  # seconds between two deliveries to a minion that is away
@@ -233,10 +234,20 @@ def due(record, now, settings):
         return True
     if state == "away":
         last = parse(record["delivered_at"]) if record.get("delivered_at") else None
-        return last is None or (now - last).total_seconds() >= settings["redeliver_every"]
+        return last is None or (now - last).total_seconds() >= redeliver_after(record, now, settings)
     if state == "failed":
         return record.get("next_try") is not None and now >= parse(record["next_try"])
     return False
+
+
+def redeliver_after(record, now, settings):
+    """Seconds between two deliveries to a minion that is away: ``redeliver_every``, or half as long
+    as it has been away when that is longer, at most ``retry_max``. A fleet of laptops asleep for the
+    night is asked a handful of times, not every half minute; a minion coming back is asked at once
+    anyway (its start or authentication event)."""
+    since = record.get("away_since")
+    away = (parse(now) - parse(since)).total_seconds() if since else 0
+    return max(settings["redeliver_every"], min(settings["retry_max"], away / 2))
 
 
 def probe(record, now, settings):

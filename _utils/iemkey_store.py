@@ -97,14 +97,18 @@ class LocalStore:
 
     def __init__(self, root):
         self.root = str(root)
+        self.made = set()  # the banks made already (once a master runs, nothing removes them)
 
     def __repr__(self):
         return f"LocalStore({self.root!r})"
 
     # -- paths ---------------------------------------------------------------------------
     def _bank(self, bank):
-        path = os.path.join(self._root(), check_bank(bank))
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        path = os.path.join(self.root, check_bank(bank))
+        if bank not in self.made:
+            self._root()
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            self.made.add(bank)
         return path
 
     def _root(self):
@@ -126,7 +130,12 @@ class LocalStore:
         records asked for are read."""
         folder = self._bank(bank)
         found = {}
-        for name in sorted(os.listdir(folder)):
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:  # removed while the master runs: empty, made again on the next write
+            self.made.discard(bank)
+            return found
+        for name in names:
             if name.endswith(".json") and not name.startswith(".") and name.startswith(prefix):
                 record = _read(os.path.join(folder, name))
                 if record is not None:
@@ -134,17 +143,26 @@ class LocalStore:
         return found
 
     # -- writing -------------------------------------------------------------------------
+    def _temp(self, bank, key, record):
+        """(the record's path, a temp file beside it holding ``record``, on disk). A bank folder
+        someone removed while the master runs is made again."""
+        path = self._path(bank, key)
+        try:
+            return path, _write_temp(path, record)
+        except FileNotFoundError:
+            self.made.discard(bank)
+            path = self._path(bank, key)
+            return path, _write_temp(path, record)
+
     def put(self, bank, key, record):
         """Replace (or create) the record at ``bank``/``key``, atomically."""
-        path = self._path(bank, key)
-        tmp = _write_temp(path, record)
+        path, tmp = self._temp(bank, key, record)
         os.replace(tmp, path)
 
     def add(self, bank, key, record):
         """Create the record only if ``key`` is new: True if this call created it. Atomic: of two
         callers racing for one key (two reactor workers, two runs), exactly one gets True."""
-        path = self._path(bank, key)
-        tmp = _write_temp(path, record)
+        path, tmp = self._temp(bank, key, record)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -185,6 +203,7 @@ class LocalStore:
         """Remove the records of ``bank`` whose ``expires`` (epoch seconds) has passed; at most
         once a minute per bank (the bank's ``.swept`` file remembers when). How many it removed."""
         now = time.time() if now is None else now
+        self.made.discard(bank)  # once a minute: make sure the folder is there
         marker = os.path.join(self._bank(bank), ".swept")
         try:
             if now - os.stat(marker).st_mtime < SWEEP_EVERY:
@@ -234,7 +253,7 @@ def _read(path):
 def _write_temp(path, record):
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, sort_keys=True, indent=1)
+        handle.write(_dump(record))  # one line: json's C encoder (an indent would use the slow one)
         handle.flush()
         os.fsync(handle.fileno())
     return tmp

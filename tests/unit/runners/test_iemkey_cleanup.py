@@ -443,7 +443,9 @@ def test_finding_a_404_outside_a_non_master_operators_scope_is_review_not_gone(l
         (False, "review", "DELETE /api/computer/1001 answered 404, and the API user is not a master operator"),
     ],
 )
-def test_a_delete_answered_404_is_gone_only_for_a_master_operator(local, bigfix, opts, master_operator, outcome, detail):
+def test_a_delete_answered_404_is_gone_only_for_a_master_operator(
+    local, bigfix, opts, master_operator, outcome, detail
+):
     """Issue 25: the old computer was confirmed, then its DELETE answered 404 (someone else removed it,
     or, to an operator without full scope, it may still be there): gone only for a master operator."""
     _duplicate(bigfix)

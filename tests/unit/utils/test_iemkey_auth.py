@@ -280,6 +280,28 @@ def test_on_salt_3008_the_accepted_key_comes_from_the_keys_cache_and_only_an_acc
     assert iemkey_auth.accepted_key(master_opts, "broken") == KEYS["beta"][1]  # the cache failed: pki_dir says
 
 
+def test_the_real_keys_cache_is_made_once_and_still_reads_each_key_as_it_is_now(tmp_path):
+    """Salt 3008's localfs_key driver, as the master has it: a key replaced or rejected after the
+    first look-up is seen at once (the cache object keeps no keys)."""
+    import salt.config
+
+    opts = salt.config.master_config(None)
+    if not opts.get("keys.cache_driver"):
+        pytest.skip("this Salt reads keys from pki_dir only")
+    opts.update(pki_dir=str(tmp_path / "pki"), cachedir=str(tmp_path / "cache"), root_dir=str(tmp_path))
+    (tmp_path / "pki" / "minions").mkdir(parents=True)
+    accepted = tmp_path / "pki" / "minions" / "alpha"
+    first, second = rsa_key_pair()[1], rsa_key_pair()[1]
+    accepted.write_bytes(first)
+    assert iemkey_auth.accepted_key(opts, "alpha") == first
+    accepted.write_bytes(second)
+    assert iemkey_auth.accepted_key(opts, "alpha") == second
+    (tmp_path / "pki" / "minions_rejected").mkdir()
+    accepted.rename(tmp_path / "pki" / "minions_rejected" / "alpha")  # salt-key -r: no longer accepted
+    assert iemkey_auth.accepted_key(opts, "alpha") is None
+    assert len([k for k in iemkey_auth._KEY_CACHES if k[0] == id(opts)]) == 1
+
+
 def test_a_master_cluster_reads_the_clusters_pki_dir(master_opts, tmp_path):
     from runner_fakes import KEYS
 

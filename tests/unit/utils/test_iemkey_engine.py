@@ -250,6 +250,41 @@ def test_the_pass_probes_a_silent_delivery_and_marks_a_minion_that_does_not_answ
     assert _owed(engine)["state"] == "away" and engine.redelivered["alpha"] == engine.clock()  # not written
 
 
+def test_a_lone_decision_is_published_after_one_step_and_a_storm_waits_for_its_batch(engine, monkeypatch):
+    clock = {"now": 0.0}
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock["now"] += seconds
+        if grow["on"]:  # the decider adds a minion to the batch during each step
+            engine.outbox[f"m{len(slept)}"] = ("2026-12-01T00:00:00+00:00", False, [])
+
+    grow = {"on": False}
+    monkeypatch.setattr(iemkey_engine.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(iemkey_engine.time, "sleep", sleep)
+    engine.outbox["alpha"] = ("2026-12-01T00:00:00+00:00", False, [])
+    engine.let_the_batch_fill(0.5)
+    assert slept == [0.05]  # nothing joined: published at once
+    slept.clear()
+    grow["on"] = True
+    engine.let_the_batch_fill(0.5)
+    assert abs(sum(slept) - 0.5) < 1e-9 and max(slept) <= 0.05  # it kept growing: the whole window
+
+
+def test_while_events_wait_to_be_decided_a_pass_runs_at_most_every_30_s(engine, monkeypatch):
+    moments = iter([100.0, 100.0, 103.0, 129.0, 131.0, 131.0])
+    monkeypatch.setattr(iemkey_engine.time, "monotonic", lambda: next(moments))
+    passes = []
+    monkeypatch.setattr(engine, "run_pass", passes.append)
+    engine.maybe_pass()  # 100: the first pass
+    engine.inbox.append(("iemkey/compromised", {}))
+    engine.maybe_pass()  # 103: busy, 3 s since: deciding comes first
+    engine.maybe_pass()  # 129: busy, 29 s since
+    engine.maybe_pass()  # 131: busy, but 31 s since
+    assert len(passes) == 2
+
+
 def test_a_probe_answer_says_connected_and_a_job_it_never_ran_is_delivered_again(engine):
     engine.decide("iemkey/compromised", _alert())
     _flush(engine)

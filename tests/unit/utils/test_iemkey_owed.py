@@ -94,6 +94,19 @@ def test_a_delivery_moves_through_delivered_away_and_back():
     assert iemkey_owed.probe(returned, _at(12), SETTINGS) == "redeliver"
 
 
+def test_a_minion_away_longer_is_asked_less_often_at_most_every_retry_max():
+    gone = {**iemkey_owed.new("web01", _alert(), T, "t"), "state": "away", "away_since": T.isoformat()}
+
+    def due(last, now):
+        return iemkey_owed.due({**gone, "delivered_at": _at(last).isoformat()}, _at(now), SETTINGS)
+
+    assert [due(0, 29), due(0, 30)] == [False, True]  # redeliver_every while away for a short time
+    assert [due(200, 399), due(200, 400)] == [False, True]  # away 400 s: half of it, 200 s
+    day = 86400
+    assert [due(day - 3599, day), due(day - 3600, day)] == [False, True]  # away a day: retry_max (3600 s)
+    assert iemkey_owed.redeliver_after({**gone, "away_since": None}, _at(9999), SETTINGS) == 30
+
+
 def test_failed_jobs_are_retried_with_a_doubling_backoff_then_go_to_review():
     record = iemkey_owed.new("web01", _alert(), T, "t")
     waits = []

@@ -6,6 +6,7 @@ many racing callers wins, a locked read-modify-write, expiry, and refusals of wh
 import json
 import multiprocessing
 import os
+import pathlib
 import threading
 
 import iemkey_store
@@ -185,3 +186,17 @@ def test_an_unreadable_record_is_skipped_and_logged(store, caplog):
         handle.write("{not json")
     assert store.all("cases") == {"a:1": {"ok": True}}
     assert "ignoring unreadable store record" in caplog.text and "b:2.json" in caplog.text
+
+
+def test_a_bank_folder_removed_while_the_master_runs_is_made_again(store, tmp_path):
+    import shutil
+
+    store.put("owed", "web01", {"a": 1})
+    shutil.rmtree(pathlib.Path(store.root) / "owed")  # an operator resetting a bank by hand
+    assert store.all("owed") == {} and store.get("owed", "web01") is None
+    assert store.add("owed", "web01", {"a": 2}) is True
+    shutil.rmtree(pathlib.Path(store.root) / "owed")
+    store.put("owed", "web02", {"b": 1})
+    shutil.rmtree(pathlib.Path(store.root) / "owed")
+    store.sweep("owed", now=0)
+    assert store.all("owed") == {} and (pathlib.Path(store.root) / "owed").is_dir()
