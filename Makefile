@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 REQS   := requirements/salt-3008.txt
 STAMP  := $(VENV)/.installed-$(shell cksum < $(REQS) | cut -d' ' -f1)
 
-.PHONY: demo examples test lint unit functional integration matrix mutation bench clean
+.PHONY: demo examples test lint docs unit functional integration matrix mutation bench clean
 
 $(STAMP): $(REQS)
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ lint: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" PRE_COMMIT_HOME="$(abspath $(VENV))/pre-commit" \
 	  $(BIN)/pre-commit run --all-files --show-diff-on-failure
 
-test: lint
+# the Sphinx docs (docs/: topics, and reference pages from the docstrings), warnings as errors
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+test: lint docs
 	$(BIN)/python -m pytest tests
 
 unit functional integration: $(STAMP)
@@ -54,4 +58,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .venv-* .pytest_cache .ruff_cache .mutation .mutmut-cache
+	rm -rf $(VENV) .venv-* .pytest_cache .ruff_cache .mutation .mutmut-cache docs/_build

@@ -1,4 +1,6 @@
-"""README stays true: its config blocks parse, and every iemkey function it shows exists, documented."""
+"""The README and the docs stay true: their config blocks parse and load as Salt loads them, every
+iemkey function they show exists and is documented with a CLI example, every setting they document
+is in pillar.example with the default the code has, every link resolves, and the version is one."""
 
 import ast
 import pathlib
@@ -10,7 +12,10 @@ import yaml
 from helpers import REPO
 
 README = (REPO / "README.md").read_text()
-BLOCKS = re.findall(r"^ *```(\w*)\n(.*?)^ *```", README, flags=re.S | re.M)
+TOPICS = {path.name: path.read_text() for path in sorted((REPO / "docs" / "topics").glob("*.md"))}
+DOCS = "\n".join([README, *TOPICS.values()])
+FENCE = re.compile(r"^ *```(\w*)\n(.*?)^ *```", flags=re.S | re.M)
+BLOCKS = FENCE.findall(DOCS)
 
 
 def _public_functions(kind):
@@ -25,12 +30,18 @@ def _public_functions(kind):
 MODULE, STATE, RUNNER = (_public_functions(kind) for kind in ("_modules", "_states", "_runners"))
 
 
-def test_readme_has_the_two_commands_and_no_links_outside_the_repo():
+def test_readme_is_short_has_the_two_commands_and_no_links_outside_the_repo():
+    assert len(README.encode()) <= 12 * 1024
     assert "make demo" in README and "make test" in README
-    assert "../shared" not in README
-    for target in re.findall(r"\]\(([^)#]+)\)", README):
-        if not target.startswith("http"):
-            assert (REPO / target).exists(), target
+    assert "../shared" not in DOCS
+
+
+@pytest.mark.parametrize("name", ["README.md", *[f"docs/topics/{n}" for n in TOPICS]])
+def test_every_relative_link_resolves(name):
+    path = REPO / name
+    for target in re.findall(r"\]\(([^)#\s]+)\)", path.read_text()):
+        if not target.startswith(("http://", "https://")):
+            assert (path.parent / target).exists(), target
 
 
 @pytest.mark.parametrize("block", [text for lang, text in BLOCKS if lang == "yaml"], ids=lambda t: t.split("\n")[0])
@@ -48,73 +59,46 @@ def test_every_command_names_a_function_that_exists():
         known = RUNNER if program == "salt-run" else MODULE
         assert function in known, f"{program} iemkey.{function}"
         seen.add((program, function))
-    assert ("salt-run", "cleanup") in seen and ("salt-call", "alert") in seen
+    assert {("salt-run", "cleanup"), ("salt-call", "alert"), ("salt-run", "incident"), ("salt-run", "owed")} <= seen
 
 
 @pytest.mark.parametrize(("kind", "functions"), [("module", MODULE), ("runner", RUNNER)])
-def test_every_public_function_is_in_the_readme_with_a_cli_example(kind, functions):
+def test_every_public_function_is_in_the_docs_with_a_cli_example(kind, functions):
     for name, doc in functions.items():
-        if kind == "runner" and name == "react":
-            continue  # the reactors' entry point: README describes it under "Reactor"
-        assert f"iemkey.{name}" in README, name
+        assert f"iemkey.{name}" in DOCS, name
         assert "CLI Example:" in doc and f"iemkey.{name}" in doc.split("CLI Example:")[1], name
 
 
 def test_the_state_is_documented():
-    assert set(STATE) == {"rotated"} and "iemkey.rotated" in README
+    assert set(STATE) == {"rotated"} and "iemkey.rotated" in TOPICS["formula.md"]
 
 
-def test_pillar_example_lists_every_key_the_readme_configures():
+CONFIGURATION = TOPICS["configuration.md"]
+
+
+def test_pillar_example_lists_every_key_the_docs_configure_and_is_safe_to_copy():
     text = (REPO / "pillar.example").read_text()
-    yaml.safe_load(text)
-    for key in re.findall(r"\| `iemkey:(?:reactor:|cleanup:)?(\w+)`", README):
+    documented = set()
+    for keys in re.findall(r"^\| (`iemkey:[^|]*) \|", CONFIGURATION, flags=re.M):
+        for name in re.findall(r"`([^`]+)`", keys):
+            documented.add(name.split(":")[-1])
+    assert {"rotated_since", "require_agent", "alert_resend", "batch_window", "redeliver_every"} <= documented
+    for key in documented:
         assert re.search(rf"^\s*#?\s*{key}:", text, flags=re.M), key
+    # copied as it is, it sets nothing that changes anything: the one live key is its default
+    assert yaml.safe_load(text) == {"iemkey": {"wait": 0}}
 
 
-def test_every_sls_file_readme_names_exists():
-    for path in set(re.findall(r"salt://(iemkey/[\w/]+\.sls)", README)):
+def test_every_sls_file_the_docs_name_exists():
+    for path in set(re.findall(r"salt://(iemkey/[\w/]+\.sls)", DOCS)):
         assert (REPO / "salt" / path).is_file(), path
     assert pathlib.Path(REPO / "docs" / "bigfix-facts.md").is_file()
 
 
-def _reactor_blocks():
-    """README's reactor.conf blocks, as the YAML they are."""
-    return [
-        (text, yaml.safe_load(text))
-        for lang, text in BLOCKS
-        if lang == "yaml" and "reactor.conf" in text.split("\n", 1)[0] and "reactor:" in text
-    ]
-
-
-def test_the_reactor_blocks_merge_into_an_existing_reactor_conf_that_salt_loads(tmp_path):
-    """Operators already have a reactor.conf. README's entries, merged into its one ``reactor:``
-    list as README says, load with Salt's own config loader; pasted after it as a second
-    ``reactor:`` key they do not (Salt ignores that whole file: the failure README warns of)."""
-    blocks = _reactor_blocks()
-    assert len(blocks) >= 2
-    readme_entries = []
-    for _text, block in blocks:
-        readme_entries += [entry for entry in block["reactor"] if entry not in readme_entries]
-    existing = [{"salt/auth": ["salt://auth/accept.sls"]}, {"salt/minion/*/start": ["salt://start.sls"]}]
-    conf = tmp_path / "master"
-    conf.write_text(yaml.safe_dump({"root_dir": str(tmp_path / "root")}))
-    (tmp_path / "master.d").mkdir()
-    reactor_conf = tmp_path / "master.d" / "reactor.conf"
-    reactor_conf.write_text(yaml.safe_dump({"reactor": existing + readme_entries}))
-    opts = salt.config.master_config(str(conf))
-    assert opts["reactor"] == existing + readme_entries
-    tags = {tag for entry in opts["reactor"] for tag in entry}
-    assert {"iemkey/compromised", "salt/netapi/hook/iemkey/compromised", "iemkey/rotated"} <= tags
-    # what README's warning is about: a block appended as is, with a second reactor: key
-    reactor_conf.write_text(yaml.safe_dump({"reactor": existing}) + blocks[-1][0])
-    assert salt.config.master_config(str(conf))["reactor"] == []  # the whole file is ignored
-    assert "merge" in README.split("Console clean-up and revocation")[1][:600]
-
-
 def _documented_master_defaults():
-    """{"section:key": default} of README's configuration table, for the master's numeric settings."""
+    """{"section:key": default} of the configuration table, for the master's numeric settings."""
     found = {}
-    for keys, default in re.findall(r"^\| (`iemkey:[^|]*) \(master\) \| [^|]* \| ([^|]*) \|$", README, flags=re.M):
+    for keys, default in re.findall(r"^\| (`iemkey:[^|]*) \(master\) \| [^|]* \| ([^|]*) \|$", CONFIGURATION, re.M):
         names = re.findall(r"`([^`]+)`", keys)
         section = names[0].split(":")[1]
         values = [v.strip() for v in default.split("/")]
@@ -123,18 +107,54 @@ def _documented_master_defaults():
     return found
 
 
-def test_the_master_defaults_are_the_ones_readme_documents():
+def test_the_master_defaults_are_the_ones_the_docs_document():
     import iemkey_bigfix
     import iemkey_cleanup
-    import iemkey_gate
-    import iemkey_react
+    import iemkey_config
+    import iemkey_owed
 
     documented = _documented_master_defaults()
     code = {
         **{f"cleanup:{k}": v for k, v in iemkey_cleanup.DEFAULTS.items()},
-        **{f"reactor:{k}": v for k, v in {**iemkey_gate.DEFAULTS, **iemkey_react.REACTOR_DEFAULTS}.items()},
+        **{f"reactor:{k}": v for k, v in iemkey_config.REACTOR.items()},
+        **{f"delivery:{k}": v for k, v in iemkey_owed.DEFAULTS.items()},
         **{f"api:{k}": iemkey_bigfix.DEFAULTS[k] for k in ("concurrency", "lookup")},
     }
     assert {k: str(v) for k, v in code.items()} == {k: documented[k] for k in code}
-    # the gate and the decision judge an event's age alike
-    assert all(iemkey_gate.DEFAULTS[k] == iemkey_react.REACTOR_DEFAULTS[k] for k in ("max_age", "max_skew"))
+
+
+def test_the_engine_blocks_load_as_salt_loads_a_master_config_and_run_the_engine(tmp_path):
+    """What the docs tell an operator to add runs the engine, merged into a master.d with other
+    engines already there (Salt reads each config file's keys once)."""
+    import iemkey_engine
+
+    blocks = [yaml.safe_load(text) for lang, text in BLOCKS if lang == "yaml" and "engines:" in text]
+    assert len(blocks) >= 2
+    conf = tmp_path / "master"
+    conf.write_text(yaml.safe_dump({"root_dir": str(tmp_path / "root")}))
+    (tmp_path / "master.d").mkdir()
+    for number, block in enumerate(blocks):
+        existing = [{"webhook": {"port": 9000}}]
+        (tmp_path / "master.d" / "iemkey.conf").write_text(
+            yaml.safe_dump({**block, "engines": existing + block["engines"]})
+        )
+        opts = salt.config.master_config(str(conf))
+        assert iemkey_engine.configured(opts), number
+        assert iemkey_engine.iemkey_config.delivery(opts)  # the delivery settings shown are valid
+
+
+def test_no_doc_tells_an_operator_to_map_iemkeys_reactor_files_any_more():
+    for lang, text in BLOCKS:
+        if lang == "yaml":
+            assert "iemkey/reactor/" not in text, text
+
+
+def test_the_version_is_one():
+    version = (REPO / "VERSION").read_text().strip()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    formula = yaml.safe_load((REPO / "FORMULA").read_text())
+    assert str(formula["version"]) == version
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and 'version = {file = "VERSION"}' in pyproject
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    assert re.search(r"^## (\S+)", changelog, re.M).group(1) == version  # the newest entry is this version
