@@ -33,10 +33,7 @@ def main():
         top,
         minions=[MINION],
         master_extra={
-            "reactor": [
-                {"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]},
-                {"iemkey/rotated": ["salt://iemkey/reactor/rotated.sls"]},
-            ],
+            "engines": [{"iemkey": {}}],
             "iemkey": {
                 "reactor": {"cooldown": 5},
                 "cleanup": {"report_margin": 2},
@@ -57,6 +54,7 @@ def main():
         box.write_config()
         box.start()
         box.sync()
+        box.restart_master()  # the master starts its engine with the synced modules
         since = f"{datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}"
         box.salt("*", "iemkey.paths")
         box.salt("*", "iemkey.status")
@@ -74,7 +72,9 @@ def main():
         box.salt("*", "pillar.get", "iemkey:rotated_since")
         time.sleep(6)  # past the cooldown: the alert is a new incident
         box.salt_call(MINION, "iemkey.alert", "reason=IDS rule 4711")
+        box.run("salt-run", "iemkey.owed")
         time.sleep(10)
+        box.run("salt-run", "iemkey.owed")
         box.run("salt-run", "iemkey.cleanup", "test=True")
         box.run("salt-run", "iemkey.cleanup")
         box.run("salt-run", "iemkey.report", f"since={since}")
@@ -82,11 +82,16 @@ def main():
             if computer in [g for group in bigfix.groups for g in bigfix.members(group)]:
                 bigfix.revoke(computer)  # the operator's Revoke Certificate on the group's computers
         box.run("salt-run", "iemkey.cleanup")
+        box.run("salt-run", "iemkey.report", f"since={since}")
+        box.run("salt-run", "iemkey.incident", "name=alerts", "revoked=True")
+        box.run("salt-run", "iemkey.report", f"since={since}")
         box.run("salt-run", "iemkey.report", f"since={since}", "tgt=nosuch*")
+        box.run("salt-run", "iemkey.report", "since=20261105")
         box.run("salt-run", "iemkey.incident", f"since={since}", "tgt=web*", "name=worm-2026-11")
         box.salt("*", "iemkey.rotate", "wait=30")
         time.sleep(3)
         box.run("salt-run", "iemkey.cleanup")
+        box.run("salt-run", "iemkey.owed")
         box.run("salt-run", "iemkey.history", f"minion={MINION}")
         old = sorted(box.agent.computers(), key=lambda c: box.agent.computers()[c]["registered"])[0]
         box.run("salt-run", "iemkey.remove_computer", old)

@@ -5,10 +5,12 @@ without root, serving this repo, with a stand-in BigFix agent. It shows
 1. `salt '*' iemkey.paths`, `iemkey.status`, `iemkey.rotate`, `iemkey.status`;
 2. a highstate with pillar `iemkey:rotated_since`, run twice (the second changes nothing);
 3. a compromise alert from the minion (``salt-call iemkey.alert``, signed with the minion's
-   own Salt key), rotated by the master's reactor; an unsigned one, refused;
+   own Salt key): the master's iemkey engine owes that minion a rotation and delivers it; the
+   minion's signed rotation settles it; an unsigned alert is refused;
 4. the console clean-up against a stand-in BigFix server: the routine rotations' old computers
    deleted once confirmed; the compromise rotation's old computer listed to revoke (never
-   deleted), in a computer group; the operator revokes it; `iemkey.cleanup` confirms it;
+   deleted), in a computer group; the operator revokes it; `iemkey.cleanup` sees it leave the
+   console; the operator confirms the revocation (`iemkey.incident name=alerts revoked=True`);
 5. the fleet compliance report, `salt-run iemkey.report`, red while a key is to revoke, then green;
 
 printing Salt's own output, and stops everything it started.
@@ -31,7 +33,7 @@ from pytest_httpserver import HTTPServer
 from sandbox import Sandbox
 
 MINION = "demo-minion"
-COOLDOWN = 5
+COOLDOWN = 5  # iemkey:reactor:cooldown (default 300 s): rotations received this long before an alert are the alert's
 MARGIN = 2  # iemkey:cleanup:report_margin: the stand-in agent reports every second (real fleets: 900 s)
 
 
@@ -48,13 +50,10 @@ def main():
         top,
         minions=[MINION],
         master_extra={
-            "reactor": [
-                {"iemkey/compromised": ["salt://iemkey/reactor/compromised.sls"]},
-                {"iemkey/rotated": ["salt://iemkey/reactor/rotated.sls"]},
-            ],
+            "engines": [{"iemkey": {}}],  # decides alerts off Salt's event loop, delivers owed rotations
             "iemkey": {
-                # a 5 s window (the default is 300 s), so the demo's alert, seconds after the highstate's
-                # rotation, counts as a new incident rather than a duplicate
+                # a 5 s window (the default is 300 s), so the rotations of steps 1 and 2, seconds before the
+                # alert, stay routine rotations; with the default they would count as the compromise's too
                 "reactor": {"cooldown": COOLDOWN},
                 "cleanup": {"report_margin": MARGIN},
                 "api": {"url": rest.url_for("").rstrip("/"), "user": "iemkey-operator", "password": "demo-pw"},
@@ -68,6 +67,7 @@ def main():
         box.write_config()
         box.start()
         box.sync()
+        box.restart_master()  # the master starts its engine and schedule with the synced modules
 
         banner("1. Ad-hoc rotation: salt '*' iemkey.rotate")
         box.salt("*", "iemkey.paths")
@@ -87,10 +87,11 @@ def main():
         box.salt("*", "state.highstate")
         box.salt("*", "state.highstate")
 
-        banner("3. A detector on the minion reports a compromise; the master's reactor rotates that minion")
+        banner("3. A detector on the minion reports a compromise; the master owes it a rotation and delivers it")
         print(
-            f"The reactor's cooldown here is {COOLDOWN} s (default 300 s): alerts that close to a rotation are\n"
-            "duplicates. The demo waits it out, so this alert is a new incident.",
+            f"A rotation the master received up to iemkey:reactor:cooldown before an alert may be the attacker's\n"
+            f"own and counts as the compromise's: here {COOLDOWN} s (default 300 s). The demo waits it out, so the\n"
+            "rotations of steps 1 and 2 stay routine.",
             flush=True,
         )
         before = box.salt(MINION, "iemkey.status", "--out=json", show=False)
@@ -104,6 +105,7 @@ def main():
                 break
             time.sleep(2)
         box.salt("*", "iemkey.status")
+        box.run("salt-run", "iemkey.owed")  # the minion's signed rotation settled it: nothing is owed
         print(
             "\nA plain event.send of the same tag proves nothing about who sent it; the master refuses it:", flush=True
         )
@@ -112,8 +114,8 @@ def main():
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "refusing" not in master_log.read_text():
             time.sleep(1)
-        reactor_lines = [line for line in master_log.read_text().splitlines() if "iemkey reactor" in line]
-        print("\nmaster log:\n" + "\n".join(reactor_lines))
+        lines = [line for line in master_log.read_text().splitlines() if "iemkey" in line and "WARNING" in line]
+        print("\nmaster log:\n" + "\n".join(lines))
 
         banner("4. The console clean-up against a stand-in BigFix server")
         print(
@@ -135,6 +137,12 @@ def main():
         for computer in json.loads(box.run("salt-run", "iemkey.cleanup", "--out=json", show=False).stdout)["revoke"]:
             bigfix.revoke(computer["old_computer_id"])
         box.run("salt-run", "iemkey.cleanup")
+        print(
+            "\nBigFix answers a revoked computer and a deleted one alike (404): iemkey saw it leave the console,\n"
+            "and the operator who revoked it confirms:",
+            flush=True,
+        )
+        box.run("salt-run", "iemkey.incident", "name=alerts", "revoked=True")
 
         banner("5. Fleet compliance report on the master: salt-run iemkey.report")
         box.run("salt-run", "iemkey.report", f"since={stamp}")
