@@ -39,13 +39,13 @@ import time
 import uuid
 
 try:
-    import iemkey_store
+    import iemkey_banks
 except ImportError:
-    from saltext.iemkey.utils import iemkey_store
+    from saltext.iemkey.utils import iemkey_banks
 
 log = logging.getLogger(__name__)
 
-StoreError = iemkey_store.StoreError
+StoreError = iemkey_banks.StoreError
 
 DEFAULTS = {
     "host": "127.0.0.1",
@@ -91,7 +91,7 @@ class RedisStore:
             wait, timeout, ttl = (float(settings[k]) for k in ("wait", "socket_timeout", "lock_ttl"))
         except (TypeError, ValueError):
             raise StoreError("iemkey:store: port, db, wait, socket_timeout and lock_ttl must be numbers") from None
-        if min(wait, timeout, ttl) <= 0 or not iemkey_store.KEY.fullmatch(str(settings["prefix"])):
+        if min(wait, timeout, ttl) <= 0 or not iemkey_banks.KEY.fullmatch(str(settings["prefix"])):
             raise StoreError("iemkey:store: wait, socket_timeout and lock_ttl must be positive, prefix a plain name")
         redis = _redis()
         client = redis.Redis(
@@ -162,7 +162,7 @@ class RedisStore:
             )
 
     def _hash(self, bank):
-        return f"{self.prefix}:{iemkey_store.check_bank(bank)}"
+        return f"{self.prefix}:{iemkey_banks.check_bank(bank)}"
 
     def _wrap(self, record, token=None):
         return json.dumps({"r": record, "w": token or uuid.uuid4().hex}, sort_keys=True)
@@ -178,7 +178,7 @@ class RedisStore:
     # -- reading -------------------------------------------------------------------------
     def get(self, bank, key):
         """The record at ``bank``/``key``, or None."""
-        name, field = self._hash(bank), iemkey_store.check_key(key)
+        name, field = self._hash(bank), iemkey_banks.check_key(key)
         raw = self._call(f"reading {bank}", lambda _: self.client.hget(name, field))
         return None if raw is None else self._unwrap(bank, key, raw)[0]
 
@@ -197,14 +197,14 @@ class RedisStore:
     # -- writing -------------------------------------------------------------------------
     def put(self, bank, key, record):
         """Replace (or create) the record at ``bank``/``key``."""
-        name, field, value = self._hash(bank), iemkey_store.check_key(key), self._wrap(record)
+        name, field, value = self._hash(bank), iemkey_banks.check_key(key), self._wrap(record)
         self._call(f"writing {bank}", lambda _: self.client.hset(name, field, value))
 
     def add(self, bank, key, record):
         """Create the record only if ``key`` is new: True if this call created it. Of any number of
         masters racing for one key exactly one gets True, also when a reply is lost and retried."""
         token = uuid.uuid4().hex
-        name, field, value = self._hash(bank), iemkey_store.check_key(key), self._wrap(record, token)
+        name, field, value = self._hash(bank), iemkey_banks.check_key(key), self._wrap(record, token)
 
         def attempt(retried):
             if self.client.hsetnx(name, field, value):
@@ -218,7 +218,7 @@ class RedisStore:
 
     def delete(self, bank, key):
         """Remove the record; True if there was one."""
-        name, field = self._hash(bank), iemkey_store.check_key(key)
+        name, field = self._hash(bank), iemkey_banks.check_key(key)
         return bool(self._call(f"removing from {bank}", lambda _: self.client.hdel(name, field)))
 
     @contextlib.contextmanager
@@ -226,7 +226,7 @@ class RedisStore:
         """An exclusive lock called ``name`` for every master sharing this server: yields True, or
         False at once when ``blocking`` is False and another holder has it. Renewed while held; a
         holder that dies frees it after ``lock_ttl`` seconds."""
-        lock = f"{self.prefix}:lock:{iemkey_store.check_key(name, 'lock')}"
+        lock = f"{self.prefix}:lock:{iemkey_banks.check_key(name, 'lock')}"
         token, ttl_ms = uuid.uuid4().hex, int(self.lock_ttl * 1000)
 
         def attempt(retried):
@@ -260,18 +260,18 @@ class RedisStore:
 
     def update(self, bank, key):
         """Read-modify-write one record under the bank's lock, every master's (``locked_update``)."""
-        return iemkey_store.locked_update(self, bank, key)
+        return iemkey_banks.locked_update(self, bank, key)
 
     def sweep(self, bank, now=None):
         """Remove the records of ``bank`` whose ``expires`` (epoch seconds) has passed; at most once a
         minute per bank, whichever master asks. How many it removed."""
         now = time.time() if now is None else now
-        marker = f"{self.prefix}:swept:{iemkey_store.check_bank(bank)}"
+        marker = f"{self.prefix}:swept:{iemkey_banks.check_bank(bank)}"
         last = self._call(f"sweeping {bank}", lambda _: self.client.get(marker))
         try:
-            if last is not None and now - float(last) < iemkey_store.SWEEP_EVERY:
+            if last is not None and now - float(last) < iemkey_banks.SWEEP_EVERY:
                 return 0
         except ValueError:
             pass
         self._call(f"sweeping {bank}", lambda _: self.client.set(marker, repr(float(now))))
-        return iemkey_store.remove_expired(self, bank, now)
+        return iemkey_banks.remove_expired(self, bank, now)

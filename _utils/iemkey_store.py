@@ -31,31 +31,32 @@ Pure Python, no Salt loader dunders: the runner builds the store from its master
 """
 
 import contextlib
-import json
 import os
-import re
 import threading
 import time
 
 try:
+    import iemkey_banks
     import iemkey_record
 except ImportError:
-    from saltext.iemkey.utils import iemkey_record
+    from saltext.iemkey.utils import iemkey_banks, iemkey_record
 
 try:
     import fcntl
 except ImportError:  # a Salt master runs on POSIX; this keeps the import harmless elsewhere
     fcntl = None
 
-
-BANKS = ("cases", "nonces", "compromises", "incidents", "groups", "owed", "settled")
-# What a key may be: minion ids, computer ids, nonces, incident names, joined by ':'. Never a path.
-KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,300}")
-SWEEP_EVERY = 60  # seconds between two sweeps of expired records in a bank
-
-
-class StoreError(Exception):
-    """The store cannot be used as configured (unknown driver, a key that is not a key)."""
+# what every driver shares (iemkey_banks), under the names callers have always used
+BANKS = iemkey_banks.BANKS
+KEY = iemkey_banks.KEY
+SWEEP_EVERY = iemkey_banks.SWEEP_EVERY
+StoreError = iemkey_banks.StoreError
+check_key = iemkey_banks.check_key
+check_bank = iemkey_banks.check_bank
+locked_update = iemkey_banks.locked_update
+remove_expired = iemkey_banks.remove_expired
+copy_into = iemkey_banks.copy_into
+_dump = iemkey_banks.dump
 
 
 def from_opts(opts, resolve=None):
@@ -77,19 +78,6 @@ def from_opts(opts, resolve=None):
             f"iemkey:store:driver {driver!r} is not known: local (the default, one master) or redis (several)"
         )
     return LocalStore(conf.get("path") or os.path.join(opts["cachedir"], "iemkey"))
-
-
-def check_key(key, what="key"):
-    """``key`` if it is a key of the store (never a path), else StoreError."""
-    if not isinstance(key, str) or not KEY.fullmatch(key):
-        raise StoreError(f"{key!r} is not a {what} of the iemkey store")
-    return key
-
-
-def check_bank(bank):
-    if bank not in BANKS:
-        raise StoreError(f"no bank {bank!r} in the iemkey store")
-    return bank
 
 
 class LocalStore:
@@ -215,37 +203,6 @@ class LocalStore:
         return remove_expired(self, bank, now)
 
 
-@contextlib.contextmanager
-def locked_update(store, bank, key):
-    """Read-modify-write one record of ``store`` under the bank's lock (the lock of every master
-    sharing the store): yields the record (a new empty dict when there is none) and writes it back if
-    the caller changed it; an emptied record is removed."""
-    with store.locked(check_bank(bank)):
-        record = store.get(bank, key)
-        before = _dump(record)
-        record = record if record is not None else {}
-        yield record
-        if _dump(record or None) != before:
-            if record:
-                store.put(bank, key, record)
-            else:
-                store.delete(bank, key)
-
-
-def remove_expired(store, bank, now):
-    """Remove the records of ``bank`` whose ``expires`` (epoch seconds) is before ``now``: how many."""
-    removed = 0
-    for key, record in store.all(bank).items():
-        expires = record.get("expires") if isinstance(record, dict) else None
-        if isinstance(expires, (int, float)) and expires < now and store.delete(bank, key):
-            removed += 1
-    return removed
-
-
-def _dump(record):
-    return json.dumps(record, sort_keys=True)
-
-
 def _read(path):
     return iemkey_record.read(path, what="store record")
 
@@ -257,20 +214,3 @@ def _write_temp(path, record):
         handle.flush()
         os.fsync(handle.fileno())
     return tmp
-
-
-def copy_into(source, target, test=False):
-    """Every record of ``source`` that ``target`` lacks, added to ``target`` (a record ``target``
-    already has stays as it is): moving a master's backlog into the store its successor uses, or the
-    local files into a shared store. {bank: {"added": n, "kept": n}}; ``test`` adds nothing."""
-    counts = {}
-    for bank in BANKS:
-        added = kept = 0
-        for key, record in source.all(bank).items():
-            if test:
-                new = target.get(bank, key) is None
-            else:
-                new = target.add(bank, key, record)
-            added, kept = added + new, kept + (not new)
-        counts[bank] = {"added": added, "kept": kept}
-    return counts
