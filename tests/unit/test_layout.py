@@ -45,9 +45,9 @@ def cycles(edges):
     def visit(node, path):
         for nxt in sorted(edges.get(node, ())):
             if nxt in path:
-                found.append(path[path.index(nxt) :] + [nxt])
+                found.append([*path[path.index(nxt) :], nxt])
             elif nxt not in done:
-                visit(nxt, path + [nxt])
+                visit(nxt, [*path, nxt])
         done.add(node)
 
     for start in sorted(edges):
