@@ -29,7 +29,12 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
+# the store tests need a real redis-server: say so before anything runs (IEMKEY_SKIP_REDIS=1: skip them)
 test: lint docs
+	@command -v redis-server >/dev/null || [ "$$IEMKEY_SKIP_REDIS" = 1 ] || { \
+	  echo "make test: redis-server is not installed, and the store tests need a real one:"; \
+	  echo "  apt-get install redis-server (Debian, Ubuntu), dnf install redis (Fedora, RHEL), brew install redis (macOS)"; \
+	  echo "  or IEMKEY_SKIP_REDIS=1 make test to skip those tests knowingly"; exit 1; }
 	$(BIN)/python -m pytest tests
 
 unit functional integration: $(STAMP)
