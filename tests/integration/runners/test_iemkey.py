@@ -40,11 +40,14 @@ def _operator(httpserver, master=True):
 # -- report -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stopped_minion(salt_master, salt_minion, tmp_path_factory):
-    """An accepted minion that is not running: unreachable."""
+    """An accepted minion that is not running: unreachable. Its key is deleted after this module: the
+    session's master is shared, and later tests (the docs' wait-for-minions loop) need no minion down."""
     factory = salt_master.salt_minion_daemon("gamma-stopped")
     with factory.started(start_timeout=120):
         pass
-    return factory
+    yield factory
+    ret = salt_master.salt_key_cli().run("-d", factory.id, "-y")
+    assert ret.returncode == 0, ret
 
 
 def test_report_classifies_compliant_noncompliant_and_unreachable(

@@ -40,7 +40,8 @@ def _wait(cli_path, seconds):
 def test_the_wait_for_minions_loop_waits_for_a_down_minion_and_ends_when_none_is(
     salt_master, salt_minion, salt_run_cli, cli_path
 ):
-    assert salt_run_cli.run("manage.down").returncode == 0
+    down = salt_run_cli.run("manage.down")
+    assert down.returncode == 0 and not down.data, f"a test before this one left minions down: {down.data}"
     away = pathlib.Path(salt_master.config["pki_dir"]) / "minions" / "docs-away-minion"
     away.write_bytes(rsa_key_pair()[1])  # accepted, never started: down
     try:
