@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 REQS   := requirements/salt-3008.txt
 STAMP  := $(VENV)/.installed-$(shell cksum < $(REQS) | cut -d' ' -f1)
 
-.PHONY: demo examples test lint docs unit functional integration matrix mutation bench clean
+.PHONY: demo sandbox examples test lint docs unit functional integration matrix mutation bench clean
 
 $(STAMP): $(REQS)
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): $(REQS)
 
 demo: $(STAMP)
 	$(BIN)/python demo/run.py
+
+# a master, salt-api, three minions and the stand-ins left running to rehearse an incident by hand; Ctrl-C stops it
+sandbox: $(STAMP)
+	$(BIN)/python demo/rehearse.py
 
 # every command README shows, run on a sandbox, with Salt's own output (to refresh README)
 examples: $(STAMP)
