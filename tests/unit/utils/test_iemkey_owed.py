@@ -178,3 +178,157 @@ def test_settings_have_their_defaults_and_whole_numbers_where_they_count():
     found = iemkey_owed.settings({"batch_size": "250", "probe_after": ""})
     assert found["batch_size"] == 250 and isinstance(found["batch_size"], int) and found["probe_after"] == 10
     assert iemkey_owed.settings(None) == SETTINGS
+
+
+# -- the record's fields, exactly (what the report, the store and the engine read) -----------------
+def test_a_new_record_has_every_field_the_engine_reads_and_the_report_shows_them():
+    record = iemkey_owed.new("web01", _alert(), T, "test")
+    assert {k: v for k, v in record.items() if k not in ("signals", "trail", "detail")} == {
+        "minion": "web01",
+        "since": T.isoformat(),
+        "at": T.isoformat(),
+        "count": 1,
+        "state": "pending",
+        "attempts": 0,
+        "jid": None,
+        "delivered_at": None,
+        "seen": None,
+        "probed_at": None,
+        "returned": None,
+        "away_since": None,
+        "error": None,
+        "next_try": T.isoformat(),
+        "exact": False,
+    }
+    record = iemkey_owed.delivered(record, "2026120112", _at(1), "engine")
+    record = iemkey_owed.failed(record, "boom", _at(20), "engine", SETTINGS)
+    assert iemkey_owed.public(record) == {
+        "minion": "web01",
+        "state": "failed",
+        "since": T.isoformat(),
+        "at": T.isoformat(),
+        "jid": "2026120112",
+        "delivered_at": _at(1).isoformat(),
+        "away_since": None,
+        "attempts": 1,
+        "error": "boom",
+        "next_try": _at(80).isoformat(),
+        "signals": 1,
+        "sources": ["alert"],
+        "detail": f"attempt 1 returned without a rotation; retried at {_at(80).isoformat()}: boom",
+    }
+    assert iemkey_owed.public({"state": "pending", "signals": [_alert(), _webhook()]})["signals"] == 2
+    assert iemkey_owed.public({"state": "pending"})["signals"] == 0
+
+
+def test_a_delivery_clears_the_last_probe_and_return_and_says_which_job():
+    record = {**iemkey_owed.new("web01", _alert(), T, "t"), "probed_at": _at(1).isoformat(), "returned": "x"}
+    record = iemkey_owed.delivered(record, "42", _at(2), "engine")
+    assert (record["probed_at"], record["returned"], record["jid"]) == (None, None, "42")
+    assert record["trail"][-1]["detail"] == "rotation job 42 published"
+    back = iemkey_owed.answered(iemkey_owed.away(record, _at(20), "engine"), _at(30), "engine")
+    assert back["state"] == "delivered" and back["trail"][-1]["detail"] == "the minion answered job 42"
+
+
+def test_away_counts_from_when_it_was_first_away():
+    record = iemkey_owed.delivered(iemkey_owed.new("web01", _alert(), T, "t"), "42", _at(2), "engine")
+    first = iemkey_owed.away(record, _at(20), "engine")
+    assert first["away_since"] == _at(2).isoformat()
+    again = iemkey_owed.away({**first, "delivered_at": _at(100).isoformat()}, _at(200), "engine")
+    assert again["away_since"] == _at(2).isoformat()
+
+
+def test_failed_counts_attempts_from_the_record_and_keeps_the_first_1000_characters_of_the_error():
+    record = iemkey_owed.new("web01", _alert(), T, "t")
+    del record["attempts"]
+    once = iemkey_owed.failed(record, "e" * 1500, _at(5), "engine", SETTINGS)
+    assert once["attempts"] == 1 and once["error"] == "e" * 1000
+    assert once["returned"] == once["seen"] == _at(5).isoformat()
+
+
+def test_merge_counts_from_one_when_an_old_record_has_no_count():
+    record = iemkey_owed.new("web01", _alert(), T, "t")
+    del record["count"]
+    merged, new = iemkey_owed.merge(record, _webhook(ident="hook:2"))
+    assert new and merged["count"] == 2
+
+
+def test_the_trail_adds_a_line_when_the_state_or_the_detail_changes_never_twice_the_same():
+    record = iemkey_owed.new("web01", _alert(), T, "t")
+    same = iemkey_owed.move(record, "pending", record["detail"], _at(1), "t")
+    assert len(same["trail"]) == 1
+    other_detail = iemkey_owed.move(record, "pending", "something else", _at(1), "t")
+    assert len(other_detail["trail"]) == 2
+    other_state = iemkey_owed.move(record, "held", record["detail"], _at(1), "t")
+    assert len(other_state["trail"]) == 2
+    with pytest.raises(ValueError) as refused:
+        iemkey_owed.move(record, "gone", "x", T, "t")
+    assert str(refused.value) == "an owed rotation is pending, delivered, away, failed, review, held, not 'gone'"
+
+
+def test_closed_keeps_the_record_without_its_schedule_and_ends_the_trail_with_who_closed_it():
+    record = {**iemkey_owed.new("web01", _alert(), T, "t"), "probed_at": _at(1).isoformat()}
+    done = iemkey_owed.closed(record, "settled", "rotated", _at(9), "engine")
+    assert "next_try" not in done and "probed_at" not in done
+    assert done["trail"][-1] == {"at": _at(9).isoformat(), "state": "settled", "detail": "rotated", "by": "engine"}
+
+
+def test_what_remains_owed_after_a_partial_settlement_lists_only_the_later_signals():
+    first, later = _alert(ident="alert:1"), _alert(since=_at(60), ident="alert:2")
+    record = {**iemkey_owed.new("web01", first, T, "t"), "signals": [first, later], "attempts": 3}
+    left = iemkey_owed.remaining(record, [later], _at(90), "engine")
+    assert left["signals"] == [later] and left["since"] == _at(60).isoformat() and left["exact"] is True
+    assert left["attempts"] == 0 and left["state"] == "pending"
+    assert left["trail"][-1]["detail"] == "a signal arrived after the rotation that settled the others"
+
+
+def test_retry_now_makes_it_due_at_once():
+    record = iemkey_owed.failed(iemkey_owed.new("web01", _alert(), T, "t"), "x", _at(1), "e", SETTINGS)
+    again = iemkey_owed.retry_now(record, _at(2), "ops", "retried by ops")
+    assert again["next_try"] == _at(2).isoformat() and iemkey_owed.due(again, _at(2), SETTINGS)
+
+
+def test_a_probe_answered_at_the_very_moment_it_was_sent_is_no_answer():
+    record = iemkey_owed.delivered(iemkey_owed.new("web01", _alert(), T, "t"), "42", T, "engine")
+    record = {**record, "probed_at": _at(20).isoformat(), "seen": _at(20).isoformat()}
+    assert iemkey_owed.probe(record, _at(30), SETTINGS) == "away"
+    record = {**record, "seen": _at(21).isoformat()}
+    assert iemkey_owed.probe(record, _at(31), SETTINGS) == "probe"
+
+
+def test_redelivery_to_a_minion_with_no_away_time_waits_redeliver_every():
+    settings = {**SETTINGS, "redeliver_every": 1}
+    assert iemkey_owed.redeliver_after({}, _at(10), settings) == 1
+    assert iemkey_owed.redeliver_after({"away_since": T.isoformat()}, _at(10), settings) == 5
+
+
+def test_a_time_without_a_zone_is_utc():
+    assert iemkey_owed.parse("2026-12-01T12:00:00") == T
+    assert iemkey_owed.parse("2026-12-01T13:00:00+01:00") == T
+
+
+@pytest.mark.parametrize("key", sorted(iemkey_owed.BOUNDS))
+def test_each_delivery_setting_takes_its_bounds_and_refuses_just_beyond(key):
+    low, high = iemkey_owed.BOUNDS[key]
+    assert iemkey_owed.settings({key: low})[key] == low
+    assert iemkey_owed.settings({key: high})[key] == high
+    for beyond in (low - 0.01, high + 0.01):
+        with pytest.raises(ValueError) as refused:
+            iemkey_owed.settings({key: beyond})
+        assert str(refused.value) == f"iemkey:delivery:{key} must be between {low:g} and {high:g}, not {beyond!r}"
+
+
+def test_the_delivery_defaults_are_the_documented_ones():
+    assert SETTINGS == {
+        "batch_window": 0.5,
+        "batch_size": 1000,
+        "probe_after": 10,
+        "redeliver_every": 30,
+        "retry_after": 60,
+        "retry_max": 3600,
+        "max_attempts": 5,
+        "interval": 2,
+    }
+    with pytest.raises(ValueError) as refused:
+        iemkey_owed.settings({"probe": 1, "batch": 2})
+    assert str(refused.value).startswith("iemkey:delivery: batch, probe is not a setting (known: batch_window, ")
