@@ -200,6 +200,24 @@ def test_a_minion_that_comes_back_is_asked_again_at_once_and_a_flood_of_start_ev
     assert engine.outbox == {}
 
 
+def test_an_authentication_redelivers_only_to_an_away_minion_a_restart_also_a_job_in_flight(engine):
+    """Salt 3007's minions authenticate again every second while they check a restarted master: an
+    authentication must not publish a job in flight a second time (a restart does lose it)."""
+    engine.decide("iemkey/compromised", _alert())
+    _flush(engine)
+    assert _owed(engine)["state"] == "delivered"
+    engine.decide("salt/auth", {"act": "accept", "id": "alpha"})
+    assert engine.outbox == {} and _owed(engine)["state"] == "delivered"
+    engine.decide("salt/minion/alpha/start", {"id": "alpha"})  # its job was lost with the old process
+    assert list(engine.outbox) == ["alpha"]
+    _flush(engine)
+    assert len(engine.publisher.rotations) == 2 and _owed(engine)["jid"] == "J2"
+    engine.transition_any("alpha", lambda r: iemkey_owed.away(r, engine.clock(), "t"))
+    engine.back.clear()
+    engine.decide("salt/auth", {"act": "accept", "id": "alpha"})
+    assert list(engine.outbox) == ["alpha"] and _owed(engine)["state"] == "pending"
+
+
 def _returned(jid, minion, ret, fun="state.single", args=None):
     args = args if args is not None else ["iemkey.rotated", {"name": "bigfix-agent-key", "owed": True}]
     return {"id": minion, "jid": jid, "fun": fun, "fun_args": args, "return": ret}
