@@ -22,7 +22,6 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -30,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" 
 
 from bigfix_rest import StandInBigFix
 from pytest_httpserver import HTTPServer
-from sandbox import BIN, Sandbox, free_port
+from sandbox import BIN, Sandbox, free_port, make_top
 from werkzeug import Response
 
 MINIONS = ("web-1", "web-2", "db-1")
@@ -136,7 +135,7 @@ def _interrupt(_signum, _frame):
 
 def main():
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the stand-in server's access log
-    top = pathlib.Path(tempfile.mkdtemp(prefix="iemkey-sandbox-"))
+    top = make_top("iemkey-sandbox-")
     signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C, whenever it comes
     rest = HTTPServer(host="127.0.0.1", port=0)
     rest.start()

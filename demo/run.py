@@ -22,7 +22,6 @@ import logging
 import pathlib
 import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -30,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" 
 
 from bigfix_rest import StandInBigFix
 from pytest_httpserver import HTTPServer
-from sandbox import Sandbox
+from sandbox import Sandbox, make_top
 
 MINION = "demo-minion"
 COOLDOWN = 5  # iemkey:reactor:cooldown (default 300 s): rotations received this long before an alert are the alert's
@@ -43,7 +42,7 @@ def banner(text):
 
 def main():
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the stand-in server's access log
-    top = pathlib.Path(tempfile.mkdtemp(prefix="iemkey-demo-"))
+    top = make_top("iemkey-demo-")
     rest = HTTPServer(host="127.0.0.1", port=0)
     rest.start()
     box = Sandbox(

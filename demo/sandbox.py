@@ -10,6 +10,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import yaml
@@ -20,6 +21,14 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 START_TIMEOUT = 300  # seconds for a master and its minions to answer (a busy 2-core CI machine: minutes)
 
 from besagent import StandInAgent  # noqa: E402
+
+
+def make_top(prefix):
+    """The temp directory a sandbox runs under. Salt's daemons talk over unix sockets below it
+    (``<root_dir>/var/run/salt/...``), whose paths may hold 107 bytes at most: under a long TMPDIR
+    (pytest's, a CI job's) they could not, so /tmp then."""
+    base = tempfile.gettempdir()
+    return pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir=base if len(base) <= 20 else "/tmp"))
 
 
 def free_port():
