@@ -15,6 +15,7 @@ import time
 
 import pytest
 import requests
+import salt.version
 from helpers import HOOK_SECRET, hook_signature
 from saltevents import decisions, wait_for
 
@@ -140,6 +141,13 @@ def test_an_alert_after_a_confirmed_rotation_owes_a_new_one_and_a_copy_of_an_old
     assert wait_for(lambda: agent.computer_id != rotated_id and _owed(salt_run_cli, salt_minion) is None, timeout=60)
 
 
+@pytest.mark.skipif(
+    salt.version.__saltstack_version__.major == 3007,
+    reason="Salt 3007.16's minion, once its master restarted after the earlier tests of this module stopped "
+    "and started it, reconnects every second ('Connection to master lost', 'Re-initialising subsystems': "
+    "156 times in 150 s), building its scheduler anew each time, so no 10 s schedule ever fires; alone it "
+    "passes. 3006 and 3008 run it (see docs/topics/engine-and-threat-model.md)",
+)
 @pytest.mark.restarts_master
 def test_an_alert_the_master_lost_in_a_restart_is_sent_again_by_the_minion_until_it_rotates(
     salt_master, salt_minion, salt_run_cli, agent
