@@ -10,6 +10,7 @@ import logging
 import iemkey_cleanup
 import iemkey_incidents
 import iemkey_owed
+import iemkey_react
 import pytest
 from iemkey_store import LocalStore
 
@@ -230,3 +231,63 @@ def test_withdraw_of_an_unknown_or_withdrawn_incident_is_refused(store):
     with pytest.raises(iemkey_incidents.Refused) as refused:
         iemkey_incidents.withdraw(store, NAME, "r", NOW, "ops")
     assert str(refused.value) == f"incident 'worm-2026-11' was withdrawn at {NOW.isoformat()} already"
+
+
+# -- declaring -----------------------------------------------------------------------------------
+def _declare(store, minions=("web01", "web02"), deliver=True):
+    record = {"name": NAME, "since": BEGAN.isoformat(), "until": None, "minions": list(minions)}
+    record = {**record, "declared": NOW.isoformat(), "cleanup": None}
+    reactions = iemkey_react.Reactions({"iemkey": {}}, store, now=lambda: NOW)
+    return iemkey_incidents.declare(store, reactions, record, deliver, NOW, "ops")
+
+
+def test_declare_owes_each_targeted_minion_a_rotation_and_settles_at_once_what_the_master_already_has(store):
+    _put(store, _case(minion="web02", old="2001", status="pending", incident=None, rotated=3, received=3))
+    _put(store, _case(minion="web09", old="9001", status="pending", incident=None, rotated=3, received=3))
+    _put(store, _case(minion="web01", old="1001", status="pending", incident=None, rotated=3, received=-1))
+    covered, decided = _declare(store)
+    assert decided == {"owed": ["web01"], "settled": ["web02"], "held": []}
+    owed = store.get("owed", "web01")
+    (sig,) = owed["signals"]
+    assert sig["id"] == f"incident:{NAME}" and sig["reason"] == f"incident {NAME}"
+    assert sig["received_after"] == BEGAN.isoformat()  # the master's clock: the rotation must reach it after
+    assert owed["trail"][-1]["by"] == f"iemkey.incident {NAME} (ops)"
+    assert store.get("owed", "web02") is None and store.get("owed", "web09") is None
+    ((_, settled),) = store.all("settled").items()
+    assert settled["minion"] == "web02" and settled["rotation"]["old_computer_id"] == "2001"
+    assert sorted(c["old_computer_id"] for c in covered) == ["2001"]  # received after T: a compromise rotation
+    assert store.get("cases", "web02:2001")["compromise"]["incident"] == NAME
+    assert store.get("cases", "web09:9001")["compromise"] is None  # not targeted
+
+
+def test_declare_with_deliver_false_holds_each_owed_rotation_for_the_operators_rollout(store):
+    _put(store, _case(minion="web02", old="2001", status="pending", incident=None, rotated=3, received=3))
+    _, decided = _declare(store, deliver=False)
+    assert decided == {"owed": [], "settled": ["web02"], "held": ["web01"]}
+    held = store.get("owed", "web01")
+    assert held["state"] == "held"
+    assert held["detail"] == (
+        "declared with deliver=False: the operator's own rollout (highstate, iemkey.orch.rotate) rotates it"
+    )
+    assert held["trail"][-1]["by"] == f"iemkey.incident {NAME} (ops)"
+
+
+def test_hold_leaves_a_rotation_already_in_flight_as_it_is(store):
+    _owed(store, "web01", "alert:1")
+    store.put("owed", "web01", {**store.get("owed", "web01"), "state": "delivered"})
+    iemkey_incidents.hold(store, "web01", NOW, "ops")
+    assert store.get("owed", "web01")["state"] == "delivered"
+    iemkey_incidents.hold(store, "nobody", NOW, "ops")  # nothing owed: nothing made
+    assert store.get("owed", "nobody") is None
+
+
+def test_declaring_a_name_in_use_is_refused_unless_it_was_withdrawn(store):
+    _declare(store)
+    with pytest.raises(iemkey_incidents.Refused) as refused:
+        _declare(store)
+    assert str(refused.value) == (
+        f"incident 'worm-2026-11' is already declared (since {BEGAN.isoformat()}); withdraw it first"
+    )
+    iemkey_incidents.withdraw(store, NAME, "mistake", NOW, "ops")
+    _declare(store)  # a withdrawn name can be declared again
+    assert not store.get("incidents", NAME).get("withdrawn")
