@@ -332,3 +332,32 @@ def test_the_delivery_defaults_are_the_documented_ones():
     with pytest.raises(ValueError) as refused:
         iemkey_owed.settings({"probe": 1, "batch": 2})
     assert str(refused.value).startswith("iemkey:delivery: batch, probe is not a setting (known: batch_window, ")
+
+
+def test_the_delivery_bounds_are_the_documented_ones_and_counts_are_whole_numbers():
+    assert iemkey_owed.BOUNDS == {
+        "batch_window": (0.05, 60),
+        "batch_size": (1, 100_000),
+        "probe_after": (1, 3600),
+        "redeliver_every": (1, 86400),
+        "retry_after": (1, 86400),
+        "retry_max": (1, 604800),
+        "max_attempts": (1, 1000),
+        "interval": (0.2, 600),
+    }
+    found = iemkey_owed.settings({"max_attempts": "7", "batch_size": 3.0, "retry_after": "1.5"})
+    assert (found["max_attempts"], found["batch_size"], found["retry_after"]) == (7, 3, 1.5)
+    assert isinstance(found["max_attempts"], int) and isinstance(found["batch_size"], int)
+
+
+def test_a_signal_records_when_the_master_received_it_and_at_most_200_characters_of_reason():
+    sig = iemkey_owed.signal("alert", T, _at(5), "alert:1", "r" * 300)
+    assert sig["received"] == _at(5).isoformat() and sig["reason"] == "r" * 200
+    with pytest.raises(ValueError) as refused:
+        iemkey_owed.signal("email", T, T, "x")
+    assert str(refused.value) == "a compromise signal comes from alert, webhook, incident, not 'email'"
+
+
+def test_the_report_counts_every_signal_an_owed_rotation_had_not_only_those_it_lists():
+    record = {**iemkey_owed.new("web01", _alert(), T, "t"), "count": 25}
+    assert iemkey_owed.public(record)["signals"] == 25
