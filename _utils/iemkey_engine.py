@@ -192,9 +192,9 @@ class Engine:
             self.job_returned(data)
         elif tag == "salt/auth":
             if data.get("act") == "accept" and isinstance(data.get("id"), str):
-                self.minion_back(data["id"], "it authenticated again (salt/auth)", restarted=False)
+                self.minion_back(data["id"], "it authenticated again (salt/auth)")
         elif _is_start(tag):
-            self.minion_back(tag.split("/")[2], "it started (salt/minion/<id>/start)", restarted=True)
+            self.minion_back(tag.split("/")[2], "it started (salt/minion/<id>/start)")
 
     def decide_iemkey(self, tag, data):
         if data.get("__peer_id"):
@@ -223,18 +223,19 @@ class Engine:
         else:
             self.announce(decided)
 
-    def minion_back(self, minion, why, restarted):
-        """A minion came back: its owed rotation is delivered again now if it was away, or if its job
-        was in flight and the minion ``restarted`` (a restart loses the job). An authentication alone
-        does not lose a job: Salt 3007's minions authenticate again every second while they check a
-        restarted master, and a job in flight then is left to the probe. A pending one is the next
-        batch's already."""
+    def minion_back(self, minion, why):
+        """A minion came back: its owed rotation is delivered again now if it was away. A job in
+        flight is left to the probe (``saltutil.find_job`` after ``probe_after``: a job the minion no
+        longer runs, with no return, is delivered again): Salt fires a minion's start event and
+        authenticates it on every reconnection, not only when it restarts (Salt 3007's minions do so
+        every second while they check a restarted master), so neither says the job was lost. A
+        pending one is the next batch's already."""
         last = self.back.get(minion)
         moment = time.monotonic()
         if last is not None and moment - last < BACK_EVERY:
             return
         record = self.store.get("owed", minion) if _valid(minion) else None
-        if not record or record["state"] not in (("away", "delivered") if restarted else ("away",)):
+        if not record or record["state"] != "away":
             return
         self.back[minion] = moment
         log.info("iemkey engine: %s is back (%s): delivering its owed rotation again", minion, why)

@@ -12,8 +12,8 @@ state           meaning
 ==============  =====================================================================================
 ``pending``     recorded; its rotation job is about to be published (the next batch)
 ``delivered``   a rotation job was published (``jid``, ``delivered_at``); the minion answered, or has
-                not been asked yet whether the job reached it (a minion that restarts lost it: it is
-                delivered again when it starts)
+                not been asked yet whether the job reached it (the probe: a job it no longer runs,
+                with no return, is delivered again)
 ``away``        the minion answered neither the job nor ``saltutil.find_job`` (``away_since``): it is
                 asked again at once when it comes back (``salt/minion/<id>/start``, ``salt/auth``),
                 and, in case that event is missed, after ``redeliver_every`` seconds, then ever less

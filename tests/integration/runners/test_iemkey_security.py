@@ -54,8 +54,10 @@ def _rotation_job(event_listener, salt_master, start, tag):
     """The engine's decision to rotate, once the state it started has returned."""
     (decision,) = decisions(event_listener, salt_master, start, tag=tag)
     assert decision["action"] == "rotate", decision
-    (job,) = job_returns(event_listener, salt_master, decision["minion"], "state.single", start)
-    assert job["jid"] == decision["jid"] and job["success"], job
+    jobs = job_returns(event_listener, salt_master, decision["minion"], "state.single", start)
+    # the decision's own job returned and succeeded (how often a job is delivered is the storm's and
+    # the engine's tests to say; a minion whose connection flaps may be probed and asked again)
+    assert [job["success"] for job in jobs if job["jid"] == decision["jid"]] == [True], jobs
     return decision
 
 
