@@ -119,14 +119,8 @@ class Sandbox:
         self._spawn("salt-master", self.conf)
         for minion_id in self.minions:
             self._spawn("salt-minion", self.minion_conf(minion_id))
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            ping = self.salt(*self.own, "test.ping", "--out=json", "--static", show=False)
-            if ping.returncode == 0 and all(f'"{m}": true' in ping.stdout for m in self.minions):
-                time.sleep(2)
-                return
-            time.sleep(2)
-        raise SystemExit(f"the sandbox minions did not answer within {START_TIMEOUT} s; see {self.top}")
+        self._wait_for_minions(f"the sandbox minions did not answer within {START_TIMEOUT} s; see {self.top}")
+        time.sleep(2)
 
     def restart_master(self):
         """Stop the master and start it again (its scheduler and reactor load the synced runner when
@@ -136,13 +130,17 @@ class Sandbox:
         master.wait(timeout=60)
         self._spawn("salt-master", self.conf)
         self.procs.insert(0, self.procs.pop())  # the master stays first
+        self._wait_for_minions(f"the sandbox minions did not answer within {START_TIMEOUT} s of the master's restart")
+
+    def _wait_for_minions(self, failure):
+        """Until every minion of this sandbox answers test.ping (SystemExit ``failure`` after START_TIMEOUT)."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             ping = self.salt(*self.own, "test.ping", "--out=json", "--static", show=False)
             if ping.returncode == 0 and all(f'"{m}": true' in ping.stdout for m in self.minions):
                 return
             time.sleep(2)
-        raise SystemExit(f"the sandbox minions did not answer within {START_TIMEOUT} s of the master's restart")
+        raise SystemExit(failure)
 
     def sync(self):
         """Sync the modules and wait until every minion has loaded them; the runner (and the utility

@@ -62,24 +62,22 @@ def _twice(names):
     return {util: found for util, found in by_file.items() if len(found) > 1}
 
 
-def test_the_minion_loads_each_iemkey_utility_once(probes, salt_cli, salt_minion):
-    ret = salt_cli.run("probe_loaded.modules", minion_tgt=salt_minion.id)
+def _loaded_once(ret, expected):
+    """The probe answered, listed ``expected`` among the modules it holds, each utility once."""
     assert ret.returncode == 0, ret
     names = ret.data
-    assert {"iemkey_platforms", "iemkey_storage", "iemkey_record", "iemkey_time"} <= {
-        n.rsplit(".", 1)[-1] for n in names
-    }, names
+    assert expected <= {n.rsplit(".", 1)[-1] for n in names}, names
     assert _twice(names) == {}
+
+
+def test_the_minion_loads_each_iemkey_utility_once(probes, salt_cli, salt_minion):
+    ret = salt_cli.run("probe_loaded.modules", minion_tgt=salt_minion.id)
+    _loaded_once(ret, {"iemkey_platforms", "iemkey_storage", "iemkey_record", "iemkey_time"})
 
 
 def test_the_master_loads_each_iemkey_utility_once(probes, salt_run_cli):
     ret = salt_run_cli.run("probe_loaded.modules")
-    assert ret.returncode == 0, ret
-    names = ret.data
-    assert {"iemkey_store", "iemkey_owed", "iemkey_cleanup", "iemkey_incidents"} <= {
-        n.rsplit(".", 1)[-1] for n in names
-    }, names
-    assert _twice(names) == {}
+    _loaded_once(ret, {"iemkey_store", "iemkey_owed", "iemkey_cleanup", "iemkey_incidents"})
 
 
 def test_twice_finds_a_utility_under_two_names():
