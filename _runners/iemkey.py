@@ -39,13 +39,13 @@ revocation, and the audit trail.
 
 Sync it (and its utility modules) to the master with ``salt-run saltutil.sync_all``. The logic
 lives in ``_utils/``: ``iemkey_owed`` (owed rotations), ``iemkey_incidents``, ``iemkey_console``
-(the clean-up pass), ``iemkey_cleanup`` (what to do with each old computer), ``iemkey_bigfix``
-(REST client), ``iemkey_store``. This module is the Salt glue.
+(the clean-up pass and an operator's removals), ``iemkey_cleanup`` (what to do with each old computer),
+``iemkey_report`` (what the report says), ``iemkey_bigfix`` (REST client), ``iemkey_store``. This
+module is the Salt glue.
 """
 
 import datetime
 import getpass
-import json
 import logging
 import os
 import re
@@ -65,8 +65,8 @@ try:  # _utils/, synced with saltutil.sync_all (formula install)
     import iemkey_delivery
     import iemkey_engine
     import iemkey_incidents
-    import iemkey_owed
     import iemkey_react
+    import iemkey_report
     import iemkey_store
     import iemkey_time
 except ImportError:
@@ -79,8 +79,8 @@ except ImportError:
             iemkey_delivery,
             iemkey_engine,
             iemkey_incidents,
-            iemkey_owed,
             iemkey_react,
+            iemkey_report,
             iemkey_store,
             iemkey_time,
         )
@@ -116,18 +116,9 @@ def __virtual__():
 
 
 def _warn_unresolved_hook_secret():
-    """Salt resolves sdb:// URIs in the master config when it reads it; one still there did not
-    resolve. Said once per process when the master (its engine, its scheduler) loads this runner,
-    not first when a SIEM's webhook is refused."""
-    secret = salt.utils.data.traverse_dict_and_list(__opts__, "iemkey:reactor:hook_secret", None)
-    if isinstance(secret, str) and secret.startswith("sdb://") and secret not in _WARNED:
-        _WARNED.add(secret)
-        log.error(
-            "iemkey: iemkey:reactor:hook_secret %s did not resolve when the master read its config: every "
-            "webhook is refused until it does (iemkey tries it again for each one); check the sdb profile %r",
-            secret,
-            secret[len("sdb://") :].split("/", 1)[0],
-        )
+    """Said once per process when the master (its engine, its scheduler) loads this runner, not first
+    when a SIEM's webhook is refused."""
+    iemkey_config.warn_unresolved_hook_secret(__opts__, _WARNED)
 
 
 def _fail(ret, message):
@@ -168,33 +159,7 @@ def _store():
 
 
 def _import_legacy(store):
-    """Clean-ups an earlier iemkey kept in ``<cachedir>/iemkey/cleanup.json`` become cases (once)."""
-    path = os.path.join(__opts__["cachedir"], "iemkey", "cleanup.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as exc:
-        log.error("iemkey: %s is unreadable (%s); not importing it", path, exc)
-        return
-    imported = 0
-    for status in ("pending", "review"):
-        for entry in (document.get(status) or {}).values():
-            try:
-                case = iemkey_cleanup.new_case(
-                    entry["minion"],
-                    entry["old_computer_id"],
-                    entry.get("new_computer_id"),
-                    entry.get("rotated_at"),
-                    entry.get("received") or _now().isoformat(),
-                )
-            except (KeyError, TypeError, ValueError):
-                continue
-            case = iemkey_cleanup.settle(case, status, entry.get("detail") or "imported", _now(), "import")
-            imported += store.add("cases", iemkey_cleanup.key(case["minion"], case["old_computer_id"]), case)
-    os.replace(path, path + ".imported")
-    log.warning("iemkey: imported %d clean-ups from %s into the iemkey store", imported, path)
+    iemkey_console.import_legacy(store, os.path.join(__opts__["cachedir"], "iemkey", "cleanup.json"), _now())
 
 
 def _reactions():
@@ -251,70 +216,15 @@ def _gather(tgt, tgt_type, since, timeout):
 
 
 def _open_cases():
-    """The open cases by status, each list sorted by minion then old computer ID."""
-    found = {status: [] for status in iemkey_cleanup.OPEN}
-    for case in _store().all("cases").values():
-        if case.get("status") in found:
-            found[case["status"]].append(case)
-    return {
-        status: sorted(cases, key=lambda c: (c["minion"], int(c["old_computer_id"]))) for status, cases in found.items()
-    }
+    return iemkey_report.open_cases(_store())
 
 
-def _revocation(store=None):
-    """What the operator must still do about stolen keys, by incident: the computers to revoke (and the
-    group and console steps), those that left the console unconfirmed, and those that ended without a
-    revocation nobody accepted."""
-    store = store or _store()
-    mode = iemkey_console.compromised_mode(__opts__)
-    groups = store.all("groups")
-    by_incident = {}
-    for case in store.all("cases").values():
-        incident = iemkey_incidents.incident_of(case)
-        if incident and (
-            case["status"] in ("revoke", "left_console")
-            or case["status"] == "review"
-            or iemkey_cleanup.unrevoked(case, mode)
-        ):
-            by_incident.setdefault(incident, []).append(case)
-    revocation = {}
-    for incident, cases in sorted(by_incident.items()):
-        ids = {
-            status: sorted((c["old_computer_id"] for c in cases if c["status"] == status), key=int)
-            for status in ("revoke", "left_console")
-        }
-        unrevoked = [
-            c["old_computer_id"]
-            for c in iemkey_incidents.unrevoked(dict(enumerate(cases)), mode)
-            if c["status"] not in ("revoke", "left_console")
-        ]
-        group = groups.get(incident) or {}
-        name = iemkey_cleanup.group_name(incident)
-        entry = {"computers": ids["revoke"], "left_console": ids["left_console"], "unrevoked": unrevoked}
-        if ids["revoke"]:
-            entry["group"] = {
-                "name": name,
-                "id": group.get("id"),
-                "matches": bool(group.get("matches")) and group.get("members") == ids["revoke"],
-                "error": group.get("error"),
-            }
-            entry["console_steps"] = iemkey_cleanup.console_steps(name)
-        if ids["left_console"]:
-            entry["confirm"] = f"salt-run iemkey.incident name={incident} revoked=True (once you revoked them)"
-        if unrevoked:
-            entry["accept"] = f"salt-run iemkey.incident name={incident} accept_unrevoked=True reason='...'"
-        revocation[incident] = entry
-    return revocation
+def _revocation():
+    return iemkey_report.revocation(_store(), iemkey_console.compromised_mode(__opts__))
 
 
 def _owed_of(minions=None):
-    """The open owed rotations (of ``minions``), sorted by minion, as the report shows them."""
-    found = _store().all("owed")
-    return [
-        iemkey_owed.public(record)
-        for minion, record in sorted(found.items())
-        if record.get("state") in iemkey_owed.OPEN and (minions is None or minion in minions)
-    ]
+    return iemkey_report.owed_of(_store(), minions)
 
 
 def report(since=None, tgt="*", tgt_type="glob", timeout=None):
@@ -367,66 +277,25 @@ def _report(since, tgt, tgt_type, timeout):
     if not expected:
         raise SaltInvocationError(f"the target {tgt!r} ({tgt_type}) matches no accepted minion: nothing to report on")
     answers = _gather(tgt, tgt_type, since, timeout)
-    ret = {"since": since, "compliant": [], "noncompliant": [], "no_agent": [], "errors": []}
-    ret.update(unreachable=sorted(expected - set(answers)), minions={})
-    required = []
-    for minion, reply in sorted(answers.items()):
-        verdict = reply.get("ret")
-        if not isinstance(verdict, dict) or reply.get("retcode", 0) != 0:
-            ret["errors"].append(minion)
-            ret["minions"][minion] = {"error": str(verdict).strip()}
-            continue
-        status = verdict["status"]
-        ret["minions"][minion] = {
-            key: verdict.get(key) for key in ("compliant", "basis", "key_time", "stale", "reason", "no_agent")
-        } | {key: status.get(key) for key in ("computer_id", "last_rotated", "agent_running", "pending")}
-        if not status.get("installed"):
-            ret["no_agent"].append(minion)
-            if verdict.get("require_agent"):
-                required.append(minion)
-        elif verdict["compliant"] and not verdict["stale"]:
-            ret["compliant"].append(minion)
-        else:
-            ret["noncompliant"].append(minion)
-    for minion in ret["unreachable"]:
-        ret["minions"][minion] = {"error": f"no answer within {timeout:g} s"}
+    ret, required = iemkey_report.tally(since, answers, expected, timeout)
     ret["owed"] = _owed_of(None if tgt == "*" and tgt_type == "glob" else expected)
     cases = _open_cases()
     ret["cleanup"] = {status: [iemkey_cleanup.public(c) for c in listed] for status, listed in cases.items()}
     ret["revocation"] = _revocation()
-    return _verdict(ret, cases, required)
-
-
-def _verdict(ret, cases, required):
-    """The report's summary and exit code."""
-    unsafe = {i: r for i, r in ret["revocation"].items() if r["computers"] or r["left_console"] or r["unrevoked"]}
-    failing = ret["noncompliant"] + ret["unreachable"] + ret["errors"] + required + ret["owed"] + list(unsafe)
-    c = {k: len(v) for k, v in cases.items()}
-    ret["summary"] = (
-        f"keys since {ret['since']}: {len(ret['compliant'])} compliant, {len(ret['noncompliant'])} noncompliant, "
-        f"{len(ret['unreachable'])} unreachable, {len(ret['no_agent'])} without a BigFix agent"
-        f"{f' ({len(required)} required to have one)' if required else ''}, {len(ret['errors'])} errors; "
-        f"{len(ret['owed'])} rotations owed; console clean-ups: {c['pending']} pending, {c['review']} for review, "
-        f"{c['revoke']} to revoke, {c['left_console']} left the console unconfirmed"
-    )
-    if ret["owed"]:
-        states = sorted({o["state"] for o in ret["owed"]})
-        ret["summary"] += f" (owed: {', '.join(states)}: see owed)"
-    if unsafe:
-        ret["summary"] += f"; stolen keys not known revoked in {', '.join(unsafe)}: see revocation"
-    waiting = sum("max_deletes" in (c.get("detail") or "") for c in cases["pending"])
-    if waiting:
-        ret["summary"] += f"; {waiting} confirmed duplicates wait for the next pass (iemkey:cleanup:max_deletes)"
-    ret["retcode"] = 1 if failing else 0
+    ret = iemkey_report.verdict(ret, cases, required)
     __context__["retcode"] = ret["retcode"]
     return ret
 
 
 # -- BigFix REST API ------------------------------------------------------------------------
-def _api():
+def _api_settings():
     """The ``iemkey:api`` master config, checked, with the password resolved (never logged)."""
+    return iemkey_bigfix.settings(iemkey_config.section(__opts__, "api"), _resolve)
+
+
+def _api():
     try:
-        return iemkey_bigfix.settings(__opts__.get("iemkey", {}).get("api"), _resolve)
+        return _api_settings()
     except iemkey_bigfix.ConfigError as exc:
         raise SaltInvocationError(str(exc)) from None
 
@@ -475,55 +344,16 @@ def _remove(computer_ids, force):
             "them from the console while their keys stay valid; revoke them in the console (see iemkey.report), "
             "or pass force=True; nothing was sent",
         )
-    api = _api()
-    results = []
-    with iemkey_bigfix.session(api) as client:
+    with iemkey_bigfix.session(_api()) as client:
         try:
-            master_operator = client.master_operator()
+            results = iemkey_console.remove(client, ids, store, _now())
         except iemkey_bigfix.ApiError as exc:
             return _fail({"result": False}, f"{exc}; nothing was sent")
-        for computer_id in ids:
-            outcome = {"computer_id": computer_id, "result": False, "status": None, "detail": ""}
-            try:
-                answer = client.delete(computer_id)
-            except iemkey_bigfix.ApiError as exc:
-                outcome.update(status="error", detail=str(exc))
-            else:
-                outcome.update(_delete_outcome(computer_id, answer, master_operator))
-            results.append(outcome)
-    _close_removed(store, results)
     ret = {"result": all(r["result"] for r in results), "computers": results}
     if not ret["result"]:
         failed = [f"{r['computer_id']}: {r['detail']}" for r in results if not r["result"]]
         return _fail(ret, "the BigFix server did not remove: " + "; ".join(failed))
     return _ok(ret)
-
-
-def _delete_outcome(computer_id, answer, master_operator):
-    if answer == "deleted":
-        return {"result": True, "status": "deleted", "detail": "deleted (BigFix answered ok)"}
-    if master_operator:
-        detail = (
-            f"not found: BigFix has no computer {computer_id}; nothing was deleted (already removed, or a mistyped ID?)"
-        )
-        return {"result": True, "status": "not found", "detail": detail}
-    detail = (
-        f"BigFix answered 404 for computer {computer_id}, and the API user is not a master operator: a computer "
-        "outside its scope answers 404 too; nothing is known deleted"
-    )
-    return {"result": False, "status": "unknown", "detail": detail}
-
-
-def _close_removed(store, results):
-    """Close the open clean-ups of the computers an operator removed (or found gone)."""
-    now = _now()
-    closing = {r["computer_id"]: r["status"] for r in results if r["result"]}
-    for key, case in store.all("cases").items():
-        status = closing.get(case["old_computer_id"])
-        if status and case["status"] in iemkey_cleanup.OPEN:
-            outcome, detail = ("deleted", "deleted by an operator") if status == "deleted" else ("gone", "not found")
-            after = iemkey_cleanup.settle(case, outcome, detail, now, "iemkey.remove_computers")
-            iemkey_react.write_case(store, key, case, after)
 
 
 def remove_computer(computer_id, force=False):
@@ -550,11 +380,8 @@ def _statuses(minions, timeout):
 
 
 def _cleanup_pass(test=False):
-    def api():
-        return iemkey_bigfix.settings(__opts__.get("iemkey", {}).get("api"), _resolve)
-
     cache = __context__.setdefault("iemkey.console", {})
-    return iemkey_console.Pass(__opts__, _store(), api, _statuses, cache, _now).run(test=test)
+    return iemkey_console.Pass(__opts__, _store(), _api_settings, _statuses, cache, _now).run(test=test)
 
 
 def cleanup(dismiss=_UNSET, test=False):
@@ -605,37 +432,9 @@ def cleanup(dismiss=_UNSET, test=False):
         cases = _open_cases()
     except _ERRORS as exc:
         return _fail({}, str(exc))
-    if test:
-        ret = {
-            "test": True,
-            "would_delete": outcomes["would_delete"],
-            "would_list_to_revoke": outcomes["listed"],
-            "would_find_left_console": outcomes["left_console"],
-            "would_review": outcomes["review"],
-            "pending": outcomes["pending"],
-            "groups": outcomes["groups"],
-        }
-        ret["summary"] = (
-            f"test: would delete {len(ret['would_delete'])}, list {len(ret['would_list_to_revoke'])} to revoke, "
-            f"find {len(ret['would_find_left_console'])} gone from the console, list {len(ret['would_review'])} "
-            "for review; nothing was changed"
-        )
-    else:
-        ret = {kind: outcomes[kind] for kind in ("deleted", "gone", "left_console")}
-        for status in ("pending", "review", "revoke"):
-            ret[status] = [iemkey_cleanup.public(c) for c in cases[status]]
-        ret["groups"] = outcomes["groups"]
-        ret["summary"] = (
-            f"{len(ret['deleted'])} deleted, {len(ret['gone'])} already gone, {len(ret['left_console'])} left the "
-            f"console (confirm their revocation), {len(ret['pending'])} pending, {len(ret['review'])} for review, "
-            f"{len(ret['revoke'])} to revoke"
-        )
-        if cases["revoke"] or cases["left_console"]:
-            ret["revocation"] = _revocation()
-        if outcomes["deferred"]:
-            ret["summary"] += f" ({outcomes['deferred']} wait for the next pass: iemkey:cleanup:max_deletes)"
-    if outcomes["busy"]:
-        ret["summary"] = "another iemkey clean-up is running; nothing was decided by this one"
+    ret = iemkey_report.cleanup_outcome(outcomes, cases, test)
+    if not test and (cases["revoke"] or cases["left_console"]):
+        ret["revocation"] = _revocation()
     if outcomes["error"]:
         log.error("iemkey cleanup: %s", outcomes["error"])
         ret.update(error=outcomes["error"], retcode=1)
@@ -645,24 +444,9 @@ def cleanup(dismiss=_UNSET, test=False):
 
 
 def _dismiss(store, computer_id):
-    dropped = []
-    now = _now()
-    for key, case in store.all("cases").items():
-        if case["old_computer_id"] == computer_id and case["status"] in iemkey_cleanup.OPEN:
-            after = iemkey_cleanup.settle(case, "dismissed", "dismissed by an operator", now, "iemkey.cleanup dismiss")
-            if iemkey_react.write_case(store, key, case, after):
-                dropped.append(iemkey_cleanup.public(after))
-                if case.get("compromise"):
-                    log.warning(
-                        "iemkey cleanup: an operator dismissed computer %s, a compromise rotation's: it counts as NOT "
-                        "revoked (the report stays red) until an operator accepts that: salt-run iemkey.incident "
-                        "name=%s accept_unrevoked=True reason='...'",
-                        computer_id,
-                        iemkey_incidents.incident_of(case),
-                    )
+    dropped = iemkey_console.dismiss(store, computer_id, _now(), iemkey_incidents.incident_of)
     if not dropped:
         return _fail({"dismissed": []}, f"no open clean-up for computer {computer_id}")
-    log.warning("iemkey cleanup: an operator dismissed the clean-up of computer %s", computer_id)
     return _ok({"dismissed": dropped})
 
 
@@ -767,43 +551,14 @@ def incident(
 
 
 def _declare(since, tgt, tgt_type, name, cleanup_mode, deliver, who):
-    if cleanup_mode not in (None, "") and cleanup_mode not in iemkey_cleanup.MODES:
-        raise SaltInvocationError(f"cleanup must be revoke or delete, not {cleanup_mode!r}")
     began = iemkey_time.parse_time(since)
-    if began > _now():
-        raise SaltInvocationError(f"since {began.isoformat()} is in the future")
-    minions = _targets(tgt, tgt_type)
-    if not minions:
-        raise SaltInvocationError(f"the target {tgt!r} ({tgt_type}) matches no accepted minion")
-    name = str(name) if name not in (None, "") else f"incident-{began:%Y%m%dT%H%M%SZ}"
-    record = {
-        "name": name,
-        "since": began.isoformat(),
-        "until": None,
-        "tgt": tgt,
-        "tgt_type": tgt_type,
-        "minions": minions,
-        "declared": _now().isoformat(),
-        "by": who,
-        "cleanup": cleanup_mode or None,
-    }
+    record = iemkey_incidents.new(began, tgt, tgt_type, name, cleanup_mode, _targets, _now(), who)
+    minions = record["minions"]
     store = _store()
-    covered, decided = iemkey_incidents.declare(store, _reactions(), record, deliver, _now(), who)
+    mode = iemkey_console.compromised_mode(__opts__)
+    covered, decided = iemkey_incidents.declare(store, _reactions(), record, deliver, _now(), who, mode)
     if decided["owed"] and not iemkey_engine.configured(__opts__):
         _publish_owed(store, decided["owed"])  # no engine here to deliver them
-    log.warning(
-        "iemkey: incident %s declared by %s: rotations of %d minions received since %s are compromise rotations "
-        "(%s); %d clean-ups re-decided; %d rotations owed, %d already rotated since, %d held",
-        name,
-        who,
-        len(minions),
-        record["since"],
-        cleanup_mode or iemkey_console.compromised_mode(__opts__),
-        len(covered),
-        len(decided["owed"]),
-        len(decided["settled"]),
-        len(decided["held"]),
-    )
     ret = {"incident": record, "covered": covered, "owed": _owed_of(set(minions)), "settled": decided["settled"]}
     return _ok(ret)
 
@@ -827,10 +582,7 @@ def _incident_act(act, name, reason, who):
         if not reason:
             raise SaltInvocationError("withdraw=True needs reason='...': the trail says why")
         return _ok({"incident": name, "withdrawn": iemkey_incidents.withdraw(store, name, reason, now, who)})
-    record = store.get("incidents", name)
-    if not record:
-        raise SaltInvocationError(f"no incident {name!r} on record")
-    unsafe = iemkey_incidents.unrevoked(iemkey_incidents.cases_of(store, name), mode)
+    record, unsafe = iemkey_incidents.close(store, name, mode, now, who)
     if unsafe:
         listed = ", ".join(f"{c['old_computer_id']} ({c['status']})" for c in unsafe)
         return _fail(
@@ -838,10 +590,7 @@ def _incident_act(act, name, reason, who):
             f"incident {name} is not closed: computers {listed} are not known revoked; revoke and confirm them "
             f"(revoked=True), or record accept_unrevoked=True reason='...'; nothing was changed",
         )
-    with store.update("incidents", name) as stored:
-        stored.update(until=now.isoformat(), closed_by=who)
-    log.warning("iemkey: incident %s closed by %s", name, who)
-    return _ok({"incident": store.get("incidents", name)})
+    return _ok({"incident": record})
 
 
 def owed(minion=None, retry=False, cancel=False, reason=None, **kwargs):
@@ -879,16 +628,13 @@ def owed(minion=None, retry=False, cancel=False, reason=None, **kwargs):
             raise SaltInvocationError("retry=True or cancel=True, not both")
         store, now, who = _store(), _now(), _who(kwargs)
         if retry:
-            with store.update("owed", str(minion)) as record:
-                if not record:
-                    raise SaltInvocationError(f"no rotation is owed to {minion!r}")
-                record.update(iemkey_owed.retry_now(record, now, f"iemkey.owed ({who})", f"retried by {who}"))
+            iemkey_incidents.retry_owed(store, str(minion), now, who)
             if not iemkey_engine.configured(__opts__):
                 _publish_owed(store, [str(minion)])
         elif cancel:
             if not reason:
                 raise SaltInvocationError("cancel=True needs reason='...': the trail says why")
-            _cancel(store, str(minion), str(reason)[:500], now, who)
+            iemkey_incidents.cancel_owed(store, str(minion), str(reason)[:500], now, who)
         found = _owed_of({str(minion)} if minion not in (None, "") else None)
     except _ERRORS as exc:
         return _fail({}, str(exc))
@@ -896,17 +642,6 @@ def owed(minion=None, retry=False, cancel=False, reason=None, **kwargs):
     ret["retcode"] = 1 if found else 0
     __context__["retcode"] = ret["retcode"]
     return ret
-
-
-def _cancel(store, minion, reason, now, who):
-    with store.update("owed", minion) as record:
-        if not record:
-            raise SaltInvocationError(f"no rotation is owed to {minion!r}")
-        detail = f"cancelled by {who}: {reason}"
-        closed = iemkey_owed.closed(record, "cancelled", detail, now, f"iemkey.owed ({who})")
-        store.put("settled", iemkey_owed.settled_key(closed, now), closed)  # the trail first
-        record.clear()
-    log.warning("iemkey: %s cancelled the rotation owed to %s: %s", who, minion, reason)
 
 
 def history(minion=None, computer=None):
@@ -932,25 +667,9 @@ def history(minion=None, computer=None):
         salt-run iemkey.history computer=1234567 --out=json
     """
     try:
-        store = _store()
-        cases = store.all("cases").values()
-        rotations = [*store.all("settled").values(), *store.all("owed").values()]
+        return _ok(iemkey_report.history(_store(), minion, computer))
     except _ERRORS as exc:
         return _fail({}, str(exc))
-    computer = None if computer in (None, "") else str(computer)
-    found = [
-        {**iemkey_cleanup.public(case), "compromise": case.get("compromise"), "trail": case.get("trail") or []}
-        for case in sorted(cases, key=lambda c: (c["received"], c["minion"]))
-        if (minion in (None, "") or case["minion"] == minion)
-        and (computer is None or computer in (case["old_computer_id"], case.get("new_computer_id")))
-    ]
-    owed_trail = [
-        {k: r.get(k) for k in ("minion", "state", "since", "at", "closed", "detail", "rotation", "signals", "trail")}
-        for r in sorted(rotations, key=lambda r: (r["minion"], r["at"]))
-        if (minion in (None, "") or r["minion"] == minion)
-        and (computer is None or computer == (r.get("rotation") or {}).get("old_computer_id"))
-    ]
-    return _ok({"computers": found, "count": len(found), "rotations": owed_trail})
 
 
 # -- moving a backlog ----------------------------------------------------------------------------

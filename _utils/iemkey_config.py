@@ -16,11 +16,15 @@ section                     keys (defaults)
 Pure: the callers pass the master opts in.
 """
 
+import logging
+
 try:
     import iemkey_cleanup
     import iemkey_owed
 except ImportError:
     from saltext.iemkey.utils import iemkey_cleanup, iemkey_owed
+
+log = logging.getLogger(__name__)
 
 REACTOR = {"rate": 10, "max_age": 300, "max_skew": 60, "cooldown": 300}
 SECTIONS = {"reactor": REACTOR, "cleanup": iemkey_cleanup.DEFAULTS}
@@ -79,3 +83,17 @@ def hook_secret(opts, resolve):
         if secret in (None, "") or secret == uri:
             raise Misconfigured(f"iemkey:reactor:hook_secret {uri} did not resolve to a secret")
     return str(secret).encode()
+
+
+def warn_unresolved_hook_secret(opts, warned):
+    """Salt resolves sdb:// URIs in the master config when it reads it; one still there did not
+    resolve: an ERROR line, once per URI in ``warned`` (a set the caller keeps per process)."""
+    secret = section(opts, "reactor").get("hook_secret")
+    if isinstance(secret, str) and secret.startswith("sdb://") and secret not in warned:
+        warned.add(secret)
+        log.error(
+            "iemkey: iemkey:reactor:hook_secret %s did not resolve when the master read its config: every "
+            "webhook is refused until it does (iemkey tries it again for each one); check the sdb profile %r",
+            secret,
+            secret[len("sdb://") :].split("/", 1)[0],
+        )

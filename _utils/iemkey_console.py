@@ -19,7 +19,9 @@ id) and the clock. No Salt loader dunders.
 
 import concurrent.futures
 import datetime
+import json
 import logging
+import os
 import re
 
 try:
@@ -359,3 +361,105 @@ def log_outcome(action, case):
         log.warning("iemkey cleanup: %s: %s", where, case["detail"])
     else:
         log.info("iemkey cleanup: %s stays %s: %s", where, case["status"], case["detail"])
+
+
+# -- an operator's explicit actions: remove computers, dismiss a clean-up ---------------------------
+def remove(client, computer_ids, store, now):
+    """DELETE each computer (``iemkey.remove_computers``): one outcome per computer, ``result`` True
+    only on BigFix's own success reply or a master operator's 404; the open clean-ups of the computers
+    removed are closed. ``ApiError`` when BigFix cannot say whether the user is a master operator
+    (then nothing was sent)."""
+    master_operator = client.master_operator()
+    results = []
+    for computer_id in computer_ids:
+        outcome = {"computer_id": computer_id, "result": False, "status": None, "detail": ""}
+        try:
+            answer = client.delete(computer_id)
+        except iemkey_bigfix.ApiError as exc:
+            outcome.update(status="error", detail=str(exc))
+        else:
+            outcome.update(delete_outcome(computer_id, answer, master_operator))
+        results.append(outcome)
+    close_removed(store, results, now)
+    return results
+
+
+def delete_outcome(computer_id, answer, master_operator):
+    """What one DELETE's answer means: deleted on ``ok``; a 404 is ``not found`` (nothing was there)
+    only for a master operator, for whom every computer is in scope."""
+    if answer == "deleted":
+        return {"result": True, "status": "deleted", "detail": "deleted (BigFix answered ok)"}
+    if master_operator:
+        detail = (
+            f"not found: BigFix has no computer {computer_id}; nothing was deleted (already removed, or a mistyped ID?)"
+        )
+        return {"result": True, "status": "not found", "detail": detail}
+    detail = (
+        f"BigFix answered 404 for computer {computer_id}, and the API user is not a master operator: a computer "
+        "outside its scope answers 404 too; nothing is known deleted"
+    )
+    return {"result": False, "status": "unknown", "detail": detail}
+
+
+def close_removed(store, results, now):
+    """Close the open clean-ups of the computers an operator removed (or found gone)."""
+    closing = {r["computer_id"]: r["status"] for r in results if r["result"]}
+    for key, case in store.all("cases").items():
+        status = closing.get(case["old_computer_id"])
+        if status and case["status"] in iemkey_cleanup.OPEN:
+            outcome, detail = ("deleted", "deleted by an operator") if status == "deleted" else ("gone", "not found")
+            after = iemkey_cleanup.settle(case, outcome, detail, now, "iemkey.remove_computers")
+            iemkey_react.write_case(store, key, case, after)
+
+
+def dismiss(store, computer_id, now, incident_of):
+    """Close the open clean-ups of ``computer_id`` without deleting anything (``iemkey.cleanup
+    dismiss=``): the cases closed. A compromise one counts as not revoked until an operator accepts
+    it (``incident_of(case)`` names the incident the warning points to)."""
+    dropped = []
+    for key, case in store.all("cases").items():
+        if case["old_computer_id"] == computer_id and case["status"] in iemkey_cleanup.OPEN:
+            after = iemkey_cleanup.settle(case, "dismissed", "dismissed by an operator", now, "iemkey.cleanup dismiss")
+            if iemkey_react.write_case(store, key, case, after):
+                dropped.append(iemkey_cleanup.public(after))
+                if case.get("compromise"):
+                    log.warning(
+                        "iemkey cleanup: an operator dismissed computer %s, a compromise rotation's: it counts as NOT "
+                        "revoked (the report stays red) until an operator accepts that: salt-run iemkey.incident "
+                        "name=%s accept_unrevoked=True reason='...'",
+                        computer_id,
+                        incident_of(case),
+                    )
+    if dropped:
+        log.warning("iemkey cleanup: an operator dismissed the clean-up of computer %s", computer_id)
+    return dropped
+
+
+def import_legacy(store, path, now):
+    """The clean-ups an earlier iemkey kept in ``<cachedir>/iemkey/cleanup.json`` become cases, once (the file
+    is then renamed ``.imported``); an unreadable file is left as it is, and said so."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        log.error("iemkey: %s is unreadable (%s); not importing it", path, exc)
+        return
+    imported = 0
+    for status in ("pending", "review"):
+        for entry in (document.get(status) or {}).values():
+            try:
+                case = iemkey_cleanup.new_case(
+                    entry["minion"],
+                    entry["old_computer_id"],
+                    entry.get("new_computer_id"),
+                    entry.get("rotated_at"),
+                    entry.get("received") or now.isoformat(),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            case = iemkey_cleanup.settle(case, status, entry.get("detail") or "imported", now, "import")
+            imported += store.add("cases", iemkey_cleanup.key(case["minion"], case["old_computer_id"]), case)
+    os.replace(path, path + ".imported")
+    log.warning("iemkey: imported %d clean-ups from %s into the iemkey store", imported, path)

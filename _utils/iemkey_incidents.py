@@ -68,8 +68,33 @@ def rotated_since(cases, minion, began):
     return None
 
 
-def declare(store, reactions, record, deliver, now, who):
-    """Record the incident ``record`` (name, since, minions, ...): (covered cases, owed decisions)."""
+def new(began, tgt, tgt_type, name, cleanup_mode, targets, now, who):
+    """The record of an incident about to be declared; Refused for a cleanup mode other than
+    ``revoke`` or ``delete``, a beginning in the future or a target that matches no minion (the
+    minions are asked of ``targets(tgt, tgt_type)`` once the rest is checked)."""
+    if cleanup_mode not in (None, "") and cleanup_mode not in iemkey_cleanup.MODES:
+        raise Refused(f"cleanup must be revoke or delete, not {cleanup_mode!r}")
+    if began > now:
+        raise Refused(f"since {began.isoformat()} is in the future")
+    minions = targets(tgt, tgt_type)
+    if not minions:
+        raise Refused(f"the target {tgt!r} ({tgt_type}) matches no accepted minion")
+    return {
+        "name": str(name) if name not in (None, "") else f"incident-{began:%Y%m%dT%H%M%SZ}",
+        "since": began.isoformat(),
+        "until": None,
+        "tgt": tgt,
+        "tgt_type": tgt_type,
+        "minions": minions,
+        "declared": now.isoformat(),
+        "by": who,
+        "cleanup": cleanup_mode or None,
+    }
+
+
+def declare(store, reactions, record, deliver, now, who, default_mode="revoke"):
+    """Record the incident ``record`` (name, since, minions, ...): (covered cases, owed decisions).
+    ``default_mode``: ``iemkey:cleanup:compromised``, for an incident that names no cleanup mode."""
     name = record["name"]
     existing = store.get("incidents", name)
     if existing and not existing.get("withdrawn"):
@@ -94,6 +119,19 @@ def declare(store, reactions, record, deliver, now, who):
             decided["held"].append(minion)
         elif outcome.get("deliver"):
             decided["owed"].append(minion)
+    log.warning(
+        "iemkey: incident %s declared by %s: rotations of %d minions received since %s are compromise rotations "
+        "(%s); %d clean-ups re-decided; %d rotations owed, %d already rotated since, %d held",
+        name,
+        who,
+        len(minions),
+        record["since"],
+        record["cleanup"] or default_mode,
+        len(covered),
+        len(decided["owed"]),
+        len(decided["settled"]),
+        len(decided["held"]),
+    )
     return covered, decided
 
 
@@ -213,3 +251,41 @@ def accept_unrevoked(store, name, reason, mode, now, who):
         decision["reason"],
     )
     return accepted
+
+
+def close(store, name, mode, now, who):
+    """Close incident ``name``: rotations received from now on are no longer covered. Refused (the
+    computers not known revoked are returned, nothing changes) while any of its compromise clean-ups
+    is unrevoked and not accepted so: (the record, the unrevoked cases)."""
+    record = store.get("incidents", name)
+    if not record:
+        raise Refused(f"no incident {name!r} on record")
+    unsafe = unrevoked(cases_of(store, name), mode)
+    if unsafe:
+        return record, unsafe
+    with store.update("incidents", name) as stored:
+        stored.update(until=now.isoformat(), closed_by=who)
+    log.warning("iemkey: incident %s closed by %s", name, who)
+    return store.get("incidents", name), []
+
+
+def cancel_owed(store, minion, reason, now, who):
+    """An operator closes the rotation owed to ``minion`` without a rotation (``iemkey.owed
+    cancel=True``); its trail moves to bank ``settled`` first, so nothing is lost if this stops half-way."""
+    with store.update("owed", minion) as record:
+        if not record:
+            raise Refused(f"no rotation is owed to {minion!r}")
+        detail = f"cancelled by {who}: {reason}"
+        closed = iemkey_owed.closed(record, "cancelled", detail, now, f"iemkey.owed ({who})")
+        store.put("settled", iemkey_owed.settled_key(closed, now), closed)  # the trail first
+        record.clear()
+    log.warning("iemkey: %s cancelled the rotation owed to %s: %s", who, minion, reason)
+
+
+def retry_owed(store, minion, now, who):
+    """Deliver the rotation owed to ``minion`` again now (``iemkey.owed retry=True``); a ``review`` one
+    starts counting attempts again."""
+    with store.update("owed", minion) as record:
+        if not record:
+            raise Refused(f"no rotation is owed to {minion!r}")
+        record.update(iemkey_owed.retry_now(record, now, f"iemkey.owed ({who})", f"retried by {who}"))

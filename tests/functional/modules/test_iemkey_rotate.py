@@ -164,21 +164,28 @@ def test_rotate_since_skips_a_key_that_is_new_enough(modules, agent):
     assert os.path.isdir(agent.keystorage) and agent.untouched()
 
 
-@pytest.mark.parametrize("step", ["_key_exchange", "_send_rotated", "_write_record_done"])
+@pytest.mark.parametrize("step", ["key_exchange", "_send_rotated", "write_record_done"])
 def test_an_unexpected_error_after_the_delete_fails_the_job_but_keeps_the_rotation(modules, agent, monkeypatch, step):
     module = module_globals(modules.iemkey.rotate)
     old_id = agent.computer_id
-    if step == "_write_record_done":
-        real = module["_write_record"]
 
-        def write(record):
+    def injected(*_args):
+        raise RuntimeError("injected")
+
+    if step == "write_record_done":
+        minion_agent = module["iemkey_agent"].Agent
+        real = minion_agent.write_record
+
+        def write(self, record):
             if record.get("step") == "done":
                 raise OSError(28, "No space left on device")
-            return real(record)
+            return real(self, record)
 
-        monkeypatch.setitem(module, "_write_record", write)
-    else:
-        monkeypatch.setitem(module, step, lambda ret: (_ for _ in ()).throw(RuntimeError("injected")))
+        monkeypatch.setattr(minion_agent, "write_record", write)
+    elif step == "key_exchange":  # a step of the rotation (iemkey_rotation)
+        monkeypatch.setattr(module["iemkey_rotation"], "key_exchange", injected)
+    else:  # the module's own
+        monkeypatch.setitem(module, step, injected)
     ret = modules.iemkey.rotate(wait=20)
     assert ret["rotated"] is True and ret["old_computer_id"] == old_id and ret["removed"]
     assert ret["new_computer_id"] == agent.computer_id != old_id  # the steps after the failed one still ran

@@ -43,18 +43,18 @@ def configure_loader_modules(tmp_path, config):
 
 @pytest.mark.parametrize(("key", "default"), [("command_timeout", 120), ("lock_wait", 300), ("stale_after", 900)])
 def test_the_documented_defaults(config, key, default):
-    assert iemkey._number(key) == default
+    assert iemkey._agent().number(key) == default
     config[key] = "7.5"
-    assert iemkey._number(key) == 7.5
+    assert iemkey._agent().number(key) == 7.5
     config[key] = "soon"
     with pytest.raises(SaltInvocationError) as err:
-        iemkey._number(key)
+        iemkey._agent().number(key)
     assert str(err.value) == f"iemkey:{key} must be a number of seconds, not 'soon'"
 
 
 def test_paths_on_linux_with_nothing_configured(monkeypatch):
     real_exists = os.path.exists  # the vendor's init script is there, as on a SysV-style install
-    monkeypatch.setattr(iemkey.os.path, "exists", lambda p: p == "/etc/init.d/besclient" or real_exists(p))
+    monkeypatch.setattr(os.path, "exists", lambda p: p == "/etc/init.d/besclient" or real_exists(p))
     assert iemkey.paths() == {
         "os": "linux",
         "storage_path": "/var/opt/BESClient",
@@ -98,7 +98,7 @@ def test_paths_on_windows_with_nothing_in_the_registry():
 
 
 def test_the_cache_directory_is_private(tmp_path):
-    path = iemkey._cache_dir()
+    path = iemkey._agent().cache_dir()
     assert path == str(tmp_path / "cache" / "iemkey")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
 
@@ -130,7 +130,7 @@ def test_a_key_file_that_vanishes_while_listed_is_skipped_not_the_rest(tmp_path,
             raise FileNotFoundError(2, "No such file or directory", path)
         return real_lstat(path, *args, **kwargs)
 
-    monkeypatch.setattr(iemkey.os, "lstat", lstat)
+    monkeypatch.setattr(os, "lstat", lstat)
     found = sorted(os.path.basename(path) for path, _mtime in iemkey_storage.key_files(str(keystorage)))
     assert len(gone) == 1 and found == sorted({"a.pvk", "b.crt", "c.crt"} - set(gone))
 
@@ -143,17 +143,17 @@ def test_no_keystorage_no_key_files(tmp_path):
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
 def test_an_unreadable_rotation_record_is_ignored_with_a_warning(caplog, content):
-    path = iemkey._record_path()
+    path = iemkey._agent().record_path()
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(content)
     with caplog.at_level(logging.WARNING):
-        assert iemkey._read_record() is None
+        assert iemkey._agent().read_record() is None
     if content.startswith("{"):
         (record,) = caplog.records
         assert record.getMessage().startswith(f"iemkey: ignoring unreadable rotation record {path}: ")
 
 
 def test_the_record_is_written_whole(tmp_path):
-    iemkey._write_record({"step": "deleted", "keystorage": "/x/KeyStorage"})
-    assert iemkey._read_record() == {"step": "deleted", "keystorage": "/x/KeyStorage"}
-    assert os.listdir(os.path.dirname(iemkey._record_path())) == ["rotation.json"]  # no temp file left
+    iemkey._agent().write_record({"step": "deleted", "keystorage": "/x/KeyStorage"})
+    assert iemkey._agent().read_record() == {"step": "deleted", "keystorage": "/x/KeyStorage"}
+    assert os.listdir(os.path.dirname(iemkey._agent().record_path())) == ["rotation.json"]  # no temp file left

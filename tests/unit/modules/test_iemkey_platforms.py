@@ -6,6 +6,7 @@ its settings (``reg.read_value`` on Windows) or the plist reader (macOS), faked 
 the function boundary; the module itself runs for real.
 """
 
+import os
 import plistlib
 import textwrap
 from unittest.mock import MagicMock, patch
@@ -132,7 +133,7 @@ def test_windows64_reads_wow6432node_first_and_falls_back_to_client_folder(on, r
         "status": "service.status BESClient",
     }
     assert paths["client_binary"].endswith("Program Files (x86)\\BigFix Enterprise\\BES Client\\BESClient.exe")
-    assert iemkey._resolve()["computer_id"] == "1234567"
+    assert iemkey._agent().resolve()["computer_id"] == "1234567"
 
 
 def test_windows64_storage_path_setting_wins_over_client_folder(on, registry):
@@ -147,7 +148,7 @@ def test_windows64_without_registry_uses_the_technote_default(on, registry):
     paths = iemkey.paths()
     assert paths["keystorage"] == "C:\\Program Files (x86)\\BigFix Enterprise\\BES Client\\KeyStorage"
     assert paths["storage_path_source"] == "default"
-    assert iemkey._resolve()["computer_id"] is None
+    assert iemkey._agent().resolve()["computer_id"] is None
 
 
 def test_windows32_reads_only_the_native_key(on, registry, salt_mods):
@@ -156,7 +157,7 @@ def test_windows32_reads_only_the_native_key(on, registry, salt_mods):
     paths = iemkey.paths()
     assert paths["os"] == "windows32"
     assert paths["keystorage"] == "C:\\Program Files\\BigFix Enterprise\\BES Client\\KeyStorage"
-    assert iemkey._resolve()["computer_id"] == "42"
+    assert iemkey._agent().resolve()["computer_id"] == "42"
     queried = {call.args[1] for call in salt_mods["reg.read_value"].call_args_list}
     assert not any("Wow6432Node" in key for key in queried)
 
@@ -187,7 +188,7 @@ def test_macos_reads_the_plist(on, plist_file, fmt):
     storage = "/Library/Application Support/BigFix/BES Agent"
     plist_file.write_bytes(plistlib.dumps({"GlobalOptions": {"StoragePath": storage, "ComputerID": 99}}, fmt=fmt))
     paths = iemkey.paths()
-    assert iemkey._resolve()["computer_id"] == "99"
+    assert iemkey._agent().resolve()["computer_id"] == "99"
     assert paths["keystorage"] == f"{storage}/KeyStorage"
     assert paths["storage_path_source"] == f"setting {plist_file} GlobalOptions:StoragePath"
     script = "/Library/BESAgent/BESAgent.app/Contents/MacOS/BESAgentControlPanel.sh"
@@ -199,7 +200,7 @@ def test_macos_reads_the_plist(on, plist_file, fmt):
 def test_macos_without_plist_uses_the_default(on, plist_file):
     on("macos")
     paths = iemkey.paths()
-    assert iemkey._resolve()["computer_id"] is None
+    assert iemkey._agent().resolve()["computer_id"] is None
     assert paths["keystorage"] == "/Library/Application Support/BigFix/BES Agent/KeyStorage"
     assert paths["storage_path_source"] == "default"
 
@@ -225,14 +226,14 @@ def test_unix_uses_the_vendor_script_and_besclient_config(on, tmp_path, name, sc
     assert paths["storage_path_source"] == f"setting {tmp_path / 'besclient.config'} StoragePath"
     assert paths["control"]["restart"] == f"{script} restart"
     assert paths["control"]["type"] == "script"
-    assert iemkey._resolve()["computer_id"] == "5551212"
+    assert iemkey._agent().resolve()["computer_id"] == "5551212"
 
 
 def test_linux_sysv_uses_the_init_script_when_present(on, tmp_path):
     on("linux")
     write_besclient_config(tmp_path, storage="/var/opt/BESClient", computer_id="1")
-    real_exists = iemkey.os.path.exists
-    with patch.object(iemkey.os.path, "exists", lambda p: p == "/etc/init.d/besclient" or real_exists(p)):
+    real_exists = os.path.exists
+    with patch.object(os.path, "exists", lambda p: p == "/etc/init.d/besclient" or real_exists(p)):
         paths = iemkey.paths()
     assert paths["control"]["type"] == "script"
     assert paths["control"]["restart"] == "/etc/init.d/besclient restart"
@@ -242,8 +243,8 @@ def test_linux_sysv_uses_the_init_script_when_present(on, tmp_path):
 def test_linux_systemd_only_uses_the_service_module(on, tmp_path, salt_mods, config):
     on("linux")
     write_besclient_config(tmp_path, storage=str(tmp_path), computer_id="1")
-    real_exists = iemkey.os.path.exists
-    with patch.object(iemkey.os.path, "exists", lambda p: p != "/etc/init.d/besclient" and real_exists(p)):
+    real_exists = os.path.exists
+    with patch.object(os.path, "exists", lambda p: p != "/etc/init.d/besclient" and real_exists(p)):
         paths = iemkey.paths()
         assert paths["control"]["type"] == "service"
         assert paths["control"]["restart"] == "service.restart besclient"
@@ -263,8 +264,8 @@ def test_linux_without_script_or_unit_reports_the_keys_and_leaves_the_retcode_al
         return False
 
     salt_mods["service.available"].side_effect = available
-    real_exists = iemkey.os.path.exists
-    with patch.object(iemkey.os.path, "exists", lambda p: p != "/etc/init.d/besclient" and real_exists(p)):
+    real_exists = os.path.exists
+    with patch.object(os.path, "exists", lambda p: p != "/etc/init.d/besclient" and real_exists(p)):
         status = iemkey.status()
         assert (status["installed"], status["key_files"], status["computer_id"]) == (True, 1, "4711")
         assert status["agent_running"] is None
@@ -301,14 +302,14 @@ def test_linux_without_config_uses_var_opt_by_default(on, tmp_path):
     paths = iemkey.paths()  # no besclient.config at all: no client installed
     assert paths["keystorage"] == "/var/opt/BESClient/KeyStorage"
     assert paths["storage_path_source"] == "default"
-    assert iemkey._resolve()["computer_id"] is None
+    assert iemkey._agent().resolve()["computer_id"] is None
 
 
 def test_linux_uses_the_technote_path_only_where_a_keystorage_is(on, tmp_path):
     on("linux")
     write_besclient_config(tmp_path, computer_id="1")  # no StoragePath recorded
-    real_isdir = iemkey.os.path.isdir
-    with patch.object(iemkey.os.path, "isdir", lambda p: p == "/etc/opt/BESClient/KeyStorage" or real_isdir(p)):
+    real_isdir = os.path.isdir
+    with patch.object(os.path, "isdir", lambda p: p == "/etc/opt/BESClient/KeyStorage" or real_isdir(p)):
         paths = iemkey.paths()
     assert paths["keystorage"] == "/etc/opt/BESClient/KeyStorage"
     assert paths["storage_path_source"].startswith("default (technote 1670787")
@@ -328,7 +329,7 @@ def test_padded_keys_and_odd_sections_parse_without_a_regex(on, tmp_path):
         """)
     )
     assert iemkey.paths()["keystorage"] == "/var/opt/BESClient/KeyStorage"
-    assert iemkey._resolve()["computer_id"] == "31337"
+    assert iemkey._agent().resolve()["computer_id"] == "31337"
 
 
 def test_malformed_besclient_config_is_a_clear_error(on, tmp_path):

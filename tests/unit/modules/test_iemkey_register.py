@@ -37,11 +37,11 @@ def configure_loader_modules(settings):
 
 def test_a_pillar_password_is_used(settings):
     settings["pillar"]["iemkey:register_password"] = settings["config"]["iemkey:register_password"] = "Pw-1"
-    assert iemkey._register_password() == "Pw-1"
+    assert iemkey._agent().register_password() == "Pw-1"
 
 
 def test_pillar_is_read_unmasked_where_salt_masks_it():
-    iemkey._register_password()
+    iemkey._agent().register_password()
     (call,) = iemkey.__salt__["pillar.get"].call_args_list
     unmask = salt.version.__saltstack_version__.info >= (3008,)
     assert call.kwargs == ({"unmask": True} if unmask else {})  # older lines have no such argument
@@ -51,29 +51,29 @@ def test_pillar_is_read_unmasked_where_salt_masks_it():
 def test_a_plain_password_outside_pillar_is_refused(settings, where):
     settings["config"]["iemkey:register_password"] = "Pw-in-" + where  # config.get finds it, pillar does not
     with pytest.raises(CommandExecutionError, match=r"set outside pillar .* put it in pillar or behind an sdb://"):
-        iemkey._register_password()
+        iemkey._agent().register_password()
 
 
 @pytest.mark.parametrize("source", ["config", "pillar"])
 def test_an_sdb_uri_is_resolved_wherever_it_is(settings, source):
     settings[source]["iemkey:register_password"] = "sdb://vault/bigfix/register"
     settings["sdb"]["sdb://vault/bigfix/register"] = "Pw-from-vault"
-    assert iemkey._register_password() == "Pw-from-vault"
+    assert iemkey._agent().register_password() == "Pw-from-vault"
 
 
 def test_an_sdb_uri_that_does_not_resolve_is_an_error_never_the_password(settings):
     settings["pillar"]["iemkey:register_password"] = "sdb://vault/missing"
     with pytest.raises(CommandExecutionError, match="the sdb:// URI did not resolve to a password"):
-        iemkey._register_password()
+        iemkey._agent().register_password()
 
 
 @pytest.mark.parametrize("bad", ["pässword", "tab\tinside"])
 def test_a_password_a_relay_cannot_take_is_refused(settings, bad):
     settings["pillar"]["iemkey:register_password"] = bad
     with pytest.raises(CommandExecutionError, match="printable ASCII") as err:
-        iemkey._register_password()
+        iemkey._agent().register_password()
     assert bad not in str(err.value)
 
 
 def test_no_password_anywhere_is_none(settings):
-    assert iemkey._register_password() is None
+    assert iemkey._agent().register_password() is None

@@ -4,9 +4,11 @@ and the drive-root refusal: what cannot run here, with Salt's service, cmd and r
 loader-mocked. Each rotation asserts the order the technote needs: stop, then delete, then start.
 """
 
+import os
 import posixpath
 from unittest.mock import MagicMock, patch
 
+import iemkey_agent
 import iemkey_record
 import pytest
 from helpers import load_source
@@ -88,8 +90,8 @@ def _assert_rotated_in_order(ret, calls, service_name, storage):
 def test_systemd_only_linux_stops_the_unit_deletes_then_starts_it(storage, calls, config, tmp_path):
     _grains(kernel="Linux", os_family="RedHat", cpuarch="x86_64")
     config.update(storage_path=str(storage), config_file=str(tmp_path / "none.config"))
-    real_exists = iemkey.os.path.exists
-    with patch.object(iemkey.os.path, "exists", lambda p: p != "/etc/init.d/besclient" and real_exists(p)):
+    real_exists = os.path.exists
+    with patch.object(os.path, "exists", lambda p: p != "/etc/init.d/besclient" and real_exists(p)):
         assert iemkey.paths()["control"]["type"] == "service"
         ret = iemkey.rotate()
     _assert_rotated_in_order(ret, calls, "besclient", storage)
@@ -99,7 +101,7 @@ def test_windows_stops_the_bes_client_service_deletes_then_starts_it(storage, ca
     _grains(kernel="Windows", os_family="Windows", cpuarch="AMD64")
     config.update(storage_path=str(storage))
     # the file work runs on this Linux host: only the path syntax is Windows' on a real minion
-    monkeypatch.setattr(iemkey, "_pathmod", lambda: posixpath)
+    monkeypatch.setattr(iemkey_agent.Agent, "pathmod", lambda _self: posixpath)
     ret = iemkey.rotate()
     _assert_rotated_in_order(ret, calls, "BESClient", storage)
 
@@ -109,7 +111,10 @@ def test_a_service_that_will_not_stop_leaves_keystorage_alone(storage, calls, co
     config.update(storage_path=str(storage))
     iemkey.__salt__["service.stop"] = MagicMock(side_effect=CommandExecutionError("Failed to stop BESClient"))
     refused = "stopping the BigFix agent failed: .*Failed to stop BESClient"
-    with patch.object(iemkey, "_pathmod", lambda: posixpath), pytest.raises(CommandExecutionError, match=refused):
+    with (
+        patch.object(iemkey_agent.Agent, "pathmod", lambda _self: posixpath),
+        pytest.raises(CommandExecutionError, match=refused),
+    ):
         iemkey.rotate()
     assert sorted(p.name for p in (storage / "KeyStorage").iterdir()) == ["ClientCert.crt", "ClientKey.pvk"]
 
@@ -119,7 +124,10 @@ def test_a_service_stop_that_returns_false_leaves_keystorage_alone(storage, call
     _grains(kernel="Windows", os_family="Windows", cpuarch="AMD64")
     config.update(storage_path=str(storage))
     iemkey.__salt__["service.stop"] = MagicMock(return_value=False)
-    with patch.object(iemkey, "_pathmod", lambda: posixpath), pytest.raises(CommandExecutionError) as err:
+    with (
+        patch.object(iemkey_agent.Agent, "pathmod", lambda _self: posixpath),
+        pytest.raises(CommandExecutionError) as err,
+    ):
         iemkey.rotate()
     assert str(err.value) == (
         "stopping the BigFix agent failed: `service.stop BESClient` exited 1; KeyStorage was not touched"
@@ -133,7 +141,10 @@ def test_a_service_start_that_returns_false_after_the_delete_says_the_keys_are_g
     config.update(storage_path=str(storage))
     iemkey.__salt__["service.start"] = MagicMock(return_value=False)
     failed = r"was deleted \(2 files\) but starting the agent failed: `service.start BESClient` exited 1"
-    with patch.object(iemkey, "_pathmod", lambda: posixpath), pytest.raises(CommandExecutionError, match=failed):
+    with (
+        patch.object(iemkey_agent.Agent, "pathmod", lambda _self: posixpath),
+        pytest.raises(CommandExecutionError, match=failed),
+    ):
         iemkey.rotate()
     assert calls == [("stop", "BESClient", True)] and not (storage / "KeyStorage").exists()
 
@@ -168,15 +179,15 @@ def test_windows_locks_with_msvcrt(monkeypatch, config):
     fake = FakeMsvcrt()
     monkeypatch.setattr(iemkey_record, "fcntl", None)
     monkeypatch.setattr(iemkey_record, "msvcrt", fake)
-    with iemkey._rotation_lock():
+    with iemkey._agent().rotation_lock():
         assert fake.calls == [(fake.LK_NBLCK, 1)]
     assert fake.calls == [(fake.LK_NBLCK, 1), (fake.LK_UNLCK, 1)]
     busy = FakeMsvcrt(busy=True)
     monkeypatch.setattr(iemkey_record, "msvcrt", busy)
     config["lock_wait"] = 0.3
-    with pytest.raises(CommandExecutionError) as err, iemkey._rotation_lock():
+    with pytest.raises(CommandExecutionError) as err, iemkey._agent().rotation_lock():
         pass
-    lock = iemkey.os.path.join(iemkey._cache_dir(), "rotate.lock")
+    lock = os.path.join(iemkey._agent().cache_dir(), "rotate.lock")
     assert str(err.value) == (
         f"another iemkey rotation is in progress on this minion (lock {lock} held for 0.3 s, "
         "iemkey:lock_wait); nothing was changed"
@@ -196,5 +207,5 @@ def test_windows_locks_with_msvcrt(monkeypatch, config):
 )
 def test_windows_refuses_drive_roots_and_relative_paths(path, why):
     _grains(kernel="Windows", os_family="Windows", cpuarch="AMD64")
-    assert why in iemkey._unsafe_reason(path, live=False)
-    assert iemkey._unsafe_reason("C:\\Program Files (x86)\\BigFix Enterprise\\BES Client", live=False) is None
+    assert why in iemkey._agent().unsafe_reason(path, live=False)
+    assert iemkey._agent().unsafe_reason("C:\\Program Files (x86)\\BigFix Enterprise\\BES Client", live=False) is None

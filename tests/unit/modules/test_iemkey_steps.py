@@ -10,7 +10,9 @@ import json
 import os
 from unittest.mock import MagicMock
 
+import iemkey_agent
 import iemkey_auth
+import iemkey_rotation
 import pytest
 from helpers import load_source, rsa_key_pair
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -57,7 +59,7 @@ def configure_loader_modules(tmp_path, seen, config, sent):
 
     def verb(name):
         def call(_service):
-            seen.append((name, iemkey._read_record()))
+            seen.append((name, iemkey._agent().read_record()))
             return True
 
         return call
@@ -96,7 +98,7 @@ def configure_loader_modules(tmp_path, seen, config, sent):
 @pytest.fixture(autouse=True)
 def _posix_paths(monkeypatch):
     """The file work runs on this Linux host: only the path syntax is Windows' on a real minion."""
-    monkeypatch.setattr(iemkey, "_pathmod", lambda: os.path)
+    monkeypatch.setattr(iemkey_agent.Agent, "pathmod", lambda _self: os.path)
 
 
 def _keystorage(storage):
@@ -119,7 +121,7 @@ def test_the_record_names_each_step_before_it_is_taken(storage, seen):
             },
         ),
     ]
-    assert iemkey._read_record() == {
+    assert iemkey._agent().read_record() == {
         **before,
         "step": "done",
         "removed": ["ClientCert.crt", "ClientKey.pvk"],
@@ -132,7 +134,7 @@ def test_a_failed_stop_leaves_a_stopping_record_that_the_next_run_does_not_resum
     iemkey.__salt__["service.stop"] = MagicMock(return_value=False)
     with pytest.raises(CommandExecutionError, match="KeyStorage was not touched"):
         iemkey.rotate()
-    assert iemkey._read_record()["step"] == "stopping" and iemkey.status()["pending"] is False
+    assert iemkey._agent().read_record()["step"] == "stopping" and iemkey.status()["pending"] is False
     del iemkey.__salt__["service.stop"]
     iemkey.__salt__["service.stop"] = MagicMock(return_value=True)
     ret = iemkey.rotate()
@@ -147,7 +149,7 @@ def _unlink_fails_for(monkeypatch, *names):
             raise PermissionError(13, "Permission denied", path)
         return real_unlink(path, *args, **kwargs)
 
-    monkeypatch.setattr(iemkey.os, "unlink", unlink)
+    monkeypatch.setattr(os, "unlink", unlink)
 
 
 @pytest.mark.parametrize(
@@ -169,7 +171,7 @@ def test_a_delete_that_fails_part_way_records_what_went_and_starts_the_agent(
         f"could not delete all of {_keystorage(storage)}: removed ['ClientCert.crt']; "
         f"not removed ClientKey.pvk (Permission denied); {restarted}"
     )
-    assert iemkey._read_record() == {
+    assert iemkey._agent().read_record() == {
         "keystorage": _keystorage(storage),
         "old_computer_id": "1001",
         "step": "failed",
@@ -281,7 +283,9 @@ def test_the_rotated_event_carries_the_rotation_signed(storage, sent):
 
 def test_the_rotated_event_names_the_new_computer_when_rotate_waited_for_it(storage, sent, monkeypatch):
     monkeypatch.setattr(
-        iemkey, "_wait_for_new_key", lambda *_a: {"new_computer_id": "2002", "key_created": "2026-11-27T10:00:00+00:00"}
+        iemkey_rotation,
+        "wait_for_new_key",
+        lambda *_a: {"new_computer_id": "2002", "key_created": "2026-11-27T10:00:00+00:00"},
     )
     ret = iemkey.rotate(wait=5)
     ((tag, data),) = sent
@@ -354,7 +358,9 @@ def test_check_of_a_keyless_agent_long_after_a_rotation_is_stale(storage, config
     for path in (storage / "KeyStorage").iterdir():
         path.unlink()
     (storage / "KeyStorage").rmdir()
-    iemkey._write_record({"step": "done", "keystorage": _keystorage(storage), "rotated_at": rotated.isoformat()})
+    iemkey._agent().write_record(
+        {"step": "done", "keystorage": _keystorage(storage), "rotated_at": rotated.isoformat()}
+    )
     ret = iemkey.check("2026-11-20T08:00:00Z")
     assert (ret["compliant"], ret["basis"], ret["key_time"], ret["stale"]) == (
         True,
@@ -424,15 +430,15 @@ def test_check_asks_whether_the_agent_runs_unless_told_not_to(storage):
 # -- _control through the service module, and test mode ---------------------------------------------
 def test_a_service_call_that_raises_is_a_failed_command():
     iemkey.__salt__["service.stop"] = MagicMock(side_effect=CommandExecutionError("Access is denied"))
-    control = iemkey._resolve()["control"]
-    assert iemkey._control("stop", control) == {
+    control = iemkey._agent().resolve()["control"]
+    assert iemkey._agent().control("stop", control) == {
         "command": "service.stop BESClient",
         "retcode": 1,
         "stdout": "",
         "stderr": "Access is denied",
     }
     iemkey.__salt__["service.stop"] = MagicMock(return_value=False)
-    assert iemkey._control("stop", control) == {
+    assert iemkey._agent().control("stop", control) == {
         "command": "service.stop BESClient",
         "retcode": 1,
         "stdout": "",
@@ -451,7 +457,7 @@ def test_test_mode_plans_without_touching_anything(storage, seen):
         "would_run": ["service.stop BESClient", f"delete {_keystorage(storage)}", "service.start BESClient"],
         "comment": "rotate the key",
     }
-    assert seen == [] and iemkey._read_record() is None
+    assert seen == [] and iemkey._agent().read_record() is None
     assert iemkey.rotate(__pub_test=True)["test"] is True and seen == []
 
 
@@ -498,7 +504,7 @@ def interrupted(storage):
     for name in record["removed"]:
         os.unlink(os.path.join(record["keystorage"], name))
     os.rmdir(record["keystorage"])
-    iemkey._write_record(record)
+    iemkey._agent().write_record(record)
     return record
 
 
@@ -528,7 +534,7 @@ def test_an_interrupted_rotation_is_finished_with_its_own_facts(storage, seen, i
     }
     said = f"iemkey: finishing the rotation interrupted after deleting {_keystorage(storage)}"
     assert said in [record.getMessage() for record in caplog.records]
-    assert iemkey._read_record() == {
+    assert iemkey._agent().read_record() == {
         "step": "done",
         "keystorage": _keystorage(storage),
         "old_computer_id": "1001",
@@ -549,32 +555,32 @@ def test_an_agent_that_does_not_run_after_its_start_fails_the_job_and_says_how_t
 
 
 @pytest.mark.parametrize(
-    ("helper", "step"),
+    ("owner", "helper", "step"),
     [
-        ("_write_record", "recording the rotation"),
-        ("_key_exchange", "the manual key exchange"),
-        ("_await_new_key", "waiting for the new key"),
+        (iemkey_agent.Agent, "write_record", "recording the rotation"),
+        (iemkey_rotation, "key_exchange", "the manual key exchange"),
+        (iemkey_rotation, "await_new_key", "waiting for the new key"),
     ],
 )
-def test_each_step_after_the_delete_is_named_when_it_fails(storage, monkeypatch, helper, step):
-    real_write = iemkey._write_record
+def test_each_step_after_the_delete_is_named_when_it_fails(storage, monkeypatch, owner, helper, step):
+    real_write = iemkey_agent.Agent.write_record
 
     def boom(*args):
-        if helper != "_write_record" or args[0].get("step") == "done":
+        if helper != "write_record" or args[-1].get("step") == "done":
             raise RuntimeError("boom")
         return real_write(*args)
 
-    monkeypatch.setattr(iemkey, helper, boom)
+    monkeypatch.setattr(owner, helper, boom)
     ret = iemkey.rotate(wait=1)
     assert ret["rotated"] is True and ret["errors"][0] == f"{step} failed after the rotation: RuntimeError: boom"
     # this stand-in makes no new key: a wait that ends without one is an error of its own
-    assert len(ret["errors"]) == (1 if helper == "_await_new_key" else 2)
+    assert len(ret["errors"]) == (1 if helper == "await_new_key" else 2)
 
 
 # -- an owed rotation: only iemkey's own rotation after since counts; it is then reported again --------
 def _record(storage, rotated_at, step="done"):
     record = {"step": step, "keystorage": _keystorage(storage), "old_computer_id": "999", "rotated_at": rotated_at}
-    iemkey._write_record(record)
+    iemkey._agent().write_record(record)
     return record
 
 
@@ -632,7 +638,7 @@ def test_what_is_not_an_iemkey_rotation_after_since_is_rotated_for_an_owed_rotat
         for path in (storage / "KeyStorage").iterdir():
             os.utime(path, (rotated_at.timestamp() - 3, rotated_at.timestamp() - 3))
     if case == "another_keystorage":
-        iemkey._write_record({**record, "keystorage": "/elsewhere/KeyStorage"})
+        iemkey._agent().write_record({**record, "keystorage": "/elsewhere/KeyStorage"})
     assert iemkey.check(since.isoformat(), probe_agent=False, owed=True)["compliant"] is False
     assert iemkey.rotate(since=since.isoformat(), owed=True)["rotated"] is True
 
