@@ -34,6 +34,9 @@ revocation, and the audit trail.
               enabled: true      # keep a server based computer group of the computers to revoke
               site: master       # the master action site
               property_id: null  # the reserved ID property's id; looked up when unset
+          coverage:
+            active_days: 30      # agents outside Salt: computers that reported within this many days
+            outside_salt: incident  # they fail the report: incident (while one is open), fail, warn, off
           store:
             driver: local        # where the master keeps its state (<cachedir>/iemkey)
 
@@ -49,7 +52,6 @@ import getpass
 import logging
 import os
 import re
-import time
 
 import salt.client
 import salt.utils.data
@@ -62,6 +64,7 @@ try:  # _utils/, synced with saltutil.sync_all (formula install)
     import iemkey_cleanup
     import iemkey_config
     import iemkey_console
+    import iemkey_coverage
     import iemkey_delivery
     import iemkey_engine
     import iemkey_incidents
@@ -76,6 +79,7 @@ except ImportError:
             iemkey_cleanup,
             iemkey_config,
             iemkey_console,
+            iemkey_coverage,
             iemkey_delivery,
             iemkey_engine,
             iemkey_incidents,
@@ -111,14 +115,10 @@ def __virtual__():
             False,
             "iemkey runner: its utility modules (_utils/iemkey_*.py) are missing: run salt-run saltutil.sync_all",
         )
-    _warn_unresolved_hook_secret()
-    return __virtualname__
-
-
-def _warn_unresolved_hook_secret():
-    """Said once per process when the master (its engine, its scheduler) loads this runner, not first
-    when a SIEM's webhook is refused."""
+    # said once per process when the master (its engine, its scheduler) loads this runner, not first
+    # when a SIEM's webhook is refused
     iemkey_config.warn_unresolved_hook_secret(__opts__, _WARNED)
+    return __virtualname__
 
 
 def _fail(ret, message):
@@ -129,8 +129,7 @@ def _fail(ret, message):
 
 
 def _ok(ret):
-    ret["retcode"] = 0
-    __context__["retcode"] = 0
+    ret["retcode"] = __context__["retcode"] = 0
     return ret
 
 
@@ -153,29 +152,18 @@ def _store():
     store = __context__.get("iemkey.store")
     if store is None:
         store = iemkey_store.from_opts(__opts__, resolve=_resolve)
-        _import_legacy(store)
+        iemkey_console.import_legacy(store, os.path.join(__opts__["cachedir"], "iemkey", "cleanup.json"), _now())
         __context__["iemkey.store"] = store
     return store
-
-
-def _import_legacy(store):
-    iemkey_console.import_legacy(store, os.path.join(__opts__["cachedir"], "iemkey", "cleanup.json"), _now())
 
 
 def _reactions():
     return iemkey_react.Reactions(__opts__, _store(), resolve=_resolve, now=_now)
 
 
-MASTER_OF_MASTERS = (
-    "this master is a master of masters (order_masters): its key registry holds only its syndics, so it "
-    "cannot tell which minions a target matches, nor decide their clean-ups; run iemkey's runner (and "
-    "engine) on the masters that accepted the minions, the syndics' masters (README: Several masters)"
-)
-
-
 def _targets(tgt, tgt_type):
     if __opts__.get("order_masters"):
-        raise SaltInvocationError(MASTER_OF_MASTERS)
+        raise SaltInvocationError(iemkey_config.MASTER_OF_MASTERS)
     return sorted(salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type)["minions"])
 
 
@@ -199,24 +187,8 @@ def targets(tgt="*", tgt_type="glob"):
 
 # -- report -----------------------------------------------------------------------------
 def _gather(tgt, tgt_type, since, timeout):
-    """Every answer to ``iemkey.check`` that arrives within ``timeout`` seconds in all."""
-    answers = {}
-    deadline = time.monotonic() + timeout
     with salt.client.get_local_client(mopts=__opts__) as client:
-        for reply in client.cmd_iter_no_block(
-            tgt, "iemkey.check", [since], tgt_type=tgt_type, timeout=timeout, full_return=True
-        ):
-            if reply:
-                answers.update(reply)
-            if time.monotonic() >= deadline:
-                break
-            if not reply:
-                time.sleep(0.05)
-    return answers
-
-
-def _open_cases():
-    return iemkey_report.open_cases(_store())
+        return iemkey_report.gather(client, tgt, tgt_type, since, timeout)
 
 
 def _revocation():
@@ -227,7 +199,7 @@ def _owed_of(minions=None):
     return iemkey_report.owed_of(_store(), minions)
 
 
-def report(since=None, tgt="*", tgt_type="glob", timeout=None):
+def report(since=None, tgt="*", tgt_type="glob", timeout=None, outside=None):
     """
     Fleet compliance, a gate for pipelines: which agents have a key made at or after
     ``since``, which do not, which minions have no agent or did not answer; the
@@ -250,6 +222,13 @@ def report(since=None, tgt="*", tgt_type="glob", timeout=None):
         Seconds to wait for the answers, in all (default: the master's ``timeout``).
         A minion that has not answered by then is unreachable.
 
+    outside
+        List the BigFix computers no minion covers (``outside_salt``: agents outside
+        Salt, ``iemkey_coverage``). Default: when ``iemkey:api`` is configured and the
+        target is the whole fleet; ``False`` never, ``True`` always. Whether they fail
+        the report is ``iemkey:coverage:outside_salt`` (default: while an incident is
+        open or a rotation owed); so does a BigFix that cannot be asked, then.
+
     CLI Example:
 
     .. code-block:: bash
@@ -258,12 +237,13 @@ def report(since=None, tgt="*", tgt_type="glob", timeout=None):
         salt-run iemkey.report since=2026-11-20T08:00:00Z tgt='web*' --out=json
     """
     try:
-        return _report(since, tgt, tgt_type, timeout)
+        outside = None if outside in (None, "") else iemkey_time.boolean("outside", outside)
+        return _report(since, tgt, tgt_type, timeout, outside)
     except _ERRORS as exc:
         return _fail({"since": str(since), "tgt": tgt, "tgt_type": tgt_type}, str(exc))
 
 
-def _report(since, tgt, tgt_type, timeout):
+def _report(since, tgt, tgt_type, timeout, outside):
     if since in (None, ""):
         raise SaltInvocationError("report needs since, e.g. since=2026-11-20T08:00:00Z")
     since = iemkey_time.parse_time(since).isoformat()  # once, before the fleet is asked
@@ -279,12 +259,35 @@ def _report(since, tgt, tgt_type, timeout):
     answers = _gather(tgt, tgt_type, since, timeout)
     ret, required = iemkey_report.tally(since, answers, expected, timeout)
     ret["owed"] = _owed_of(None if tgt == "*" and tgt_type == "glob" else expected)
-    cases = _open_cases()
+    cases = iemkey_report.open_cases(_store())
     ret["cleanup"] = {status: [iemkey_cleanup.public(c) for c in listed] for status, listed in cases.items()}
     ret["revocation"] = _revocation()
-    ret = iemkey_report.verdict(ret, cases, required)
+    outside_failing = _outside_salt(ret, tgt == "*" and tgt_type == "glob", outside)
+    ret = iemkey_report.verdict(ret, cases, required, outside_failing)
     __context__["retcode"] = ret["retcode"]
     return ret
+
+
+def _outside_salt(ret, whole_fleet, asked):
+    """The report's ``outside_salt`` (``iemkey_coverage``), when asked for; whether it fails the report."""
+    try:
+        conf = iemkey_coverage.settings(iemkey_config.section(__opts__, "coverage"))
+    except ValueError as exc:
+        raise iemkey_config.Misconfigured(str(exc)) from None
+    if not iemkey_coverage.wanted(conf["outside_salt"], asked, whole_fleet, iemkey_config.section(__opts__, "api")):
+        return False
+    store = _store()
+    try:
+        with iemkey_bigfix.session(_api_settings()) as client:
+            cases, operator = store.all("cases").values(), client.master_operator()
+            found = iemkey_coverage.survey(client, conf, ret["minions"], cases, operator)
+    except (iemkey_bigfix.ApiError, iemkey_bigfix.ConfigError) as exc:
+        found = {"error": f"BigFix could not be asked for the computers outside Salt: {exc}"}
+    incidents = iemkey_coverage.open_incidents(store.all("incidents"), ret["owed"])
+    # salt-run's text output shows the first few; --out=json (and salt-api, which selects none) all
+    text = __opts__.get("selected_output_option", "json") in (None, "nested", "txt")
+    ret["outside_salt"] = iemkey_coverage.shown(found, conf["list"]) if text else found
+    return iemkey_coverage.failing(found, conf["outside_salt"], incidents)
 
 
 # -- BigFix REST API ------------------------------------------------------------------------
@@ -329,14 +332,12 @@ def remove_computers(computer_ids, force=False):
 
 
 def _remove(computer_ids, force):
-    if not isinstance(computer_ids, (list, tuple)):
-        computer_ids = [computer_ids]
-    ids = [str(c).strip() for c in computer_ids]
-    bad = [c for c in ids if not COMPUTER_ID.fullmatch(c)]
-    if bad or not ids:
-        raise SaltInvocationError(f"computer IDs are numbers, not {bad or computer_ids!r}; nothing was sent")
+    try:
+        ids = iemkey_console.computer_ids(computer_ids)
+    except ValueError as exc:
+        raise SaltInvocationError(str(exc)) from None
     store = _store()
-    to_revoke = sorted({c["old_computer_id"] for c in _open_cases()["revoke"]} & set(ids), key=int)
+    to_revoke = sorted({c["old_computer_id"] for c in iemkey_report.open_cases(_store())["revoke"]} & set(ids), key=int)
     if to_revoke and not force:
         return _fail(
             {"result": False, "to_revoke": to_revoke},
@@ -429,7 +430,7 @@ def cleanup(dismiss=_UNSET, test=False):
                 raise SaltInvocationError(f"dismiss takes a computer ID (digits), not {dismiss!r}; nothing was done")
             return _dismiss(_store(), computer_id)
         outcomes = _cleanup_pass(test=test)
-        cases = _open_cases()
+        cases = iemkey_report.open_cases(_store())
     except _ERRORS as exc:
         return _fail({}, str(exc))
     ret = iemkey_report.cleanup_outcome(outcomes, cases, test)

@@ -50,8 +50,15 @@ BATCH = (
     '(agent type of it | "<none>")) of bes computers whose (id of it is contained by set of ({ids}))'
 )
 CHUNK = 200  # IDs per query
-# The reserved "ID" property's id, for a server based group's membership rule (inferred).
-ID_PROPERTY_RELEVANCE = '(item 2 of id of it) of bes properties whose (reserved flag of it and name of it = "ID")'
+# Every computer that reported within some days, read in parts: first how many there are, then the
+# residue classes of their IDs (``(id of it) mod n = k``), so that no answer holds more than about
+# ``iemkey:coverage:chunk`` computers, whatever the fleet's size (session relevance has no paging).
+REPORTED = "(exists last report time of it) and (last report time of it > now - {days} * day)"
+FLEET_COUNT = "number of bes computers whose (" + REPORTED + ")"
+FLEET_PART = (
+    '(id of it, (name of it | "<none>"), (last report time of it as string | "<none>"), '
+    '(agent type of it | "<none>")) of bes computers whose (((id of it) mod {parts} = {part}) and ' + REPORTED + ")"
+)
 
 
 class ApiError(Exception):
@@ -246,6 +253,34 @@ def parse_batch(answers, asked):
     return found
 
 
+def parse_part(answer, parts, part):
+    """One answer to ``FLEET_PART``: a ``Computer``; ApiError for an answer that is not of that form, or
+    whose ID is not of the part asked for."""
+    if not isinstance(answer, (list, tuple)) or len(answer) != 4:
+        raise ApiError("POST /api/query answered something else than (id, name, last report, agent type)")
+    computer_id, name, last_report, agent_type = (str(item).strip() for item in answer)
+    if not COMPUTER_ID.fullmatch(computer_id) or int(computer_id) % parts != part:
+        raise ApiError(f"POST /api/query answered computer {computer_id[:20]!r}, which is not of the part asked for")
+    return Computer(
+        id=computer_id,
+        name=None if name == "<none>" else value(name),
+        last_report=None if last_report == "<none>" else report_time(last_report),
+        agent_type=None if agent_type == "<none>" else value(agent_type),
+    )
+
+
+def parse_properties(content, what):
+    """``GET /api/properties``: (name, id, reserved) of each property listed with a numeric ID."""
+    found = []
+    for item in _xml(content, what):
+        if item.tag != "Property":
+            continue
+        name, pid = (item.findtext("Name") or "").strip(), (item.findtext("ID") or "").strip()
+        if pid.isdigit():
+            found.append((name, int(pid), (item.findtext("IsReserved") or "").strip().lower() in ("true", "1")))
+    return found
+
+
 def parse_master_operator(content, name):
     """``GET /api/operator/{name}``: whether that operator is a master operator."""
     root = _xml(content, f"GET /api/operator/{name}")
@@ -383,6 +418,26 @@ class Client:
             found.update(parse_batch(answers, set(chunk)))
         return found
 
+    def fleet(self, days, chunk):
+        """Every computer this operator sees that reported within ``days`` days, as ``Computer``s, read
+        in ``ceil(count / chunk)`` queries (one more for the count): (the number BigFix counted, the
+        number of parts, an iterator over the computers, one part's answer in memory at a time). A
+        relevance error, an answer that is no such tuple, or a computer of another part: ApiError."""
+        days, chunk = int(days), max(1, int(chunk))
+        answers = self.query(FLEET_COUNT.format(days=days))
+        if len(answers) != 1 or not str(answers[0]).strip().isdigit():
+            raise ApiError("POST /api/query answered something else than a number of computers")
+        count = int(str(answers[0]).strip())
+        parts = max(1, -(-count // chunk))
+
+        def computers():
+            for part in range(parts):
+                relevance = FLEET_PART.format(parts=parts, part=part, days=days)
+                for answer in self.query(relevance):
+                    yield parse_part(answer, parts, part)
+
+        return count, parts, computers()
+
     def delete(self, computer_id):
         """``DELETE /api/computer/{id}``: ``deleted`` for BigFix's own success reply (HTTP 200 ``ok``),
         ``not found`` for 404; ApiError for any other answer (an HTTP 200 that is not ``ok`` included)."""
@@ -423,15 +478,24 @@ class Client:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def id_property(self):
-        """The id of the reserved ``ID`` property (for a group's membership rules)."""
-        answers = self.query(ID_PROPERTY_RELEVANCE)
-        ids = {str(a).strip() for a in answers if str(a).strip().isdigit()}
+        """The id of the reserved ``ID`` property (for a group's membership rules), from ``GET
+        /api/properties`` (each property's ``Name``, ``ID`` and ``IsReserved``): an analysis property
+        an operator named "ID" too is not it."""
+        path = "/api/properties"
+        response = self.call("GET", path)
+        if response.status_code == 404:
+            raise ApiError(f"HTTP 404 from GET {path}", 404)
+        ids = {
+            pid
+            for name, pid, reserved in parse_properties(response.content, f"GET {path}")
+            if name == "ID" and reserved
+        }
         if len(ids) != 1:
             raise ApiError(
-                f"the BigFix server names {len(ids)} reserved 'ID' properties; set "
+                f"GET {path} lists {len(ids)} reserved 'ID' properties; set "
                 "iemkey:cleanup:revoke_group:property_id in the master config"
             )
-        return int(ids.pop())
+        return ids.pop()
 
     def group_id(self, site, name):
         """The id of the computer group ``name`` in ``site`` (e.g. ``master``), or None."""
@@ -448,7 +512,7 @@ class Client:
         if group_id:
             response = self.call("PUT", path, data=body)
             if response.status_code == 404:
-                raise ApiError(f"HTTP 404 from PUT {path}")
+                raise ApiError(f"HTTP 404 from PUT {path}", 404)
             return str(group_id)
         response = self.call("POST", path, data=body)
         if response.status_code == 404:
@@ -462,10 +526,19 @@ class Client:
         """Remove a computer group (not a computer): when no computer is left to revoke."""
         self.call("DELETE", f"/api/computergroup/{site}/{group_id}", expect=(200, 202, 204))
 
+    def refresh_group(self, site, group_id):
+        """Have BigFix evaluate a server based group's membership now (``POST
+        .../computergroup/{site}/{id}/refresh``): it does so on the group's refresh interval otherwise,
+        and a group just saved shows its old members until then."""
+        path = f"/api/computergroup/{site}/{group_id}/refresh"
+        response = self.call("POST", path, expect=(200, 202, 204))
+        if response.status_code == 404:
+            raise ApiError(f"HTTP 404 from POST {path}", 404)
+
     def group_members(self, site, group_id):
         """The computer IDs BigFix counts as members of the group now."""
         path = f"/api/computergroup/{site}/{group_id}/computers"
         response = self.call("GET", path)
         if response.status_code == 404:
-            raise ApiError(f"HTTP 404 from GET {path}")
+            raise ApiError(f"HTTP 404 from GET {path}", 404)
         return parse_members(response.content, f"GET {path}")

@@ -26,6 +26,11 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 
+MASTER_OF_MASTERS = (
+    "this master is a master of masters (order_masters): its key registry holds only its syndics, so it "
+    "cannot tell which minions a target matches, nor decide their clean-ups; run iemkey's runner (and "
+    "engine) on the masters that accepted the minions, the syndics' masters (README: Several masters)"
+)
 REACTOR = {"rate": 10, "max_age": 300, "max_skew": 60, "cooldown": 300}
 SECTIONS = {"reactor": REACTOR, "cleanup": iemkey_cleanup.DEFAULTS}
 

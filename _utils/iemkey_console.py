@@ -233,17 +233,22 @@ class Pass:
             ret["groups"][incident] = {k: group.get(k) for k in ("name", "id", "members", "seen", "matches")}
 
     def saved_members(self, client, site, name, members, group):
-        """Save the group when its members changed (or it has no id), then read its members back; a
-        group BigFix no longer has (404) is made again, once."""
+        """Save the group when its members changed (or it has no id), have BigFix evaluate it (after a
+        save, or while the last read did not match), then read its members back; a group BigFix no
+        longer has (404) is made again, once."""
         for attempt in (1, 2):
-            if members != group.get("members") or not group.get("id"):
-                property_id = group_settings(self.opts).get("property_id") or self.cache.get("id_property")
-                if not property_id:
-                    property_id = self.cache["id_property"] = client.id_property()
-                group_id = group.get("id") or client.group_id(site, name)
-                group_id = client.save_group(site, name, members, property_id, group_id)
-                group.update(id=group_id, name=name, members=members, saved=self.now().isoformat())
             try:
+                saved = False
+                if members != group.get("members") or not group.get("id"):
+                    property_id = group_settings(self.opts).get("property_id") or self.cache.get("id_property")
+                    if not property_id:
+                        property_id = self.cache["id_property"] = client.id_property()
+                    group_id = group.get("id") or client.group_id(site, name)
+                    group_id = client.save_group(site, name, members, property_id, group_id)
+                    group.update(id=group_id, name=name, members=members, saved=self.now().isoformat())
+                    saved = True
+                if saved or not group.get("matches"):
+                    client.refresh_group(site, group["id"])
                 return client.group_members(site, group["id"])
             except iemkey_bigfix.ApiError as exc:
                 if exc.status != 404 or attempt == 2:
@@ -251,7 +256,7 @@ class Pass:
                 log.warning(
                     "iemkey cleanup: BigFix has no revocation group %r (id %s) any more: making it again",
                     name,
-                    group["id"],
+                    group.get("id"),
                 )
                 group.pop("id", None)
                 group.pop("members", None)
@@ -364,6 +369,17 @@ def log_outcome(action, case):
 
 
 # -- an operator's explicit actions: remove computers, dismiss a clean-up ---------------------------
+def computer_ids(given):
+    """The computer IDs an operator named (one, or a list), as strings; ValueError when any is not one
+    (then nothing may be sent)."""
+    given = list(given) if isinstance(given, (list, tuple)) else [given]
+    ids = [str(c).strip() for c in given]
+    bad = [c for c in ids if not COMPUTER_ID.fullmatch(c)]
+    if bad or not ids:
+        raise ValueError(f"computer IDs are numbers, not {bad or given!r}; nothing was sent")
+    return ids
+
+
 def remove(client, computer_ids, store, now):
     """DELETE each computer (``iemkey.remove_computers``): one outcome per computer, ``result`` True
     only on BigFix's own success reply or a master operator's 404; the open clean-ups of the computers

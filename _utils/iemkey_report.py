@@ -6,6 +6,8 @@ the operator must still do about stolen keys (``revocation``); the summary line 
 Pure: the runner passes the store, the answers and the settings in, and sets Salt's retcode.
 """
 
+import time
+
 try:  # _utils/, synced with saltutil.sync_all (formula install)
     import iemkey_cleanup
     import iemkey_incidents
@@ -16,6 +18,23 @@ except ImportError:  # pip install (Salt extension)
 # what the report shows of each minion's iemkey.check answer, and of its status
 CHECK_KEYS = ("compliant", "basis", "key_time", "stale", "reason", "no_agent")
 STATUS_KEYS = ("computer_id", "last_rotated", "agent_running", "pending")
+
+
+def gather(client, tgt, tgt_type, since, timeout):
+    """Every answer to ``iemkey.check since`` that arrives within ``timeout`` seconds in all, from
+    Salt's ``LocalClient`` (``client``): {minion: full return}."""
+    answers = {}
+    deadline = time.monotonic() + timeout
+    for reply in client.cmd_iter_no_block(
+        tgt, "iemkey.check", [since], tgt_type=tgt_type, timeout=timeout, full_return=True
+    ):
+        if reply:
+            answers.update(reply)
+        if time.monotonic() >= deadline:
+            break
+        if not reply:
+            time.sleep(0.05)
+    return answers
 
 
 def tally(since, answers, expected, timeout):
@@ -112,11 +131,14 @@ def _revocation_entry(incident, cases, group, mode):
     return entry
 
 
-def verdict(ret, cases, required):
+def verdict(ret, cases, required, outside_failing=False):
     """The report's summary and exit code (``retcode``): red for any minion noncompliant, unreachable,
-    erring or required to have an agent it lacks, any rotation owed, any stolen key not known revoked."""
+    erring or required to have an agent it lacks, any rotation owed, any stolen key not known revoked,
+    and agents outside Salt where ``iemkey:coverage:outside_salt`` says they fail it
+    (``outside_failing``)."""
     unsafe = {i: r for i, r in ret["revocation"].items() if r["computers"] or r["left_console"] or r["unrevoked"]}
     failing = ret["noncompliant"] + ret["unreachable"] + ret["errors"] + required + ret["owed"] + list(unsafe)
+    failing += ["outside_salt"] if outside_failing else []
     c = {k: len(v) for k, v in cases.items()}
     ret["summary"] = (
         f"keys since {ret['since']}: {len(ret['compliant'])} compliant, {len(ret['noncompliant'])} noncompliant, "
@@ -130,6 +152,12 @@ def verdict(ret, cases, required):
         ret["summary"] += f" (owed: {', '.join(states)}: see owed)"
     if unsafe:
         ret["summary"] += f"; stolen keys not known revoked in {', '.join(unsafe)}: see revocation"
+    outside = ret.get("outside_salt")
+    if outside and outside.get("error"):
+        ret["summary"] += "; agents outside Salt: unknown (see outside_salt)"
+    elif outside:
+        scope = "" if outside["complete"] else " in the API user's scope"
+        ret["summary"] += f"; {outside['count']} BigFix computers{scope} outside Salt (see outside_salt)"
     waiting = sum("max_deletes" in (c.get("detail") or "") for c in cases["pending"])
     if waiting:
         ret["summary"] += f"; {waiting} confirmed duplicates wait for the next pass (iemkey:cleanup:max_deletes)"

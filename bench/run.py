@@ -293,7 +293,7 @@ def bench_scale(top):
 
 
 def main():
-    parts = os.environ.get("BENCH_PARTS", "minion scale").split()
+    parts = os.environ.get("BENCH_PARTS", "minion scale fleet").split()
     with tempfile.TemporaryDirectory(prefix="iemkey-bench-") as tmp:
         top = pathlib.Path(tmp)
         print(f"benchmarking with {REPS} repetitions under {top}", flush=True)
@@ -302,6 +302,10 @@ def main():
             import store
 
             scaled += ["", *store.run()]
+        if "fleet" in parts:  # reading a large BigFix fleet for the agents outside Salt
+            import fleet
+
+            scaled += ["", *fleet.run()]
         if "minion" not in parts:  # a partial run (BENCH_PARTS=scale): bench/out/, not RESULTS.md
             text = "\n".join([f"Machine: {machine()}.", "", *scaled])
             print("\n" + text)

@@ -22,12 +22,24 @@ sources: developer.bigfix.com ``rest-api/api/*`` and ``rest-api/examples/get-com
 - ``POST /api/query`` (``relevance``, ``output=json|xml``): the session relevance iemkey sends
   (the reserved ID property's id; the (id, name, last report time, agent type) tuples of a set of
   computer IDs, over the computers this operator sees, ``<none>`` for what a computer has not
-  reported); anything else, or everything while ``relevance_error`` is set, is a relevance error
-  answered with HTTP 200 (``{"error": ...}`` / ``<Error>``).
+  reported; the number of computers that reported within some days, and the tuples of those whose
+  ID is in one residue class, ``(id of it) mod n = k``); anything else, or everything while
+  ``relevance_error`` is set, is a relevance error answered with HTTP 200 (``{"error": ...}`` /
+  ``<Error>``). A JSON answer is one document (no paging), as real servers send it.
+- ``others``: computers no agent of the test runs (an appliance, a DMZ host, another team's server),
+  registered and reporting as the server's own records say.
 - Server based computer groups in the master action site: ``GET|POST /api/computergroups/master``,
   ``PUT|DELETE /api/computergroup/master/{id}``, ``GET /api/computergroup/master/{id}/computers``
   (members evaluated from the group's rules over the properties the server holds, computers that
-  no longer report included; a group without rules is refused with 400).
+  no longer report included, as real servers do it: on the group's ``RefreshInterval``, default 15
+  minutes, or at ``POST /api/computergroup/master/{id}/refresh``; a group just created or changed
+  shows its old members until then; a group without rules is refused with 400).
+- ``GET /api/properties``: each property's ``Name``, ``ID`` and ``IsReserved``; the reserved ``ID``
+  property, and an analysis property an operator also named ``ID``.
+- Every document it takes (a group) and every XML reply it gives is checked against the vendor's
+  BESAPI.xsd (``besapi``): a document the schema does not allow is answered 400, as a real server
+  does; a reply of its own that breaks it is a 500 naming why, so that a test sees it
+  (``check_schema = False`` skips both, for the benchmark's large fleets).
 - ``revoke(id)`` is the console operator's Revoke Certificate: the computer leaves the console.
 - HTTP Basic auth: anything else is 401. ``down = True`` answers 503 to everything;
   ``latency`` seconds pass before each answer.
@@ -44,13 +56,17 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
+import besapi
 from werkzeug import Request, Response
 
 ROUTE = re.compile(r"^/api/.*$")
 PDT = datetime.timezone(datetime.timedelta(hours=-7))  # client-reported dates keep the client's own offset
 ID_PROPERTY = 27  # the id this server gives its reserved "ID" property
 PROPERTY_NAMES = {ID_PROPERTY: "ID", 1: "Computer Name", 2: "OS"}
-ID_PROPERTY_RELEVANCE = '(item 2 of id of it) of bes properties whose (reserved flag of it and name of it = "ID")'
+# GET /api/properties: (id, name, reserved); an analysis property named "ID" too, as operators make them
+PROPERTIES = ((1, "Computer Name", True), (2, "OS", True), (ID_PROPERTY, "ID", True), (3101, "ID", False))
+EVALUATION = "<Evaluation><Time>0.302ms</Time><Plurality>%s</Plurality></Evaluation>"
+REFRESH_INTERVAL = 900  # seconds: a server based group's membership is evaluated this often (PT15M)
 # the tuples of many computers iemkey asks for; the properties a computer has not reported are "<none>"
 BATCH_RELEVANCE = re.compile(
     re.escape(
@@ -58,6 +74,18 @@ BATCH_RELEVANCE = re.compile(
         '(agent type of it | "<none>")) of bes computers whose (id of it is contained by set of ('
     )
     + r"([0-9;]+)\)\)"
+)
+# every computer that reported within some days, in residue classes of their IDs
+REPORTED = r"\(exists last report time of it\) and \(last report time of it > now - ([0-9]+) \* day\)"
+FLEET_COUNT_RELEVANCE = re.compile(r"number of bes computers whose \(" + REPORTED + r"\)")
+FLEET_PART_RELEVANCE = re.compile(
+    re.escape(
+        '(id of it, (name of it | "<none>"), (last report time of it as string | "<none>"), '
+        '(agent type of it | "<none>")) of bes computers whose (((id of it) mod '
+    )
+    + r"([0-9]+) = ([0-9]+)\) and "
+    + REPORTED
+    + r"\)"
 )
 # a client setting real replies carry (the vendor's own example holds an obfuscated DB password)
 SETTING_SECRET = "{obf}c3RhbmQtaW4tZGItc2VjcmV0LTcxMw=="
@@ -79,6 +107,7 @@ CLIENT_SETTINGS = (
 class StandInBigFix:
     def __init__(self, agents, user, password, master_operator=True, latency=0.0):
         self.agents = list(agents)
+        self.others = {}  # computer id -> {"name", "registered", "last_report"}: no agent of the test runs it
         self.user = user
         self.authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.master_operator = master_operator
@@ -88,10 +117,13 @@ class StandInBigFix:
         self.correlations = {}  # computer id -> {"Type": ..., property name: value} of another representation
         self.unreported = set()  # computer ids registered but not reported yet
         self.agent_types = {}  # computer id -> Agent Type other than Native
-        self.groups = {}  # group id -> {"name": ..., "rules": [(property id, comparison, text)]}
+        # group id -> {"name", "rules": [(property id, comparison, text)], "interval", "evaluated", "members"}
+        self.groups = {}
         self.vanish_on_delete = set()  # computer ids another console user deletes just before iemkey's DELETE
         self.down = False
         self.ignore_fields = False
+        self.properties = list(PROPERTIES)  # what GET /api/properties lists: (id, name, reserved)
+        self.check_schema = True  # documents taken and XML replies given are checked against BESAPI.xsd
         self.relevance_error = None  # every query fails with this message
         self.relevance_errors = {}  # a query containing the key fails with its message
         self.latency = float(latency)
@@ -128,15 +160,16 @@ class StandInBigFix:
             self.revoked[str(computer_id)] = time.time()
 
     def computers(self):
-        """Every computer the agents registered that BigFix still shows: {id: record}."""
+        """Every computer the agents (and ``others``) registered that BigFix still shows: {id: record}."""
+        registered = {cid: rec for agent in self.agents for cid, rec in agent.computers().items()}
+        registered.update(self.others)
         found = {}
-        for agent in self.agents:
-            for computer_id, record in agent.computers().items():
-                deleted = self.deleted.get(computer_id)
-                if computer_id in self.revoked:
-                    continue
-                if deleted is None or record["last_report"] > deleted:
-                    found[computer_id] = record
+        for computer_id, record in registered.items():
+            deleted = self.deleted.get(computer_id)
+            if computer_id in self.revoked:
+                continue
+            if deleted is None or record["last_report"] > deleted:
+                found[computer_id] = record
         return found
 
     def visible(self):
@@ -147,7 +180,15 @@ class StandInBigFix:
         return found
 
     def members(self, group_id):
-        """The computer IDs BigFix counts in group ``group_id`` now."""
+        """The computer IDs BigFix counts in group ``group_id`` now: as evaluated last, again once its
+        refresh interval has passed."""
+        group = self.groups[str(group_id)]
+        if time.time() - group["evaluated"] >= group["interval"]:
+            self.evaluate(group_id)
+        return set(group["members"])
+
+    def evaluate(self, group_id):
+        """Evaluate the group's rules over the properties the server holds (its refresh)."""
         group = self.groups[str(group_id)]
         found = set()
         for computer_id, record in self.computers().items():
@@ -156,7 +197,7 @@ class StandInBigFix:
                 name = PROPERTY_NAMES.get(property_id)
                 if name in values and comparison == "Equals" and values[name] == text:
                     found.add(computer_id)
-        return found
+        group.update(members=found, evaluated=time.time())
 
     # -- serving ------------------------------------------------------------------------------
     def handle(self, request):
@@ -167,13 +208,27 @@ class StandInBigFix:
             if self.latency:
                 time.sleep(self.latency)  # outside the lock: concurrent requests overlap, as on a real server
             with self.lock:
-                response = self._answer(request)
+                response = self._checked(request)
                 self.calls.append((request.method, request.path, response.status_code))
                 self.call_times.append(time.time())
                 return response
         finally:
             with self.lock:
                 self.in_flight -= 1
+
+    def _checked(self, request):
+        """The answer, with what the vendor's schema says of the document taken and the reply given."""
+        body = request.get_data()
+        if self.check_schema and request.method in ("POST", "PUT") and body.lstrip().startswith(b"<"):
+            problems = besapi.problems(body)
+            if problems:
+                return Response(f"The document is not valid against BESAPI.xsd: {problems[0]}", status=400)
+        response = self._answer(request)
+        if self.check_schema and response.content_type.startswith("application/xml"):
+            problems = besapi.problems(response.get_data())
+            if problems:
+                return Response(f"the stand-in's reply breaks BESAPI.xsd: {'; '.join(problems[:3])}", status=500)
+        return response
 
     def _answer(self, request):
         if self.down:
@@ -194,10 +249,18 @@ class StandInBigFix:
             return self._operator(request, urllib.parse.unquote(match.group(1)))
         if path == "/api/query" and method == "POST":
             return self._query(request)
+        if path == "/api/properties" and method == "GET":
+            return _xml(
+                "".join(
+                    f'<Property Resource="{request.host_url}api/property/{pid}"><Name>{escape(name)}</Name>'
+                    f"<ID>{pid}</ID><IsReserved>{str(reserved).lower()}</IsReserved></Property>"
+                    for pid, name, reserved in self.properties
+                )
+            )
         if path == "/api/computergroups/master":
             return self._groups(request)
-        if match := re.fullmatch(r"/api/computergroup/master/([0-9]+)(/computers)?", path):
-            return self._group(request, match.group(1), bool(match.group(2)))
+        if match := re.fullmatch(r"/api/computergroup/master/([0-9]+)(/computers|/refresh)?", path):
+            return self._group(request, match.group(1), match.group(2))
         return Response("Not found", status=404)
 
     def _computer(self, request, computer_id):
@@ -218,8 +281,10 @@ class StandInBigFix:
         body = "".join(_property(name, val) for name, val in own if wanted is None or name in wanted)
         other = self.correlations.get(computer_id)
         if other:
-            props = "".join(
-                _property(name, val) for name, val in other.items() if name != "Type" and (not wanted or name in wanted)
+            props = "".join(  # BESAPI.xsd: a representation's property names itself with Type, not Name
+                f'<Property Type="{_attribute(name)}">{escape(str(val))}</Property>'
+                for name, val in other.items()
+                if name != "Type" and (not wanted or name in wanted)
             )
             body += f'<ManagementExtension Type="{escape(other["Type"])}">{props}</ManagementExtension>'
         return _xml(f'<Computer Resource="{request.host_url}api/computer/{computer_id}">{body}</Computer>')
@@ -269,18 +334,26 @@ class StandInBigFix:
         batch = BATCH_RELEVANCE.fullmatch(relevance)
         if batch and not failing:
             return self._batch(relevance, batch.group(1).split(";"), output)
-        if failing or relevance != ID_PROPERTY_RELEVANCE:
-            error = failing or 'The operator "whose" is not defined.'
-            if output == "json":
-                return Response(json.dumps({"error": error}), status=200, content_type="application/json")
-            return _xml(f'<Query Resource="{escape(relevance)}"><Result /><Error>{escape(error)}</Error></Query>')
-        if output == "json":
-            document = {"result": [ID_PROPERTY], "count": 1, "plural": True, "type": "integer", "evaltime_ms": 0.3}
-            return Response(json.dumps(document), status=200, content_type="application/json")
-        return _xml(
-            f'<Query Resource="{escape(relevance)}"><Result><Answer type="integer">{ID_PROPERTY}</Answer></Result>'
-            "<Evaluation><Time>0.302ms</Time><Plurality>Plural</Plurality></Evaluation></Query>"
-        )
+        count = FLEET_COUNT_RELEVANCE.fullmatch(relevance)
+        if count and not failing:
+            return _answers(relevance, [len(self._reported(int(count.group(1))))], output, "integer")
+        part = FLEET_PART_RELEVANCE.fullmatch(relevance)
+        if part and not failing:
+            parts, index, days = (int(g) for g in part.groups())
+            if parts < 1:
+                return _answers(relevance, "Division by zero.", output, "error")
+            ids = [cid for cid in self._reported(days) if int(cid) % parts == index]
+            return self._batch(relevance, ids, output)
+        return _answers(relevance, failing or 'The operator "whose" is not defined.', output, "error")
+
+    def _reported(self, days):
+        """The computers this operator sees that reported within ``days`` days."""
+        since = time.time() - days * 86400
+        return [
+            cid
+            for cid, record in self.visible().items()
+            if cid not in self.unreported and record["last_report"] > since
+        ]
 
     def _batch(self, relevance, ids, output):
         """Session relevance over the computers this operator sees: (id, name, last report, type)."""
@@ -300,10 +373,18 @@ class StandInBigFix:
         if output == "json":
             document = {"result": rows, "count": len(rows), "plural": True, "type": "( integer, string, time, string )"}
             return Response(json.dumps(document), status=200, content_type="application/json")
+        kinds = ("integer", "string", "time", "string")
         tuples = "".join(
-            "<Tuple>" + "".join(f"<Answer>{escape(str(item))}</Answer>" for item in row) + "</Tuple>" for row in rows
+            "<Tuple>"
+            + "".join(
+                f'<Answer type="{kind}">{escape(str(item))}</Answer>' for kind, item in zip(kinds, row, strict=True)
+            )
+            + "</Tuple>"
+            for row in rows
         )
-        return _xml(f'<Query Resource="{escape(relevance)}"><Result>{tuples}</Result></Query>')
+        return _xml(
+            f'<Query Resource="{_attribute(relevance)}"><Result>{tuples}</Result>{EVALUATION % "Plural"}</Query>'
+        )
 
     def _groups(self, request):
         if request.method == "GET":
@@ -320,18 +401,23 @@ class StandInBigFix:
             return parsed
         gid = str(self._next_group)
         self._next_group += 1
-        self.groups[gid] = parsed
+        self.groups[gid] = {**parsed, "members": set(), "evaluated": time.time()}  # not evaluated yet
         return _created(request, gid, parsed["name"])
 
-    def _group(self, request, gid, computers):
+    def _group(self, request, gid, tail):
         if gid not in self.groups:
             return Response("Computer group not found", status=404)
-        if computers:
+        if tail == "/computers":
             rows = "".join(
                 f'<Computer Resource="{request.host_url}api/computer/{cid}" />'
                 for cid in sorted(self.members(gid), key=int)
             )
             return _xml(rows)
+        if tail == "/refresh":
+            if request.method != "POST":
+                return Response("Method not allowed", status=405)
+            self.evaluate(gid)
+            return Response("ok", status=200)
         if request.method == "DELETE":
             del self.groups[gid]
             return Response("ok", status=200)
@@ -339,7 +425,7 @@ class StandInBigFix:
             parsed = _group_definition(request.get_data())
             if isinstance(parsed, Response):
                 return parsed
-            self.groups[gid] = parsed
+            self.groups[gid].update(parsed)  # the old members stay until the group is evaluated again
             return _created(request, gid, parsed["name"])
         return Response("Method not allowed", status=405)
 
@@ -360,15 +446,25 @@ def _group_definition(body):
             return Response("MembershipRule needs a numeric PropertyID", status=400)
     if not rules:
         return Response("A server based group needs at least one membership rule", status=400)
-    return {"name": group.findtext("Name").strip(), "rules": rules}
+    interval = _duration(group.findtext("RefreshInterval"))
+    return {"name": group.findtext("Name").strip(), "rules": rules, "interval": interval}
 
 
 def _created(request, gid, name):
     return _xml(
-        f'<ServerBasedGroup Resource="{request.host_url}api/computergroup/master/{gid}" '
+        f'<ComputerGroup Resource="{request.host_url}api/computergroup/master/{gid}" '
         f'LastModified="{email.utils.formatdate(usegmt=True)}"><Name>{escape(name)}</Name><ID>{gid}</ID>'
-        "</ServerBasedGroup>"
+        "</ComputerGroup>"
     )
+
+
+def _duration(text):
+    """A ``RefreshInterval`` (``PT5M``, ``PT1H``, ``P1D`` ...) in seconds; the default when absent."""
+    match = re.fullmatch(r"P(?:([0-9]+)D)?(?:T(?:([0-9]+)H)?(?:([0-9]+)M)?)?", (text or "").strip())
+    if not text or not match:
+        return REFRESH_INTERVAL
+    days, hours, minutes = (int(g or 0) for g in match.groups())
+    return days * 86400 + hours * 3600 + minutes * 60 or REFRESH_INTERVAL
 
 
 def _fields(text):
@@ -399,3 +495,24 @@ def _xml(inner):
         status=200,
         content_type="application/xml",
     )
+
+
+def _answers(relevance, result, output, kind):
+    """A singular query's answer (``result``: [it]; ``kind``: its type), or its error when ``kind`` is
+    ``error`` (``result``: the message)."""
+    if kind == "error":
+        if output == "json":
+            return Response(json.dumps({"error": result}), status=200, content_type="application/json")
+        return _xml(f'<Query Resource="{_attribute(relevance)}"><Result /><Error>{escape(result)}</Error></Query>')
+    if output == "json":  # a singular expression's result is the value itself, not a list
+        document = {"result": result[0], "plural": False, "type": kind, "evaltime_ms": 0.4}
+        return Response(json.dumps(document), status=200, content_type="application/json")
+    answers = "".join(f'<Answer type="{kind}">{escape(str(item))}</Answer>' for item in result)
+    return _xml(
+        f'<Query Resource="{_attribute(relevance)}"><Result>{answers}</Result>{EVALUATION % "Singular"}</Query>'
+    )
+
+
+def _attribute(text):
+    """``text`` as an XML attribute value (a relevance's quotes included)."""
+    return escape(text, {'"': "&quot;"})

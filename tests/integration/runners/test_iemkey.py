@@ -50,6 +50,24 @@ def stopped_minion(salt_master, salt_minion, tmp_path_factory):
     assert ret.returncode == 0, ret
 
 
+def test_report_lists_the_bigfix_computers_no_minion_covers(salt_run_cli, salt_minion, salt_minion_2, bigfix):
+    """Agents outside Salt: computers the stand-in server holds that no minion's agent is, all of them
+    with --out=json, the first iemkey:coverage:list (20) in salt-run's text output."""
+    now = time.time()
+    for n in range(25):
+        bigfix.others[str(5000 + n)] = {"name": f"dmz-{n:02d}", "registered": now - 86400, "last_report": now - 600}
+    args = ("iemkey.report", "since=2026-01-01T00:00:00Z", f"tgt={salt_minion.id},{salt_minion_2.id}", "tgt_type=list")
+    full = salt_run_cli.run(*args, "outside=True")
+    outside = full.data["outside_salt"]
+    assert [c["computer_id"] for c in outside["computers"]] == [str(5000 + n) for n in range(25)], full
+    assert outside["count"] == 25 and outside["complete"] is True and outside["requests"] == 2
+    assert "25 BigFix computers outside Salt" in full.data["summary"]
+    text = salt_run_cli.run(*args, "outside=True", "--out=nested")
+    assert "dmz-19" in text.stdout and "dmz-20" not in text.stdout, text
+    assert "5 more: --out=json lists all of them" in text.stdout
+    assert "outside_salt" not in salt_run_cli.run(*args).data  # part of the fleet: not compared unless asked
+
+
 def test_report_classifies_compliant_noncompliant_and_unreachable(
     salt_run_cli, salt_cli, salt_minion, salt_minion_2, stopped_minion, agent, agent_2
 ):

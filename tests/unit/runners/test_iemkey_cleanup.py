@@ -18,7 +18,7 @@ import iemkey_auth
 import iemkey_bigfix
 import iemkey_store
 import pytest
-from bigfix_rest import ID_PROPERTY, SETTING_SECRET, StandInBigFix
+from bigfix_rest import ID_PROPERTY, PROPERTIES, SETTING_SECRET, StandInBigFix
 from helpers import load_source
 from runner_fakes import KEYS
 
@@ -486,20 +486,48 @@ def test_secrets_in_full_replies_reach_no_return_log_or_store(local, bigfix, opt
 
 
 # -- the revocation group -------------------------------------------------------------------------------
-def test_the_group_property_is_looked_up_once_and_a_relevance_error_is_an_error(local, bigfix, opts):
-    bigfix.relevance_errors["bes properties"] = 'The operator "reserved flag" is not defined.'
+def test_the_group_property_is_looked_up_once_and_a_server_without_it_is_an_error(local, bigfix, opts):
+    bigfix.properties = [p for p in bigfix.properties if p[2] is False or p[1] != "ID"]  # no reserved ID
     _duplicate(bigfix)
     _alert("alpha")
     assert _rotated()["outcome"] == "listed"
     ret = iemkey.cleanup()
     assert ret["retcode"] == 1 and "the revocation group 'iemkey revoke: alerts'" in ret["error"]
-    assert "relevance failed" in ret["error"] and bigfix.groups == {}
+    assert "GET /api/properties lists 0 reserved 'ID' properties" in ret["error"] and bigfix.groups == {}
     assert [c["old_computer_id"] for c in ret["revoke"]] == ["1001"]  # still listed, with its steps
-    bigfix.relevance_errors.clear()
+    bigfix.properties = list(PROPERTIES)
     assert iemkey.cleanup()["retcode"] == 0 and len(bigfix.groups) == 1
-    lookups = [q for q in bigfix.queries if "bes properties" in q]
+    lookups = bigfix.requests("GET", "/api/properties")
     iemkey.cleanup()
-    assert [q for q in bigfix.queries if "bes properties" in q] == lookups  # looked up once
+    assert bigfix.requests("GET", "/api/properties") == lookups  # found once, then kept
+
+
+def test_a_group_someone_removed_in_the_console_is_made_again(local, bigfix, opts, caplog):
+    _duplicate(bigfix)
+    _alert("alpha")
+    _rotated()
+    (first,) = iemkey.cleanup()["groups"].values()
+    assert first["matches"] is True
+    bigfix.groups.clear()  # an operator removed it on the BigFix side
+    with caplog.at_level(logging.WARNING):
+        (again,) = iemkey.cleanup()["groups"].values()
+    assert again["matches"] is True and again["id"] != first["id"] and len(bigfix.groups) == 1
+    assert "BigFix has no revocation group 'iemkey revoke: alerts'" in caplog.text
+
+
+def test_a_saved_group_is_refreshed_before_its_members_are_read(local, bigfix, opts):
+    """BigFix evaluates a server based group on its refresh interval: read at once, a new group has
+    no members; iemkey refreshes it after saving it, and reads what BigFix then counts."""
+    _duplicate(bigfix)
+    _alert("alpha")
+    _rotated()
+    (group,) = iemkey.cleanup()["groups"].values()
+    assert group["seen"] == ["1001"] and group["matches"] is True
+    (gid,) = bigfix.groups
+    assert bigfix.requests("POST", f"/api/computergroup/master/{gid}/refresh")
+    refreshed = len(bigfix.requests("POST", "/api/computergroup/master/"))
+    iemkey.cleanup()  # nothing changed, and it matched: no refresh
+    assert len(bigfix.requests("POST", "/api/computergroup/master/")) == refreshed
 
 
 def test_a_group_that_does_not_match_its_list_is_flagged(local, bigfix, opts, caplog):

@@ -7,6 +7,7 @@ ask real minions.
 """
 
 import iemkey_cleanup
+import iemkey_config
 import iemkey_store
 import pytest
 import salt.client
@@ -301,8 +302,8 @@ def test_on_a_master_of_masters_report_and_targets_say_where_to_run_them(opts, m
     monkeypatch.setattr(salt.client, "get_local_client", no_client)
     opts["order_masters"] = True
     for ret in (iemkey.report(since=SINCE), iemkey.targets()):
-        assert ret["retcode"] == 1 and ret["error"] == iemkey.MASTER_OF_MASTERS, ret
-    assert iemkey.MASTER_OF_MASTERS.startswith("this master is a master of masters (order_masters)")
+        assert ret["retcode"] == 1 and ret["error"] == iemkey_config.MASTER_OF_MASTERS, ret
+    assert iemkey_config.MASTER_OF_MASTERS.startswith("this master is a master of masters (order_masters)")
     assert iemkey.__context__["retcode"] == 1
 
 

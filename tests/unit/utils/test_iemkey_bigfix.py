@@ -9,6 +9,7 @@ import datetime
 import json
 import logging
 
+import besapi
 import iemkey_bigfix
 import pytest
 from bigfix_rest import ID_PROPERTY, SETTING_SECRET, StandInBigFix
@@ -359,10 +360,18 @@ def test_gone_and_outside_scope_both_answer_none_and_the_operator_says_which_it_
 def test_a_relevance_error_inside_http_200_is_an_error(api, server):
     server.relevance_error = "Singular expression refers to nonexistent object."
     with _client(api) as client, pytest.raises(iemkey_bigfix.ApiError, match="relevance failed: Singular"):
-        client.id_property()
+        client.computers(["1001"])
     server.relevance_error = None
     with _client(api) as client:
+        assert set(client.computers(["1001"])) == {"1001"}
+
+
+def test_the_reserved_id_property_comes_from_the_documented_property_list_not_a_look_alike(api, server):
+    """GET /api/properties lists the reserved ID property and an analysis property an operator named
+    "ID" too (3101): only the reserved one counts."""
+    with _client(api) as client:
         assert client.id_property() == ID_PROPERTY
+    assert [c[:2] for c in server.calls] == [("GET", "/api/properties")] and server.queries == []
 
 
 def test_a_query_is_retried_like_a_get_and_a_group_creation_is_not(api, server, httpserver):
@@ -385,14 +394,20 @@ def test_authentication_failures_name_the_user_and_are_not_retried(api, server):
     assert raised.value.status == 401 and len(server.calls) == 1
 
 
-def test_groups_are_created_found_by_name_updated_and_read_back(api, server):
+def test_groups_are_created_found_by_name_updated_refreshed_and_read_back(api, server):
+    """A server based group is evaluated on its refresh interval (15 minutes by default): until it is
+    refreshed, a new group has no members and a changed one its old members."""
     server.agent.known["1002"] = {**server.agent.known["1001"], "name": "web02"}
     with _client(api) as client:
         assert client.group_id("master", "iemkey revoke: alerts") is None
         gid = client.save_group("master", "iemkey revoke: alerts", ["1001"], ID_PROPERTY)
         assert client.group_id("master", "iemkey revoke: alerts") == gid
+        assert client.group_members("master", gid) == set()  # not evaluated yet
+        client.refresh_group("master", gid)
         assert client.group_members("master", gid) == {"1001"}
         assert client.save_group("master", "iemkey revoke: alerts", ["1001", "1002"], ID_PROPERTY, gid) == gid
+        assert client.group_members("master", gid) == {"1001"}  # the old members, until refreshed
+        client.refresh_group("master", gid)
         assert client.group_members("master", gid) == {"1001", "1002"}
         client.delete_group("master", gid)
         assert client.group_id("master", "iemkey revoke: alerts") is None
@@ -517,17 +532,23 @@ def test_a_query_endpoint_that_is_not_there_is_an_error_not_an_empty_answer(api,
     assert str(raised.value) == "HTTP 404 from POST /api/query" and client.requests == 1  # not retried
 
 
-@pytest.mark.parametrize("answers", [[], ["27", "28"], ["x"]])
-def test_a_server_that_names_no_single_reserved_id_property_is_an_error_saying_what_to_set(answers):
-    class Answers(iemkey_bigfix.Client):
-        def query(self, relevance):
-            return answers
-
-    with pytest.raises(iemkey_bigfix.ApiError) as raised:
-        Answers({}, None).id_property()
-    count = len([a for a in answers if a.isdigit()])
+@pytest.mark.parametrize(
+    "listed",
+    [
+        "",
+        '<Property Resource="r"><Name>ID</Name><ID>3101</ID><IsReserved>false</IsReserved></Property>',
+        '<Property Resource="r"><Name>ID</Name><ID>27</ID><IsReserved>true</IsReserved></Property>'
+        '<Property Resource="r"><Name>ID</Name><ID>28</ID><IsReserved>true</IsReserved></Property>',
+        '<Property Resource="r"><Name>ID</Name><ID>x</ID><IsReserved>true</IsReserved></Property>',
+    ],
+)
+def test_a_server_that_lists_no_single_reserved_id_property_is_an_error_saying_what_to_set(api, httpserver, listed):
+    httpserver.expect_request("/api/properties").respond_with_data(f"{HEAD}{listed}</BESAPI>")
+    with _client(api) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.id_property()
+    count = 2 if "28" in listed else 0
     assert str(raised.value) == (
-        f"the BigFix server names {count} reserved 'ID' properties; set "
+        f"GET /api/properties lists {count} reserved 'ID' properties; set "
         "iemkey:cleanup:revoke_group:property_id in the master config"
     )
 
@@ -565,6 +586,13 @@ def test_a_query_is_retried_when_the_server_does_not_answer():
             "HTTP 404 from GET /api/computergroup/lab/5/computers",
         ),
         (
+            lambda c: c.refresh_group("lab", "5"),
+            "/api/computergroup/lab/5/refresh",
+            404,
+            "HTTP 404 from POST /api/computergroup/lab/5/refresh",
+        ),
+        (lambda c: c.id_property(), "/api/properties", 404, "HTTP 404 from GET /api/properties"),
+        (
             lambda c: c.delete_group("lab", "5"),
             "/api/computergroup/lab/5",
             500,
@@ -578,6 +606,8 @@ def test_a_group_call_the_server_refuses_is_an_error_naming_the_call(api, httpse
     with _client(api, retries=1) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
         call(client)
     assert str(raised.value) == error
+    if status == 404 and path.startswith("/api/computergroup/lab/5"):  # the group is gone: made again
+        assert raised.value.status == 404
 
 
 @pytest.mark.parametrize("status", [200, 202, 204])
@@ -619,3 +649,45 @@ def test_a_revocation_group_is_exactly_this_besapi_document():
 def test_members_are_the_last_path_segment_of_each_resource():
     members = f'{HEAD}<Computer Resource="https://bf/api/computer/7/"/><Computer Resource="8"/></BESAPI>'
     assert iemkey_bigfix.parse_members(members, "GET y") == {"7", "8"}
+
+
+# -- the vendor's schema (BESAPI.xsd 11.0.4.60) --------------------------------------------------
+@pytest.mark.parametrize("ids", [["1"], ["1001", "2002", "18446744073709551615"]])
+def test_every_group_iemkey_sends_is_one_the_vendors_schema_allows(ids):
+    assert besapi.problems(iemkey_bigfix.group_xml("iemkey revoke: worm <&> 'x'", ids, ID_PROPERTY)) == []
+
+
+@pytest.mark.parametrize(
+    ("document", "why"),
+    [
+        (
+            "<BESAPI><ServerBasedGroup><Name>g</Name><RefreshInterval>PT7M</RefreshInterval><MembershipRules>"
+            '<MembershipRule Comparison="Equals"><PropertyID>27</PropertyID><SearchText>1</SearchText>'
+            "</MembershipRule></MembershipRules></ServerBasedGroup></BESAPI>",
+            "RefreshInterval",
+        ),
+        (
+            '<BESAPI><ServerBasedGroup><Name>g</Name><MembershipRules><MembershipRule Comparison="Is">'
+            "<PropertyID>27</PropertyID><SearchText>1</SearchText></MembershipRule></MembershipRules>"
+            "</ServerBasedGroup></BESAPI>",
+            "Comparison",
+        ),
+        ("<BESAPI><ServerBasedGroup><Name>g</Name><MembershipRules /></ServerBasedGroup></BESAPI>", "MembershipRule"),
+    ],
+)
+def test_a_document_the_schema_does_not_allow_is_answered_400_as_a_real_server_does(api, server, document, why):
+    with _client(api) as client, pytest.raises(iemkey_bigfix.ApiError) as raised:
+        client.call("POST", "/api/computergroups/master", data=document.encode())
+    assert raised.value.status == 400 and server.groups == {}
+    assert why in " ".join(besapi.problems(document))
+
+
+def test_a_stand_in_reply_that_breaks_the_schema_fails_loudly(api, server, monkeypatch):
+    """The check on the stand-in's own replies works: a reply the schema does not allow is a 500."""
+    broken = Response(
+        '<?xml version="1.0"?><BESAPI><Operator><Bogus/></Operator></BESAPI>', 200, content_type="application/xml"
+    )
+    monkeypatch.setattr(server, "_operator", lambda request, name: broken)
+    with _client(api) as client, pytest.raises(iemkey_bigfix.ApiError, match="HTTP 500"):
+        client.master_operator()
+    assert server.calls[-1][2] == 500
