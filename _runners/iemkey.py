@@ -284,8 +284,9 @@ def _outside_salt(ret, whole_fleet, asked):
     except (iemkey_bigfix.ApiError, iemkey_bigfix.ConfigError) as exc:
         found = {"error": f"BigFix could not be asked for the computers outside Salt: {exc}"}
     incidents = iemkey_coverage.open_incidents(store.all("incidents"), ret["owed"])
-    # salt-run's text output shows the first few; --out=json (and salt-api, which selects none) all
-    text = __opts__.get("selected_output_option", "json") in (None, "nested", "txt")
+    # salt-run (whose parser sets selected_output_option) shows the first few in its text output;
+    # --out=json and salt-api (whose opts have neither) all of them
+    text = "selected_output_option" in __opts__ and __opts__.get("output") in (None, "nested", "txt")
     ret["outside_salt"] = iemkey_coverage.shown(found, conf["list"]) if text else found
     return iemkey_coverage.failing(found, conf["outside_salt"], incidents)
 

@@ -195,12 +195,16 @@ def test_an_operator_who_sees_part_of_bigfix_is_told(bigfix, cleaning_up):
 
 def test_salt_runs_text_output_shows_the_first_few_json_all(bigfix, cleaning_up, opts):
     opts["iemkey"]["coverage"] = {"list": 2}
-    opts["selected_output_option"] = None  # salt-run without --out
-    shown = iemkey.report(since=SINCE)["outside_salt"]
-    assert [c["computer_id"] for c in shown["computers"]] == ["2001", "2002"] and shown["count"] == 3
-    assert shown["more"] == "1 more: --out=json lists all of them"
-    opts["selected_output_option"] = "json"
-    assert len(iemkey.report(since=SINCE)["outside_salt"]["computers"]) == 3
+    assert len(iemkey.report(since=SINCE)["outside_salt"]["computers"]) == 3  # salt-api: no CLI options
+    opts["selected_output_option"] = "state_output"  # what salt-run's parser leaves there, whatever --out
+    for output in (None, "nested", "txt"):  # salt-run without --out, or a text outputter
+        opts["output"] = output
+        shown = iemkey.report(since=SINCE)["outside_salt"]
+        assert [c["computer_id"] for c in shown["computers"]] == ["2001", "2002"] and shown["count"] == 3
+        assert shown["more"] == "1 more: --out=json lists all of them"
+    for output in ("json", "yaml"):
+        opts["output"] = output
+        assert len(iemkey.report(since=SINCE)["outside_salt"]["computers"]) == 3
 
 
 @pytest.mark.parametrize("bad", [{"active_days": 0}, {"outside_salt": "maybe"}])
