@@ -67,6 +67,7 @@ try:  # _utils/, synced with saltutil.sync_all (formula install)
     import iemkey_coverage
     import iemkey_delivery
     import iemkey_engine
+    import iemkey_errors
     import iemkey_incidents
     import iemkey_react
     import iemkey_report
@@ -82,6 +83,7 @@ except ImportError:
             iemkey_coverage,
             iemkey_delivery,
             iemkey_engine,
+            iemkey_errors,
             iemkey_incidents,
             iemkey_react,
             iemkey_report,
@@ -94,13 +96,10 @@ except ImportError:
 log = logging.getLogger(__name__)
 
 __virtualname__ = "iemkey"
-# what a runner function answers with a clear error (exit 1) rather than a traceback: bad input, a
-# malformed setting, and a store that cannot be used (misconfigured, or its server unreachable)
-_ERRORS = (
-    (SaltInvocationError, iemkey_store.StoreError, iemkey_config.Misconfigured, iemkey_incidents.Refused)
-    if iemkey_store is not None
-    else (SaltInvocationError,)
-)
+# what a runner function answers with a clear error (exit 1) rather than a traceback: bad input, and
+# every error iemkey raises on purpose (a malformed setting, a store or BigFix that cannot be used, a
+# refused act: iemkey_errors.IemkeyError)
+_ERRORS = (SaltInvocationError, iemkey_errors.IemkeyError) if iemkey_store is not None else (SaltInvocationError,)
 
 UTC = datetime.timezone.utc
 COMPUTER_ID = re.compile(r"[0-9]{1,20}")

@@ -25,6 +25,11 @@ import os
 import re
 import secrets
 
+try:  # _utils/, synced with saltutil.sync_all (formula install)
+    import iemkey_errors
+except ImportError:  # pip install (Salt extension)
+    from saltext.iemkey.utils import iemkey_errors
+
 SIGNATURE = "iemkey_sig"  # the envelope's key in the event data
 VERSION = 1
 ALGORITHM = "RSA-PKCS1v15-SHA256"
@@ -37,7 +42,7 @@ HOOK_FORM = "X-Iemkey-Signature: t=<unix time>,sha256=<HMAC-SHA256 of '<t>.<body
 log = logging.getLogger(__name__)
 
 
-class Refused(Exception):
+class Refused(iemkey_errors.IemkeyError):
     """The event proves nothing; the message says why (one line for the master log)."""
 
 

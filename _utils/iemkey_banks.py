@@ -12,13 +12,18 @@ import contextlib
 import json
 import re
 
+try:  # _utils/, synced with saltutil.sync_all (formula install)
+    import iemkey_errors
+except ImportError:  # pip install (Salt extension)
+    from saltext.iemkey.utils import iemkey_errors
+
 BANKS = ("cases", "nonces", "compromises", "incidents", "groups", "owed", "settled")
 # What a key may be: minion ids, computer ids, nonces, incident names, joined by ':'. Never a path.
 KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,300}")
 SWEEP_EVERY = 60  # seconds between two sweeps of expired records in a bank
 
 
-class StoreError(Exception):
+class StoreError(iemkey_errors.IemkeyError):
     """The store cannot be used as configured (unknown driver, a key that is not a key)."""
 
 

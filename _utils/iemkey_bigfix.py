@@ -32,6 +32,11 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
+try:  # _utils/, synced with saltutil.sync_all (formula install)
+    import iemkey_errors
+except ImportError:  # pip install (Salt extension)
+    from saltext.iemkey.utils import iemkey_errors
+
 UTC = datetime.timezone.utc
 DEFAULTS = {"verify": True, "timeout": 30, "retries": 3, "concurrency": 3, "lookup": "query"}
 LOOKUPS = ("query", "get")
@@ -61,7 +66,7 @@ FLEET_PART = (
 )
 
 
-class ApiError(Exception):
+class ApiError(iemkey_errors.IemkeyError):
     """The BigFix server could not be asked, refused us, or answered nonsense; the message says
     which request and why, and never holds a reply body. ``status``: the HTTP status, if any."""
 
@@ -95,7 +100,7 @@ def reason(exc, timeout):
     return type(exc).__name__
 
 
-class ConfigError(Exception):
+class ConfigError(iemkey_errors.IemkeyError):
     """``iemkey:api`` is missing or malformed."""
 
 

@@ -20,9 +20,10 @@ import logging
 
 try:
     import iemkey_cleanup
+    import iemkey_errors
     import iemkey_owed
 except ImportError:
-    from saltext.iemkey.utils import iemkey_cleanup, iemkey_owed
+    from saltext.iemkey.utils import iemkey_cleanup, iemkey_errors, iemkey_owed
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ REACTOR = {"rate": 10, "max_age": 300, "max_skew": 60, "cooldown": 300}
 SECTIONS = {"reactor": REACTOR, "cleanup": iemkey_cleanup.DEFAULTS}
 
 
-class Misconfigured(Exception):
+class Misconfigured(iemkey_errors.IemkeyError):
     """A setting is malformed: the message names it and says what it must be."""
 
 

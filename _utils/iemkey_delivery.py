@@ -12,12 +12,17 @@ Salt's own way to ask whether a job reached a minion.
 
 import threading
 
+try:  # _utils/, synced with saltutil.sync_all (formula install)
+    import iemkey_errors
+except ImportError:  # pip install (Salt extension)
+    from saltext.iemkey.utils import iemkey_errors
+
 STATE_NAME = "bigfix-agent-key"
 ROTATION_FUN = "state.single"
 PROBE_FUN = "saltutil.find_job"
 
 
-class PublishError(Exception):
+class PublishError(iemkey_errors.IemkeyError):
     """The master could not publish a job; the message says which and why."""
 
 

@@ -23,15 +23,16 @@ import logging
 
 try:
     import iemkey_cleanup
+    import iemkey_errors
     import iemkey_owed
     import iemkey_react
 except ImportError:
-    from saltext.iemkey.utils import iemkey_cleanup, iemkey_owed, iemkey_react
+    from saltext.iemkey.utils import iemkey_cleanup, iemkey_errors, iemkey_owed, iemkey_react
 
 log = logging.getLogger(__name__)
 
 
-class Refused(Exception):
+class Refused(iemkey_errors.IemkeyError):
     """What the operator asked cannot be done; nothing was changed. The message says why."""
 
 

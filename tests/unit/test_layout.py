@@ -87,3 +87,19 @@ def test_every_import_of_a_utility_names_one_that_exists():
     utilities = {path.stem for path in (REPO / "_utils").glob("iemkey_*.py")}
     missing = {name: sorted(deps - utilities) for name, deps in graph().items() if deps - utilities}
     assert not missing
+
+
+def test_every_exception_iemkey_raises_derives_from_one_base():
+    """``except iemkey_errors.IemkeyError`` catches every error iemkey raises on purpose."""
+    import importlib
+    import inspect
+
+    import iemkey_errors
+
+    found = {}
+    for path in sorted((REPO / "_utils").glob("iemkey_*.py")):
+        module = importlib.import_module(path.stem)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, BaseException) and cls.__module__ == module.__name__:
+                found[f"{path.stem}.{name}"] = issubclass(cls, iemkey_errors.IemkeyError)
+    assert len(found) >= 8 and all(found.values()), found
