@@ -516,3 +516,14 @@ def _answers(relevance, result, output, kind):
 def _attribute(text):
     """``text`` as an XML attribute value (a relevance's quotes included)."""
     return escape(text, {'"': "&quot;"})
+
+
+class Registered:
+    """Computers registered with the stand-in server by agents none of which runs in the test:
+    ``known`` is {computer id: {"name", "registered", "last_report"}}, as ``StandInAgent.computers()``."""
+
+    def __init__(self):
+        self.known = {}
+
+    def computers(self):
+        return self.known

@@ -18,7 +18,7 @@ import iemkey_auth
 import iemkey_bigfix
 import iemkey_store
 import pytest
-from bigfix_rest import ID_PROPERTY, PROPERTIES, SETTING_SECRET, StandInBigFix
+from bigfix_rest import ID_PROPERTY, PROPERTIES, SETTING_SECRET, Registered, StandInBigFix
 from helpers import load_source
 from runner_fakes import KEYS
 
@@ -41,19 +41,9 @@ def configure_loader_modules(opts):
     return {iemkey: {"__opts__": opts, "__context__": {}}}
 
 
-class Agents:
-    """What the stand-in server knows: {computer id: {"name", "registered", "last_report"}}."""
-
-    def __init__(self):
-        self.known = {}
-
-    def computers(self):
-        return self.known
-
-
 @pytest.fixture
 def bigfix(httpserver):
-    agents = Agents()
+    agents = Registered()
     server = StandInBigFix([agents], "op", "pw").serve(httpserver)
     server.known = agents.known
     return server
@@ -715,7 +705,7 @@ def threaded_bigfix(opts):
 
     server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
     server.start()
-    agents = Agents()
+    agents = Registered()
     bigfix = StandInBigFix([agents], "op", "pw", latency=0.1).serve(server)
     bigfix.known = agents.known
     opts["iemkey"]["api"]["url"] = server.url_for("").rstrip("/")

@@ -15,21 +15,13 @@ import pytest
 import salt.client
 import salt.config
 import yaml
-from bigfix_rest import StandInBigFix
+from bigfix_rest import Registered, StandInBigFix
 from helpers import load_source
 
 iemkey = load_source("_runners", "iemkey_runner_outside")
 SINCE = "2026-11-20T08:00:00Z"
 MINIONS = {"web01": "1001", "web02": "1002", "db01": "1003"}
 UTC = datetime.timezone.utc
-
-
-class Agents:
-    def __init__(self):
-        self.known = {}
-
-    def computers(self):
-        return self.known
 
 
 class Answers:
@@ -57,7 +49,7 @@ class Answers:
 @pytest.fixture
 def bigfix(httpserver):
     now = datetime.datetime.now(UTC).timestamp()
-    agents = Agents()
+    agents = Registered()
     for minion, cid in MINIONS.items():
         agents.known[cid] = {"name": minion, "registered": now - 86400, "last_report": now - 60}
     agents.known["999"] = {"name": "web01", "registered": now - 9 * 86400, "last_report": now - 86400}  # old

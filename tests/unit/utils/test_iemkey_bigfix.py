@@ -12,7 +12,7 @@ import logging
 import besapi
 import iemkey_bigfix
 import pytest
-from bigfix_rest import ID_PROPERTY, SETTING_SECRET, StandInBigFix
+from bigfix_rest import ID_PROPERTY, SETTING_SECRET, Registered, StandInBigFix
 from werkzeug import Response
 
 UTC = datetime.timezone.utc
@@ -303,17 +303,11 @@ def test_settings_fill_defaults_and_resolve_an_sdb_password():
 
 
 # -- the client against the stand-in server -----------------------------------------------------
-class Agent:
-    def __init__(self):
-        self.known = {}
-
-    def computers(self):
-        return self.known
 
 
 @pytest.fixture
 def server(httpserver):
-    agent = Agent()
+    agent = Registered()
     now = datetime.datetime.now(UTC).timestamp()
     agent.known["1001"] = {"name": "web01.example.com", "registered": now - 86400, "last_report": now - 3600}
     bigfix = StandInBigFix([agent], "op", "pw").serve(httpserver)

@@ -9,20 +9,10 @@ import datetime
 import iemkey_bigfix
 import iemkey_coverage
 import pytest
-from bigfix_rest import StandInBigFix
+from bigfix_rest import Registered, StandInBigFix
 
 UTC = datetime.timezone.utc
 DAY = 86400
-
-
-class Agents:
-    """What the agents registered with the stand-in server (none of them runs here)."""
-
-    def __init__(self):
-        self.known = {}
-
-    def computers(self):
-        return self.known
 
 
 @pytest.fixture
@@ -30,7 +20,7 @@ def fleet(httpserver):
     """Minions' agents 1001-1003, an old computer iemkey cleans up (1004), computers no minion covers
     (2001, 2002), one that has not reported for 40 days (2003), one registered but never reported (2004)."""
     now = datetime.datetime.now(UTC).timestamp()
-    agents = Agents()
+    agents = Registered()
     for cid, name in (("1001", "web01"), ("1002", "web02"), ("1003", "db01"), ("1004", "web01")):
         agents.known[cid] = {"name": name, "registered": now - 9 * DAY, "last_report": now - 600}
     server = StandInBigFix([agents], "op", "pw").serve(httpserver)
