@@ -47,23 +47,21 @@ FIELDS = ("Computer Name", "Last Report Time", "Agent Type", "ID")
 RETRY_STATUS = (500, 502, 503, 504)
 BACKOFF = 0.5  # seconds before the first retry; doubled for each one after (at most BACKOFF_MAX)
 BACKOFF_MAX = 8
-# Many computers in one request: the agent record's own properties, each guarded (a computer that
-# never reported has none), for a chunk of IDs. Session relevance, forwarded to BigFix Explorer or
-# Web Reports (its data can lag the server's by ~15 s).
-BATCH = (
+# (id, name, last report time, agent type) of the computers a whose clause picks: the agent record's
+# own properties, each guarded (a computer that never reported has none). Session relevance, forwarded
+# to BigFix Explorer or Web Reports (its data can lag the server's by ~15 s).
+TUPLES = (
     '(id of it, (name of it | "<none>"), (last report time of it as string | "<none>"), '
-    '(agent type of it | "<none>")) of bes computers whose (id of it is contained by set of ({ids}))'
+    '(agent type of it | "<none>")) of bes computers whose '
 )
+BATCH = TUPLES + "(id of it is contained by set of ({ids}))"  # many computers in one request, by ID
 CHUNK = 200  # IDs per query
 # Every computer that reported within some days, read in parts: first how many there are, then the
 # residue classes of their IDs (``(id of it) mod n = k``), so that no answer holds more than about
 # ``iemkey:coverage:chunk`` computers, whatever the fleet's size (session relevance has no paging).
 REPORTED = "(exists last report time of it) and (last report time of it > now - {days} * day)"
 FLEET_COUNT = "number of bes computers whose (" + REPORTED + ")"
-FLEET_PART = (
-    '(id of it, (name of it | "<none>"), (last report time of it as string | "<none>"), '
-    '(agent type of it | "<none>")) of bes computers whose (((id of it) mod {parts} = {part}) and ' + REPORTED + ")"
-)
+FLEET_PART = TUPLES + "(((id of it) mod {parts} = {part}) and " + REPORTED + ")"
 
 
 class ApiError(iemkey_errors.IemkeyError):
@@ -238,40 +236,39 @@ def parse_query(content, content_type=""):
     return answers
 
 
-def parse_batch(answers, asked):
-    """The answers to ``BATCH`` as {computer id: Computer}; a computer BigFix does not show (gone, or
-    outside the operator's scope) is absent. ApiError for answers that are not of that form."""
-    found = {}
-    for answer in answers:
-        if not isinstance(answer, (list, tuple)) or len(answer) != 4:
-            raise ApiError("POST /api/query answered something else than (id, name, last report, agent type)")
-        computer_id, name, last_report, agent_type = (str(item).strip() for item in answer)
-        if computer_id not in asked:
-            raise ApiError(f"POST /api/query answered for computer {computer_id[:20]}, which was not asked for")
-        none = {"<none>"}
-        found[computer_id] = Computer(
-            id=computer_id,
-            name=None if name in none else value(name),
-            last_report=None if last_report in none else report_time(last_report),
-            agent_type=None if agent_type in none else value(agent_type),
-        )
-    return found
-
-
-def parse_part(answer, parts, part):
-    """One answer to ``FLEET_PART``: a ``Computer``; ApiError for an answer that is not of that form, or
-    whose ID is not of the part asked for."""
+def parse_tuple(answer):
+    """One (id, name, last report, agent type) answer of ``TUPLES`` as a ``Computer``, ``<none>`` for
+    what a computer has not reported; ApiError for an answer not of that form."""
     if not isinstance(answer, (list, tuple)) or len(answer) != 4:
         raise ApiError("POST /api/query answered something else than (id, name, last report, agent type)")
     computer_id, name, last_report, agent_type = (str(item).strip() for item in answer)
-    if not COMPUTER_ID.fullmatch(computer_id) or int(computer_id) % parts != part:
-        raise ApiError(f"POST /api/query answered computer {computer_id[:20]!r}, which is not of the part asked for")
     return Computer(
         id=computer_id,
         name=None if name == "<none>" else value(name),
         last_report=None if last_report == "<none>" else report_time(last_report),
         agent_type=None if agent_type == "<none>" else value(agent_type),
     )
+
+
+def parse_batch(answers, asked):
+    """The answers to ``BATCH`` as {computer id: Computer}; a computer BigFix does not show (gone, or
+    outside the operator's scope) is absent. ApiError for answers that are not of that form."""
+    found = {}
+    for answer in answers:
+        computer = parse_tuple(answer)
+        if computer.id not in asked:
+            raise ApiError(f"POST /api/query answered for computer {computer.id[:20]}, which was not asked for")
+        found[computer.id] = computer
+    return found
+
+
+def parse_part(answer, parts, part):
+    """One answer to ``FLEET_PART``: a ``Computer``; ApiError for an answer that is not of that form, or
+    whose ID is not of the part asked for."""
+    computer = parse_tuple(answer)
+    if not COMPUTER_ID.fullmatch(computer.id) or int(computer.id) % parts != part:
+        raise ApiError(f"POST /api/query answered computer {computer.id[:20]!r}, which is not of the part asked for")
+    return computer
 
 
 def parse_properties(content, what):

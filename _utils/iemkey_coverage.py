@@ -155,12 +155,11 @@ def survey(client, conf, minions, cases, master_operator):
 
 
 def failing(ret, policy, incidents):
-    """Whether ``outside_salt`` (the report's) makes the report fail under ``policy``."""
+    """Whether ``outside_salt`` (the report's) makes the report fail under ``policy``: computers outside
+    Salt, or a BigFix that could not say, under ``fail``, or under ``incident`` while one is open."""
     if policy in ("off", "warn") or not ret:
         return False
-    if ret.get("error"):
-        return policy == "fail" or bool(incidents)
-    return bool(ret.get("count")) and (policy == "fail" or bool(incidents))
+    return bool(ret.get("error") or ret.get("count")) and (policy == "fail" or bool(incidents))
 
 
 def shown(ret, limit):

@@ -33,3 +33,19 @@ class FakeLocalClient:
     def cmd(self, tgt, fun, tgt_type="glob", **_kwargs):
         assert fun == "iemkey.status" and tgt_type == "list"
         return {m: self.statuses[m] for m in tgt if m in self.statuses}
+
+
+def master_opts(top, accepted, **extra):
+    """A master's opts as it reads them from its config file, with its pki, cache and sock dirs under
+    ``top``, the ``accepted`` minion keys, a 0.5 s ``timeout`` and ``extra`` settings."""
+    import salt.config  # pylint: disable=import-outside-toplevel
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    pki = top / "pki"
+    (pki / "minions").mkdir(parents=True)
+    for name in accepted:
+        (pki / "minions" / name).write_text("key")
+    conf = top / "master"
+    dirs = {"root_dir": str(top), "pki_dir": str(pki), "cachedir": str(top / "cache"), "sock_dir": str(top / "sock")}
+    conf.write_text(yaml.safe_dump({**dirs, "timeout": 0.5, **extra}))
+    return salt.config.master_config(str(conf))

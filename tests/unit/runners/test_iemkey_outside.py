@@ -14,9 +14,9 @@ import iemkey_store
 import pytest
 import salt.client
 import salt.config
-import yaml
 from bigfix_rest import Registered, StandInBigFix
 from helpers import load_source
+from runner_fakes import master_opts
 
 iemkey = load_source("_runners", "iemkey_runner_outside")
 SINCE = "2026-11-20T08:00:00Z"
@@ -61,25 +61,8 @@ def bigfix(httpserver):
 
 @pytest.fixture
 def opts(tmp_path, httpserver):
-    pki = tmp_path / "pki"
-    (pki / "minions").mkdir(parents=True)
-    for name in MINIONS:
-        (pki / "minions" / name).write_text("key")
-    conf = tmp_path / "master"
     api = {"url": httpserver.url_for("").rstrip("/"), "user": "op", "password": "pw", "timeout": 2, "retries": 1}
-    conf.write_text(
-        yaml.safe_dump(
-            {
-                "root_dir": str(tmp_path),
-                "pki_dir": str(pki),
-                "cachedir": str(tmp_path / "cache"),
-                "sock_dir": str(tmp_path / "sock"),
-                "timeout": 0.5,
-                "iemkey": {"api": api},
-            }
-        )
-    )
-    return salt.config.master_config(str(conf))
+    return master_opts(tmp_path, MINIONS, iemkey={"api": api})
 
 
 @pytest.fixture

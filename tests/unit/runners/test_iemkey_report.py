@@ -12,8 +12,8 @@ import iemkey_store
 import pytest
 import salt.client
 import salt.config
-import yaml
 from helpers import load_source
+from runner_fakes import master_opts
 
 iemkey = load_source("_runners", "iemkey_runner_report")
 SINCE = "2026-11-20T08:00:00Z"
@@ -86,25 +86,9 @@ class FakeLocalClient:
 
 @pytest.fixture
 def opts(tmp_path):
-    pki = tmp_path / "pki"
-    (pki / "minions").mkdir(parents=True)
-    for name in ACCEPTED:
-        (pki / "minions" / name).write_text("key")
-    (pki / "minions_pre").mkdir()
-    (pki / "minions_pre" / "web9").write_text("pending key: not a minion the report asks")
-    conf = tmp_path / "master"
-    conf.write_text(
-        yaml.safe_dump(
-            {
-                "root_dir": str(tmp_path),
-                "pki_dir": str(pki),
-                "cachedir": str(tmp_path / "cache"),
-                "sock_dir": str(tmp_path / "sock"),
-                "timeout": 0.5,
-            }
-        )
-    )
-    opts = salt.config.master_config(str(conf))  # as a master reads its config file
+    opts = master_opts(tmp_path, ACCEPTED)  # as a master reads its config file
+    (tmp_path / "pki" / "minions_pre").mkdir()
+    (tmp_path / "pki" / "minions_pre" / "web9").write_text("pending key: not a minion the report asks")
     return opts
 
 
