@@ -504,8 +504,8 @@ def _answers(relevance, result, output, kind):
         if output == "json":
             return Response(json.dumps({"error": result}), status=200, content_type="application/json")
         return _xml(f'<Query Resource="{_attribute(relevance)}"><Result /><Error>{escape(result)}</Error></Query>')
-    if output == "json":  # a singular expression's result is the value itself, not a list
-        document = {"result": result[0], "plural": False, "type": kind, "evaltime_ms": 0.4}
+    if output == "json":  # a list even when singular (developer.bigfix.com rest-api/relevance_queries)
+        document = {"result": result, "plural": False, "type": kind, "evaltime_ms": 0}
         return Response(json.dumps(document), status=200, content_type="application/json")
     answers = "".join(f'<Answer type="{kind}">{escape(str(item))}</Answer>' for item in result)
     return _xml(
