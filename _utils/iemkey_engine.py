@@ -122,7 +122,8 @@ class Engine:
         self.dropped = 0
         # what the engine remembers between passes instead of writing it for every minion each time
         self.probed = {}  # minion -> (jid, when) of the last probe
-        self.redelivered = {}  # minion -> when an away minion was last sent its job again
+        self.redelivered = {}  # minion -> (when, jid): an away minion last sent its job again
+        self.sending = {}  # minion -> decisions, from taking its batch until its job is recorded
         self.back = {}  # minion -> when its start or auth event last redelivered
         self.last_pass = 0.0
 
@@ -255,12 +256,16 @@ class Engine:
         if not iemkey_delivery.is_rotation_job(data):
             return
         ok, error = iemkey_delivery.outcome(data)
-        moment, settings = self.clock(), self.settings()
+        moment, settings, jid = self.clock(), self.settings(), str(data.get("jid"))
         with self.store.update("owed", minion) as record:
-            if not record or record["state"] not in iemkey_owed.OPEN:
+            # only the return of the job the owed rotation waits for counts, once: a copy of an
+            # earlier job (or one that raced it) is not one more attempt
+            if not record or record["state"] not in ("delivered", "away") or not self.awaited(minion, record, jid):
                 return
+            record["jid"] = jid
+            record.update(iemkey_owed.answered(record, moment, BY))  # it answered: connected
             if ok:
-                record.update(iemkey_owed.answered(record, moment, BY), returned=moment.isoformat())
+                record["returned"] = moment.isoformat()
                 if record.get("exact"):  # a re-sent rotation did not settle it: ask again with its own since
                     record.update(iemkey_owed.move(record, "pending", "asking again with its own since", moment, BY))
             else:
@@ -269,6 +274,13 @@ class Engine:
             log.warning(
                 "iemkey engine: %s's rotation job %s returned without a rotation: %s", minion, data.get("jid"), error
             )
+
+    def awaited(self, minion, record, jid):
+        """Whether job ``jid`` is the one ``minion``'s owed rotation waits for: the one recorded, or
+        the last one sent again while the minion was away (remembered here, not written)."""
+        return record.get("jid") == jid or (
+            record["state"] == "away" and self.redelivered.get(minion, (0, None))[1] == jid
+        )
 
     def probe_answered(self, minion, jid, running):
         """``saltutil.find_job`` answered: the minion is connected; a job it no longer runs, with no
@@ -310,7 +322,7 @@ class Engine:
                 continue
             record = stored
             if record["state"] == "away" and minion in self.redelivered:  # sent again since, not written
-                record = {**record, "delivered_at": self.redelivered[minion].isoformat()}
+                record = {**record, "delivered_at": self.redelivered[minion][0].isoformat()}
             if iemkey_owed.due(record, moment, settings):
                 self.queue(minion, record["since"], record.get("exact", False), None)
                 continue
@@ -343,8 +355,14 @@ class Engine:
 
     # -- the publisher ----------------------------------------------------------------------------
     def queue(self, minion, since, exact, decided):
-        """Publish a rotation job to ``minion`` in the next batch (``decided``: announced then)."""
+        """Publish a rotation job to ``minion`` in the next batch (``decided``: announced then). While
+        a job for it is being published and not yet recorded, that job is the delivery: ``decided``
+        is announced with it, and nothing is published twice (the pass and a decision racing)."""
         with self.out:
+            if minion in self.sending:
+                if decided:
+                    self.sending[minion].append(decided)
+                return
             earlier = self.outbox.get(minion)
             decisions = (earlier[2] if earlier else []) + ([decided] if decided else [])
             if earlier:
@@ -368,12 +386,14 @@ class Engine:
             self.let_the_batch_fill(self.settings()["batch_window"])
             with self.out:
                 batch, self.outbox = self.outbox, {}
+                self.sending.update((minion, item[2]) for minion, item in batch.items())
             try:
                 self.publish(batch)
             except iemkey_store.StoreError as exc:  # before anything was published: the batch waits
                 log.error("iemkey engine: %s; %d rotations wait to be published", exc, len(batch))
                 with self.out:
                     for minion, item in batch.items():
+                        self.sending.pop(minion, None)
                         self.outbox.setdefault(minion, item)
                 time.sleep(1)
             except Exception:  # pylint: disable=broad-except
@@ -436,7 +456,9 @@ class Engine:
             if record and record["state"] in iemkey_owed.OPEN and record["state"] not in ("review", "held"):
                 kept[minion] = item
                 continue
-            for decided in item[2]:
+            with self.out:
+                decisions = self.sending.pop(minion, item[2])
+            for decided in decisions:
                 self.announce({**decided, "jid": None, "detail": f"{decided.get('detail')} (no longer owed)"})
         return kept
 
@@ -447,20 +469,24 @@ class Engine:
             if jid is None:
                 conf = self.settings()
                 self.transition_any(minion, lambda r, e=error, m=moment, c=conf: iemkey_owed.failed(r, e, m, BY, c))
-                for decided in decisions:
-                    self.announce({**decided, "result": False, "jid": None, "error": error})
             else:
                 self.delivered(minion, jid, moment)
-                for decided in decisions:
-                    self.announce({**decided, "jid": jid})
-            self.unrecorded.popleft()
+            with self.out:  # decisions that joined while it was being published are announced with it
+                self.unrecorded.popleft()
+                decisions = self.sending.pop(minion, decisions)
+            for decided in decisions:
+                self.announce(
+                    {**decided, "result": False, "jid": None, "error": error}
+                    if jid is None
+                    else {**decided, "jid": jid}
+                )
 
     def delivered(self, minion, jid, moment):
         record = self.store.get("owed", minion)
         if not record or record["state"] not in iemkey_owed.OPEN:
             return
         if record["state"] == "away":  # still away until it answers: remembered, not written each time
-            self.redelivered[minion] = moment
+            self.redelivered[minion] = (moment, str(jid))
             return
         self.transition_any(minion, lambda r: iemkey_owed.delivered(r, jid, moment, BY))
 

@@ -40,6 +40,7 @@ import datetime
 UTC = datetime.timezone.utc
 OPEN = ("pending", "delivered", "away", "failed", "review", "held")
 IN_FLIGHT = ("pending", "delivered")
+WAITING = ("review", "held")  # nothing is sent until an operator (or a new signal) asks again
 SOURCES = ("alert", "webhook", "incident")
 DEFAULTS = {
     "batch_window": 0.5,  # the longest decisions wait so that one job publishes them together

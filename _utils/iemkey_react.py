@@ -10,7 +10,8 @@ runs the same code for one event from the command line.
   the master records the compromise (that minion's rotations are then compromise rotations, revoked,
   not deleted) and owes that minion, and only it, a rotation (``iemkey_owed``): ``rotate`` (a rotation
   job is published), ``duplicate`` (one is owed and its delivery is in flight: nothing published),
-  ``redelivered`` (one is owed and the minion was away or its job failed: published again now), or
+  ``redelivered`` (one is owed and the minion was away or its job failed: published again now; one
+  in ``review`` or ``held`` only for a new signal, a re-sent copy waits for the operator), or
   ``settled`` (the minion's signed rotation already came after this alert was raised).
 - ``iemkey/rotated`` (``iemkey.rotate``), signed likewise: the old computer's clean-up is recorded
   (``iemkey.cleanup`` decides it with BigFix), and the minion's owed rotation is settled when this
@@ -280,14 +281,18 @@ class Reactions:
                 record.update(iemkey_owed.new(minion_id, sig, now, by))
                 detail = f"a rotation made at or after {sig['since']} is owed: asking {minion_id}, and only it"
                 return {"action": "rotate", "detail": detail, "since": record["since"], "jid": None, "deliver": True}
-            merged, _new = iemkey_owed.merge(record, sig)
+            merged, new = iemkey_owed.merge(record, sig)
             state = merged["state"]
-            if state in iemkey_owed.IN_FLIGHT:
+            if state in iemkey_owed.IN_FLIGHT or (state in iemkey_owed.WAITING and not new):
                 record.update(merged)
                 job = f", job {merged['jid']}" if merged.get("jid") else ""
                 detail = (
                     f"a duplicate: a rotation is owed since {merged['since']} and its delivery is in flight "
                     f"({state}{job}): nothing published"
+                    if state in iemkey_owed.IN_FLIGHT
+                    else f"a copy of a signal already recorded: the rotation owed since {merged['since']} is "
+                    f"{state} and waits for an operator (salt-run iemkey.owed minion={minion_id} retry=True): "
+                    "nothing published"
                 )
                 return {
                     "action": "duplicate",

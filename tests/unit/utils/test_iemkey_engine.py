@@ -231,10 +231,49 @@ def test_a_job_that_returned_without_a_rotation_is_failed_with_its_error_and_ret
     owed = _owed(engine)
     assert (owed["state"], owed["attempts"], owed["error"]) == ("failed", 1, "starting the agent failed: exit 1")
     refused = ["Passed invalid arguments: boom"]
-    engine.decide("salt/job/J1/ret/alpha", _returned("J1", "alpha", refused))
+    engine.decide("salt/job/J1/ret/alpha", _returned("J1", "alpha", refused))  # J1 again: counted once
+    assert _owed(engine)["attempts"] == 1 and _owed(engine)["error"] == "starting the agent failed: exit 1"
+    engine.clock.tick(61)  # retry_after
+    engine.run_pass(engine.settings())
+    _flush(engine)
+    engine.decide("salt/job/J1/ret/alpha", _returned("J1", "alpha", refused))  # a late copy of J1: not J2's
+    assert _owed(engine)["state"] == "delivered" and _owed(engine)["jid"] == "J2"
+    engine.decide("salt/job/J2/ret/alpha", _returned("J2", "alpha", refused))
     assert _owed(engine)["error"] == "Passed invalid arguments: boom" and _owed(engine)["attempts"] == 2
-    engine.decide("salt/job/J1/ret/alpha", _returned("J1", "alpha", "text", fun="test.ping"))  # not ours
+    engine.decide("salt/job/J2/ret/alpha", _returned("J2", "alpha", "text", fun="test.ping"))  # not ours
     assert _owed(engine)["attempts"] == 2
+
+
+def test_a_rotation_being_published_is_not_published_again_and_a_decision_meanwhile_rides_with_it(engine):
+    engine.decide("iemkey/compromised", _alert())
+    _flush(engine)
+    failed = {"iemkey_|-x_|-x_|-rotated": {"result": False, "comment": "stopping the agent failed"}}
+    engine.decide("salt/job/J1/ret/alpha", _returned("J1", "alpha", failed))
+    engine.clock.tick(61)
+    engine.run_pass(engine.settings())  # its retry is due: queued; the record still says failed
+    with engine.out:  # the publisher took the batch: its job is being published, not yet recorded
+        batch, engine.outbox = engine.outbox, {}
+        engine.sending.update((minion, item[2]) for minion, item in batch.items())
+    engine.run_pass(engine.settings())  # still due by the record
+    engine.decide("iemkey/compromised", _alert(payload={"reason": "edr"}))  # failed: "redelivered"
+    assert engine.outbox == {} and engine.announced[1:] == []
+    engine.publish(batch)
+    assert [r[0] for r in engine.publisher.rotations] == [["alpha"], ["alpha"]] and engine.sending == {}
+    assert [(d["action"], d["jid"]) for d in engine.announced[1:]] == [("redelivered", "J2")]
+    assert _owed(engine)["jid"] == "J2" and _owed(engine)["state"] == "delivered"
+
+
+def test_a_re_sent_copy_of_an_alert_does_not_take_a_rotation_out_of_review_a_new_alert_does(engine):
+    alert = _alert()
+    engine.decide("iemkey/compromised", alert)
+    _flush(engine)
+    engine.transition_any("alpha", lambda r: {**r, "state": "review", "attempts": 5})
+    engine.decide("iemkey/compromised", {**alert, "data": dict(alert["data"])})  # the minion's resend schedule
+    assert engine.announced[-1]["action"] == "duplicate" and "waits for an operator" in engine.announced[-1]["detail"]
+    assert engine.outbox == {} and _owed(engine)["state"] == "review"
+    engine.decide("iemkey/compromised", _alert(payload={"reason": "a new one"}))
+    assert list(engine.outbox) == ["alpha"] and _owed(engine)["state"] == "pending"
+    assert _owed(engine)["attempts"] == 0
 
 
 def test_a_successful_return_waits_for_the_signed_rotation_then_asks_again(engine):
@@ -265,7 +304,13 @@ def test_the_pass_probes_a_silent_delivery_and_marks_a_minion_that_does_not_answ
     engine.run_pass(engine.settings())
     assert list(engine.outbox) == ["alpha"]
     _flush(engine)
-    assert _owed(engine)["state"] == "away" and engine.redelivered["alpha"] == engine.clock()  # not written
+    assert _owed(engine)["state"] == "away" and engine.redelivered["alpha"] == (engine.clock(), "J2")  # not written
+    failed = {"iemkey_|-x_|-x_|-rotated": {"result": False, "comment": "stopping the agent failed"}}
+    engine.decide("salt/job/J0/ret/alpha", _returned("J0", "alpha", failed))  # no job of this rotation's
+    assert _owed(engine)["state"] == "away"
+    engine.decide("salt/job/J2/ret/alpha", _returned("J2", "alpha", failed))  # the one sent while away
+    owed = _owed(engine)
+    assert (owed["state"], owed["jid"], owed["attempts"]) == ("failed", "J2", 1) and owed["away_since"] is None
 
 
 def test_a_lone_decision_is_published_after_one_step_and_a_storm_waits_for_its_batch(engine, monkeypatch):
