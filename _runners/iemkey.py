@@ -71,6 +71,7 @@ try:  # _utils/, synced with saltutil.sync_all (formula install)
     import iemkey_incidents
     import iemkey_react
     import iemkey_report
+    import iemkey_ssh
     import iemkey_store
     import iemkey_time
 except ImportError:
@@ -87,6 +88,7 @@ except ImportError:
             iemkey_incidents,
             iemkey_react,
             iemkey_report,
+            iemkey_ssh,
             iemkey_store,
             iemkey_time,
         )
@@ -288,6 +290,115 @@ def _outside_salt(ret, whole_fleet, asked):
     text = "selected_output_option" in __opts__ and __opts__.get("output") in (None, "nested", "txt")
     ret["outside_salt"] = iemkey_coverage.shown(found, conf["list"]) if text else found
     return iemkey_coverage.failing(found, conf["outside_salt"], incidents)
+
+
+# -- hosts without a minion: salt-ssh --------------------------------------------------------
+def ssh(tgt, since=None, wait=60, tgt_type="glob", incident=None, test=False, **kwargs):
+    """
+    Rotate the BigFix agent of hosts that have no minion, over salt-ssh, and record
+    each rotation's console clean-up on the master, decided then like a minion's
+    (``iemkey.cleanup``: routine, deleted once BigFix confirms the duplicate; under an
+    incident, listed to revoke). It runs the ``iemkey.rotated`` state on each host
+    (``state.single``): the host's pillar goes with it, as ``state.apply`` sends it,
+    with the same lock, crash-safe record and KeyStorage-only delete as on a minion.
+    Exits non-zero when any host failed, could not be reached or its clean-up could
+    not be recorded.
+
+    No ``iemkey/rotated`` event can come from such a host (it has no minion key and
+    no master bus): the master records what the host's return, which came back on
+    the SSH connection the master itself opened, says. What it says about its
+    computer IDs counts no more than a minion's event: the clean-up acts only on what
+    BigFix confirms.
+
+    tgt, tgt_type
+        The roster hosts (salt-ssh targeting: ``glob``, ``list``, ``pcre``, ...).
+
+    since
+        Rotate a key made before this time (ISO 8601 or ``@<epoch seconds>``); running
+        it again with the same ``since`` rotates nothing twice. Default: the incident's
+        ``since``, else now (every host rotates).
+
+    wait
+        Seconds each host waits for its agent's new key and computer ID (default 60):
+        the clean-up then knows the new computer at once.
+
+    incident
+        An open incident (``iemkey.incident``) these hosts belong to: their rotations
+        are compromise rotations, their old computers listed to revoke.
+
+    test
+        Say which hosts would rotate; change nothing anywhere.
+
+    Any other keyword is a salt-ssh option (``roster``, ``roster_file``, ``ssh_priv``,
+    ``ignore_host_keys``, ``ssh_max_procs``: how many hosts at once, default 25, ...).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run iemkey.ssh tgt='dmz-*' test=True
+        salt-run iemkey.ssh tgt='dmz-*' since=2026-11-20T08:00:00Z incident=worm-2026-11
+    """
+    ret = {"tgt": tgt, "tgt_type": tgt_type}
+    try:
+        test = iemkey_time.boolean("test", test)
+        wait = _wait(wait)
+        store, now = _store(), _now()
+        if incident not in (None, ""):
+            since = since if since not in (None, "") else iemkey_incidents.open_incident(store, str(incident))["since"]
+        ret["since"] = (iemkey_time.parse_time(since) if since not in (None, "") else now).isoformat()
+        if iemkey_time.parse_time(ret["since"]) > now:
+            raise SaltInvocationError(f"since {ret['since']} is in the future: no key could ever satisfy it")
+        found = _over_ssh(tgt, tgt_type, iemkey_ssh.call(ret["since"], wait, test), kwargs)
+        if incident not in (None, "") and not test:
+            iemkey_incidents.add_hosts(store, str(incident), found, now, f"iemkey.ssh ({_who(kwargs)})")
+    except _ERRORS as exc:
+        return _fail(ret, str(exc))
+    ret.update(iemkey_ssh.tally(found))
+    if not test:
+        reactions = _reactions()
+        for host, outcome in sorted(found.items()):
+            if outcome["outcome"] == "rotated":
+                outcome["cleanup"] = _record_ssh_rotation(reactions, host, outcome)
+    ret["hosts"] = found
+    ret["retcode"] = iemkey_ssh.retcode(found)
+    __context__["retcode"] = ret["retcode"]
+    return ret
+
+
+def _wait(wait):
+    try:
+        wait = int(wait)
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"wait must be whole seconds, not {wait!r}") from None
+    if not 0 <= wait <= 3600:
+        raise SaltInvocationError(f"wait must be 0-3600 seconds, not {wait}")
+    return wait
+
+
+def _over_ssh(tgt, tgt_type, call, options):
+    """{host: outcome} of ``call`` run over salt-ssh on the roster hosts ``tgt`` matches."""
+    import salt.client.ssh.client  # pylint: disable=import-outside-toplevel
+
+    options = {k: v for k, v in options.items() if not k.startswith("__")}
+    client = salt.client.ssh.client.SSHClient(mopts=dict(__opts__))
+    fun, arg, kwarg = call
+    found = {}
+    for part in client.cmd_iter(tgt, fun, arg=arg, tgt_type=tgt_type, kwarg=kwarg, **options):
+        for host, data in part.items():
+            found[host] = iemkey_ssh.outcome(host, data)
+    if not found:
+        raise SaltInvocationError(f"the target {tgt!r} ({tgt_type}) matches no host in the salt-ssh roster")
+    return found
+
+
+def _record_ssh_rotation(reactions, host, outcome):
+    try:
+        decided = reactions.rotated(host, iemkey_ssh.payload(outcome), _now())
+    except _ERRORS as exc:
+        outcome["result"] = False
+        return f"not recorded: {exc}"
+    return "recorded" if decided["action"] == "recorded" else decided.get("detail", decided["action"])
 
 
 # -- BigFix REST API ------------------------------------------------------------------------

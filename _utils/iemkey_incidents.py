@@ -290,3 +290,28 @@ def retry_owed(store, minion, now, who):
         if not record:
             raise Refused(f"no rotation is owed to {minion!r}")
         record.update(iemkey_owed.retry_now(record, now, f"iemkey.owed ({who})", f"retried by {who}"))
+
+
+def open_incident(store, name):
+    """Incident ``name``'s record, refused unless it is declared, not withdrawn and not closed."""
+    record = store.get("incidents", name)
+    if not record or record.get("withdrawn"):
+        raise Refused(f"no incident {name!r} on record (declare it with salt-run iemkey.incident)")
+    if record.get("until"):
+        raise Refused(f"incident {name!r} was closed at {record['until']}: it covers no new rotation")
+    return record
+
+
+def add_hosts(store, name, hosts, now, who):
+    """Add ``hosts`` (salt-ssh hosts, which no minion target matched when it was declared) to the
+    minions of open incident ``name``: their rotations it covers are compromise rotations."""
+    open_incident(store, name)
+    with store.update("incidents", name) as record:
+        added = sorted(set(hosts) - set(record.get("minions") or ()))
+        if added:
+            record["minions"] = sorted({*record.get("minions", ()), *added})
+            trail = [*record.get("added", []), {"at": now.isoformat(), "by": who, "hosts": added}]
+            record["added"] = trail[-100:]
+    if added:
+        log.warning("iemkey: %s added salt-ssh hosts %s to incident %s", who, ", ".join(added), name)
+    return added

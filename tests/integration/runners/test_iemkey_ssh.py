@@ -1,0 +1,171 @@
+"""
+Hosts without a minion, over salt-ssh (issue 27): a real sshd on loopback (salt-factories' sshd
+daemon, the system's OpenSSH) serves a "host" with a stand-in agent and no minion. ``salt-ssh``
+runs iemkey there, ``salt-run iemkey.ssh`` rotates it and records its clean-up, and the master's
+clean-up pass then deletes the superseded computer (routine) or lists it to revoke (an incident).
+
+The host's iemkey settings (where its stand-in agent lives) reach it two ways, as they would in a
+fleet: the master's pillar for ``gamma`` (only the state carries pillar over salt-ssh), and, for
+``gamma-direct``, the same host, the roster's ``minion_opts`` (what a module called directly reads).
+"""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+from bigfix_rest import StandInBigFix
+from helpers import API_PASSWORD, agent_settings
+from saltevents import wait_for
+
+
+# the master's own Python for the host, as a fleet's root has /usr/bin/python3: a pyenv shim on
+# PATH (these machines) is a bash script that salt-ssh's /bin/sh shim cannot run
+SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+
+
+@pytest.fixture(scope="module")
+def sshd(salt_factories):
+    assert shutil.which("sshd") or os.path.exists("/usr/sbin/sshd"), "no sshd: install openssh-server (.ci/run does)"
+    if os.geteuid() == 0:  # sshd run by root wants its privilege separation folder, as the package's unit makes it
+        pathlib.Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    # its keys live under the session's temp dir, in /tmp (mode 1777), which StrictModes refuses; salt-ssh
+    # copies its thin package with scp, which speaks SFTP (OpenSSH 9)
+    config = {"StrictModes": "no", "Subsystem": "sftp internal-sftp"}
+    factory = salt_factories.get_sshd_daemon(display_name="iemkey-sshd", sshd_config_dict=config)
+    with factory.started(start_timeout=60):
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def gamma_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("gamma") / "agent"
+
+
+@pytest.fixture(scope="module")
+def roster(sshd, gamma_root, tmp_path_factory, pillar_root):
+    base = tmp_path_factory.mktemp("roster")
+    host = {
+        "host": "127.0.0.1",
+        "port": sshd.listen_port,
+        "user": "root",
+        "priv": str(sshd.client_key),
+        "set_path": SYSTEM_PATH,
+        "thin_dir": str(base / "thin"),  # not /var/tmp: each Salt line of the matrix deploys its own
+        "timeout": 30,
+    }
+    hosts = {
+        "gamma": host,
+        "gamma-direct": {**host, "minion_opts": {"iemkey": agent_settings(gamma_root)}},
+        "nowhere": {**host, "port": 9, "timeout": 5},  # nothing listens: unreachable
+        "wrong-key": {**host, "priv": _another_key(base)},  # sshd does not know this key
+        "bare": host,  # no pillar says where an agent is, and none is at the default path: no agent
+    }
+    path = base / "roster"
+    path.write_text(yaml.safe_dump(hosts))
+    # gamma's pillar: where its agent is (the session's top gives every id the shared iemkey.sls)
+    (pillar_root / "gamma.sls").write_text(yaml.safe_dump({"iemkey": agent_settings(gamma_root)}))
+    top = (pillar_root / "top.sls").read_text()
+    if "gamma" not in top:
+        (pillar_root / "top.sls").write_text(top + "  'gamma':\n    - gamma\n")
+    return path
+
+
+def _another_key(folder):
+    path = folder / "not-authorized"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return str(path)
+
+
+@pytest.fixture
+def gamma(make_agent, gamma_root):
+    return make_agent(gamma_root, key_age=30 * 86400)
+
+
+@pytest.fixture
+def salt_ssh_cli(salt_master, roster):
+    return salt_master.salt_ssh_cli(timeout=180, roster_file=str(roster), target_host="gamma")
+
+
+@pytest.fixture
+def server(httpserver, agent, agent_2, gamma):
+    return StandInBigFix([agent, agent_2, gamma], "iemkey-operator", API_PASSWORD).serve(httpserver)
+
+
+def _ssh_run(salt_run_cli, roster, *args):
+    return salt_run_cli.run("iemkey.ssh", *args, f"roster_file={roster}", "ignore_host_keys=True")
+
+
+def test_a_module_called_directly_over_salt_ssh_reads_the_rosters_minion_opts(salt_ssh_cli, gamma):
+    ret = salt_ssh_cli.run("--ignore-host-keys", "iemkey.status", minion_tgt="gamma-direct")
+    assert ret.returncode == 0, ret
+    status = ret.data
+    assert status["installed"] and status["computer_id"] == gamma.computer_id, status
+    # the pillar does not reach a module called directly: without minion_opts the agent is not found
+    bare = salt_ssh_cli.run("--ignore-host-keys", "iemkey.status", minion_tgt="gamma")
+    assert bare.data["installed"] is False, bare
+
+
+def test_salt_ssh_rotates_a_host_without_a_minion_and_the_clean_up_deletes_its_old_computer(
+    salt_run_cli, roster, gamma, server
+):
+    old_id = gamma.computer_id
+    dry = _ssh_run(salt_run_cli, roster, "tgt=gamma", "test=True")
+    assert dry.returncode == 0 and dry.data["would_rotate"] == ["gamma"], dry
+    assert gamma.computer_id == old_id and gamma.untouched()
+    ret = _ssh_run(salt_run_cli, roster, "tgt=gamma", "wait=30")
+    assert ret.returncode == 0, ret
+    host = ret.data["hosts"]["gamma"]
+    assert ret.data["rotated"] == ["gamma"] and host["old_computer_id"] == old_id, host
+    assert host["new_computer_id"] == gamma.computer_id != old_id and host["cleanup"] == "recorded", host
+    again = _ssh_run(salt_run_cli, roster, "tgt=gamma", f"since={ret.data['since']}")  # the same since: done
+    assert again.returncode == 0 and again.data["compliant"] == ["gamma"], again
+    assert wait_for(lambda: server.deletes() == [old_id], timeout=60), server.deletes()
+    history = salt_run_cli.run("iemkey.history", "minion=gamma").data
+    (case,) = history["computers"]
+    assert case["old_computer_id"] == old_id and case["status"] == "deleted", case
+
+
+def test_under_an_incident_a_salt_ssh_rotations_old_computer_is_listed_to_revoke(
+    salt_run_cli, roster, gamma, server, salt_minion
+):
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    declared = salt_run_cli.run("iemkey.incident", f"since={since}", f"tgt={salt_minion.id}", "name=dmz", "deliver=False")
+    assert declared.returncode == 0, declared
+    old_id = gamma.computer_id
+    ret = _ssh_run(salt_run_cli, roster, "tgt=gamma", "incident=dmz", "wait=30")
+    assert ret.returncode == 0 and ret.data["since"].startswith(since[:16]), ret
+    incident = salt_run_cli.run("iemkey.incident").data["incidents"]["dmz"]
+    assert "gamma" in incident["minions"], incident
+    # the master's clean-up schedule confirms the duplicate: listed to revoke, never deleted
+    assert wait_for(lambda: _status(salt_run_cli, old_id) == "revoke", timeout=60), _status(salt_run_cli, old_id)
+    assert old_id not in server.deletes()
+    (case,) = salt_run_cli.run("iemkey.history", f"computer={old_id}").data["computers"]
+    assert case["minion"] == "gamma" and case["compromise"]["incident"] == "dmz", case
+
+
+def _status(salt_run_cli, computer_id):
+    found = salt_run_cli.run("iemkey.history", f"computer={computer_id}").data["computers"]
+    return found[0]["status"] if found else None
+
+
+def test_bad_hosts_and_bad_input_say_so_and_change_nothing(salt_run_cli, roster, gamma):
+    old_id = gamma.computer_id
+    away = _ssh_run(salt_run_cli, roster, "tgt=nowhere")
+    assert away.returncode == 1 and away.data["unreachable"] == ["nowhere"], away
+    assert "salt-ssh could not run the state" in away.data["hosts"]["nowhere"]["comment"], away
+    refused = _ssh_run(salt_run_cli, roster, "tgt=wrong-key")
+    assert refused.returncode == 1 and refused.data["unreachable"] == ["wrong-key"], refused
+    assert "Permission denied" in refused.data["hosts"]["wrong-key"]["comment"], refused
+    bare = _ssh_run(salt_run_cli, roster, "tgt=bare")
+    assert bare.returncode == 0 and bare.data["no_agent"] == ["bare"] and bare.data["hosts"]["bare"].get("cleanup") is None
+    none = _ssh_run(salt_run_cli, roster, "tgt=nobody-*")
+    assert none.returncode == 1 and "matches no host in the salt-ssh roster" in none.data["error"], none
+    bad = _ssh_run(salt_run_cli, roster, "tgt=gamma", "since=yesterday")
+    assert bad.returncode == 1 and "since" in bad.data["error"], bad
+    closed = _ssh_run(salt_run_cli, roster, "tgt=gamma", "incident=no-such-incident")
+    assert closed.returncode == 1 and "no incident 'no-such-incident'" in closed.data["error"], closed
+    assert gamma.computer_id == old_id and gamma.untouched()
