@@ -557,6 +557,14 @@ def _send_rotated(ret):
         event["new_computer_id"] = ret["new_computer_id"]
     ret["event_sent"] = False  # until it is
     ret["event_sent"] = _fire("iemkey/rotated", event)
+    if not ret["event_sent"] and _agent().masterless():
+        old = ret["old_computer_id"]
+        ret["cleanup"] = (
+            f"no master heard of this rotation (masterless, or salt-ssh: no minion key, no master bus): the old "
+            f"computer {old} stays in the BigFix console until an operator removes it (salt-run "
+            f"iemkey.remove_computer {old}) or, after a compromise, revokes it; salt-run iemkey.ssh rotates hosts "
+            "without a minion and records their clean-up"
+        )
 
 
 def _fire(tag, payload):

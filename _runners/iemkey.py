@@ -200,7 +200,7 @@ def _owed_of(minions=None):
     return iemkey_report.owed_of(_store(), minions)
 
 
-def report(since=None, tgt="*", tgt_type="glob", timeout=None, outside=None):
+def report(since=None, tgt="*", tgt_type="glob", timeout=None, outside=None, ssh=False, ssh_tgt="*", **kwargs):
     """
     Fleet compliance, a gate for pipelines: which agents have a key made at or after
     ``since``, which do not, which minions have no agent or did not answer; the
@@ -230,21 +230,31 @@ def report(since=None, tgt="*", tgt_type="glob", timeout=None, outside=None):
         the report is ``iemkey:coverage:outside_salt`` (default: while an incident is
         open or a rotation owed); so does a BigFix that cannot be asked, then.
 
+    ssh
+        ``True``: also the hosts without a minion in the salt-ssh roster (``ssh_tgt``,
+        default all), each asked over salt-ssh, with its pillar, whether its key was
+        made at or after ``since`` (the ``iemkey.rotated`` state with ``test=True``:
+        nothing changes). Listed under ``ssh``; a host not rotated, failing or not
+        reached fails the report. Other keywords are salt-ssh options (``roster_file``,
+        ``ignore_host_keys``, ...), as for ``iemkey.ssh``.
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-run iemkey.report since=2026-11-20T08:00:00Z
         salt-run iemkey.report since=2026-11-20T08:00:00Z tgt='web*' --out=json
+        salt-run iemkey.report since=2026-11-20T08:00:00Z ssh=True ssh_tgt='dmz-*'
     """
     try:
         outside = None if outside in (None, "") else iemkey_time.boolean("outside", outside)
-        return _report(since, tgt, tgt_type, timeout, outside)
+        ssh = {"tgt": ssh_tgt, "options": kwargs} if iemkey_time.boolean("ssh", ssh) else None
+        return _report(since, tgt, tgt_type, timeout, outside, ssh)
     except _ERRORS as exc:
         return _fail({"since": str(since), "tgt": tgt, "tgt_type": tgt_type}, str(exc))
 
 
-def _report(since, tgt, tgt_type, timeout, outside):
+def _report(since, tgt, tgt_type, timeout, outside, ssh=None):
     if since in (None, ""):
         raise SaltInvocationError("report needs since, e.g. since=2026-11-20T08:00:00Z")
     since = iemkey_time.parse_time(since).isoformat()  # once, before the fleet is asked
@@ -255,21 +265,24 @@ def _report(since, tgt, tgt_type, timeout, outside):
     except (TypeError, ValueError):
         raise SaltInvocationError(f"timeout must be a number of seconds, not {timeout!r}") from None
     expected = set(_targets(tgt, tgt_type))
-    if not expected:
+    if not expected and not ssh:
         raise SaltInvocationError(f"the target {tgt!r} ({tgt_type}) matches no accepted minion: nothing to report on")
-    answers = _gather(tgt, tgt_type, since, timeout)
+    hosts = _over_ssh(ssh["tgt"], "glob", iemkey_ssh.call(since, 0, True), ssh["options"]) if ssh else None
+    answers = _gather(tgt, tgt_type, since, timeout) if expected else {}
     ret, required = iemkey_report.tally(since, answers, expected, timeout)
+    if hosts is not None:
+        ret["ssh"] = {**iemkey_ssh.tally(hosts), "hosts": hosts}
     ret["owed"] = _owed_of(None if tgt == "*" and tgt_type == "glob" else expected)
     cases = iemkey_report.open_cases(_store())
     ret["cleanup"] = {status: [iemkey_cleanup.public(c) for c in listed] for status, listed in cases.items()}
     ret["revocation"] = _revocation()
-    outside_failing = _outside_salt(ret, tgt == "*" and tgt_type == "glob", outside)
+    outside_failing = _outside_salt(ret, tgt == "*" and tgt_type == "glob", outside, hosts)
     ret = iemkey_report.verdict(ret, cases, required, outside_failing)
     __context__["retcode"] = ret["retcode"]
     return ret
 
 
-def _outside_salt(ret, whole_fleet, asked):
+def _outside_salt(ret, whole_fleet, asked, hosts=None):
     """The report's ``outside_salt`` (``iemkey_coverage``), when asked for; whether it fails the report."""
     try:
         conf = iemkey_coverage.settings(iemkey_config.section(__opts__, "coverage"))
@@ -281,7 +294,8 @@ def _outside_salt(ret, whole_fleet, asked):
     try:
         with iemkey_bigfix.session(_api_settings()) as client:
             cases, operator = store.all("cases").values(), client.master_operator()
-            found = iemkey_coverage.survey(client, conf, ret["minions"], cases, operator)
+            covered = {**iemkey_ssh.as_minions(hosts or {}), **ret["minions"]}  # salt-ssh hosts cover theirs
+            found = iemkey_coverage.survey(client, conf, covered, cases, operator)
     except (iemkey_bigfix.ApiError, iemkey_bigfix.ConfigError) as exc:
         found = {"error": f"BigFix could not be asked for the computers outside Salt: {exc}"}
     incidents = iemkey_coverage.open_incidents(store.all("incidents"), ret["owed"])

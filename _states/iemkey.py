@@ -53,6 +53,9 @@ def rotated(name, since, wait=0, owed=False, **kwargs):
     that still has no key ``iemkey:stale_after`` seconds after a rotation fails the
     state: it is down or cannot register. A minion without a BigFix agent succeeds
     with nothing to rotate, unless ``iemkey:require_agent`` is true.
+
+    Its return also says ``computer_id``: the agent's computer ID when the state
+    checked it (``salt-run iemkey.report ssh=True`` joins BigFix's records on it).
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
@@ -62,6 +65,8 @@ def rotated(name, since, wait=0, owed=False, **kwargs):
         ret["comment"] = f"Cannot decide whether the key is rotated: {exc}"
         return ret
     current = verdict["status"]
+    if current.get("computer_id"):  # the agent's, when checked: a report over salt-ssh joins BigFix's records on it
+        ret["computer_id"] = current["computer_id"]
     if verdict.get("no_agent"):
         if verdict["compliant"] and owed and not __opts__["test"]:
             return _rotate(ret, since, wait, owed, verdict, current)  # says so, signed, to the master

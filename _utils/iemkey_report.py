@@ -139,6 +139,8 @@ def verdict(ret, cases, required, outside_failing=False):
     unsafe = {i: r for i, r in ret["revocation"].items() if r["computers"] or r["left_console"] or r["unrevoked"]}
     failing = ret["noncompliant"] + ret["unreachable"] + ret["errors"] + required + ret["owed"] + list(unsafe)
     failing += ["outside_salt"] if outside_failing else []
+    ssh = ret.get("ssh")
+    failing += [h for key in ("would_rotate", "failed", "unreachable") for h in ssh[key]] if ssh else []
     c = {k: len(v) for k, v in cases.items()}
     ret["summary"] = (
         f"keys since {ret['since']}: {len(ret['compliant'])} compliant, {len(ret['noncompliant'])} noncompliant, "
@@ -152,6 +154,12 @@ def verdict(ret, cases, required, outside_failing=False):
         ret["summary"] += f" (owed: {', '.join(states)}: see owed)"
     if unsafe:
         ret["summary"] += f"; stolen keys not known revoked in {', '.join(unsafe)}: see revocation"
+    if ssh:
+        ret["summary"] += (
+            f"; salt-ssh hosts: {len(ssh['compliant'])} compliant, {len(ssh['would_rotate'])} noncompliant, "
+            f"{len(ssh['unreachable'])} unreachable, {len(ssh['no_agent'])} without a BigFix agent, "
+            f"{len(ssh['failed'])} errors (see ssh)"
+        )
     outside = ret.get("outside_salt")
     if outside and outside.get("error"):
         ret["summary"] += "; agents outside Salt: unknown (see outside_salt)"

@@ -39,7 +39,11 @@ def outcome(host, data):
     if states is None:
         return {"host": host, "outcome": "unreachable", "comment": _ssh_error(data, ret)}
     result, comment, changes = states.get("result"), str(states.get("comment") or ""), states.get("changes") or {}
-    found = {"host": host, "comment": comment}
+    found = {
+        "host": host,
+        "comment": comment,
+        "computer_id": str(states["computer_id"]) if states.get("computer_id") else None,
+    }
     if result is None:
         return {**found, "outcome": "would_rotate"}
     key = changes.get("key") if isinstance(changes, dict) else None
@@ -102,3 +106,12 @@ def retcode(found):
     """1 when any host failed or could not be reached, or a rotation's clean-up was not recorded or
     a step after it failed (``result`` False); else 0."""
     return int(any(o["outcome"] in FAILING or o.get("result") is False for o in found.values()))
+
+
+def as_minions(found):
+    """The hosts as the report's ``minions`` entries the coverage join reads: the computer ID each
+    one's agent has now (the new one after a rotation), or none (then matched by name)."""
+    return {
+        host: {"computer_id": o.get("new_computer_id") or o.get("computer_id"), "no_agent": o["outcome"] == "no_agent"}
+        for host, o in found.items()
+    }

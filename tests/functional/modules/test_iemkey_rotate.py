@@ -43,6 +43,7 @@ def test_rotate_makes_a_new_key_and_computer_id_and_touches_nothing_else(modules
     assert status["last_rotated"] == ret["rotated_at"]
     assert status["key_created"] >= ret["rotated_at"]
     assert ret["event_sent"] is False  # masterless (this loader's minion): no master to tell
+    assert f"the old computer {old_id} stays in the BigFix console until an operator removes it" in ret["cleanup"]
     # the agent was stopped (its old key still there), then started without KeyStorage: a new computer
     since_install = agent.events()[len(agent.installed[1]) :]
     registered = [i for i, event in enumerate(since_install) if event.startswith("registered")]

@@ -21,7 +21,6 @@ from bigfix_rest import StandInBigFix
 from helpers import API_PASSWORD, agent_settings
 from saltevents import wait_for
 
-
 # the master's own Python for the host, as a fleet's root has /usr/bin/python3: a pyenv shim on
 # PATH (these machines) is a bash script that salt-ssh's /bin/sh shim cannot run
 SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
@@ -133,7 +132,9 @@ def test_under_an_incident_a_salt_ssh_rotations_old_computer_is_listed_to_revoke
     salt_run_cli, roster, gamma, server, salt_minion
 ):
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
-    declared = salt_run_cli.run("iemkey.incident", f"since={since}", f"tgt={salt_minion.id}", "name=dmz", "deliver=False")
+    declared = salt_run_cli.run(
+        "iemkey.incident", f"since={since}", f"tgt={salt_minion.id}", "name=dmz", "deliver=False"
+    )
     assert declared.returncode == 0, declared
     old_id = gamma.computer_id
     ret = _ssh_run(salt_run_cli, roster, "tgt=gamma", "incident=dmz", "wait=30")
@@ -161,7 +162,9 @@ def test_bad_hosts_and_bad_input_say_so_and_change_nothing(salt_run_cli, roster,
     assert refused.returncode == 1 and refused.data["unreachable"] == ["wrong-key"], refused
     assert "Permission denied" in refused.data["hosts"]["wrong-key"]["comment"], refused
     bare = _ssh_run(salt_run_cli, roster, "tgt=bare")
-    assert bare.returncode == 0 and bare.data["no_agent"] == ["bare"] and bare.data["hosts"]["bare"].get("cleanup") is None
+    assert (
+        bare.returncode == 0 and bare.data["no_agent"] == ["bare"] and bare.data["hosts"]["bare"].get("cleanup") is None
+    )
     none = _ssh_run(salt_run_cli, roster, "tgt=nobody-*")
     assert none.returncode == 1 and "matches no host in the salt-ssh roster" in none.data["error"], none
     bad = _ssh_run(salt_run_cli, roster, "tgt=gamma", "since=yesterday")
@@ -169,3 +172,22 @@ def test_bad_hosts_and_bad_input_say_so_and_change_nothing(salt_run_cli, roster,
     closed = _ssh_run(salt_run_cli, roster, "tgt=gamma", "incident=no-such-incident")
     assert closed.returncode == 1 and "no incident 'no-such-incident'" in closed.data["error"], closed
     assert gamma.computer_id == old_id and gamma.untouched()
+
+
+def test_the_report_with_ssh_asks_the_roster_hosts_and_counts_their_agents_as_covered(
+    salt_run_cli, roster, gamma, server, agent, agent_2
+):
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400))
+    args = ("iemkey.report", f"since={since}", "ssh=True", "ssh_tgt=gamma", f"roster_file={roster}")
+    before = salt_run_cli.run(*args, "ignore_host_keys=True")
+    assert before.returncode == 1 and before.data["ssh"]["would_rotate"] == ["gamma"], before
+    assert before.data["ssh"]["hosts"]["gamma"]["computer_id"] == gamma.computer_id
+    outside = {c["computer_id"] for c in before.data["outside_salt"]["computers"]}
+    assert gamma.computer_id not in outside and agent.computer_id not in outside, before.data["outside_salt"]
+    assert "salt-ssh hosts: 0 compliant, 1 noncompliant" in before.data["summary"]
+    assert gamma.untouched()  # asked with test=True: nothing changed
+    assert _ssh_run(salt_run_cli, roster, "tgt=gamma", "wait=30").returncode == 0
+    after = salt_run_cli.run(*args, "ignore_host_keys=True")
+    assert after.data["ssh"]["compliant"] == ["gamma"], after
+    assert after.data["ssh"]["hosts"]["gamma"]["computer_id"] == gamma.computer_id
+    assert gamma.computer_id not in {c["computer_id"] for c in after.data["outside_salt"]["computers"]}
