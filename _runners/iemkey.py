@@ -393,7 +393,12 @@ def _wait(wait):
 def _over_ssh(tgt, tgt_type, call, options):
     """{host: outcome} of ``call`` run over salt-ssh on the roster hosts ``tgt`` matches."""
     import salt.client.ssh.client  # pylint: disable=import-outside-toplevel
+    import salt.version  # pylint: disable=import-outside-toplevel
 
+    running = salt.version.__saltstack_version__
+    refused = iemkey_ssh.unsupported(running.info, running.string)
+    if refused:
+        raise SaltInvocationError(refused)
     options = {k: v for k, v in options.items() if not k.startswith("__")}
     client = salt.client.ssh.client.SSHClient(mopts=dict(__opts__))
     fun, arg, kwarg = call

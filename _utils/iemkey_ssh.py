@@ -16,9 +16,19 @@ IDs is trusted no more than a minion's signed ``iemkey/rotated``: the clean-up a
 BigFix itself confirms (the new computer reported the same name, the old one has gone silent).
 """
 
+SALT_3006 = (
+    "Salt {version}'s salt-ssh does not ship the master's _utils to the host (its thin package syncs modules, "
+    "states, grains, renderers and returners; Salt 3007 added utils), so iemkey cannot run there: drive salt-ssh "
+    "from a master on Salt 3007 or later; nothing was sent"
+)
 STATE = "iemkey.rotated"
 STATE_ID = "bigfix-agent-key"
 NO_AGENT = "no bigfix agent here"  # how the state's comment begins on a host without an agent (iemkey.NO_AGENT)
+
+
+def unsupported(version_info, version):
+    """Why this master's salt-ssh cannot run iemkey on a host, or None."""
+    return SALT_3006.format(version=version) if tuple(version_info[:1]) < (3007,) else None
 
 
 def call(since, wait, test):

@@ -9,6 +9,7 @@ fleet: the master's pillar for ``gamma`` (only the state carries pillar over sal
 ``gamma-direct``, the same host, the roster's ``minion_opts`` (what a module called directly reads).
 """
 
+import json
 import os
 import pathlib
 import shutil
@@ -16,10 +17,15 @@ import subprocess
 import time
 
 import pytest
+import salt.version
 import yaml
 from bigfix_rest import StandInBigFix
 from helpers import API_PASSWORD, agent_settings
 from saltevents import wait_for
+
+OLD_SALT = salt.version.__saltstack_version__.info < (3007,)
+# Salt 3006's salt-ssh ships no _utils to the host: iemkey refuses, saying so (the last test)
+needs_3007 = pytest.mark.skipif(OLD_SALT, reason="Salt 3006's salt-ssh does not ship _utils (3007 added it)")
 
 # the master's own Python for the host, as a fleet's root has /usr/bin/python3: a pyenv shim on
 # PATH (these machines) is a bash script that salt-ssh's /bin/sh shim cannot run
@@ -98,6 +104,7 @@ def _ssh_run(salt_run_cli, roster, *args):
     return salt_run_cli.run("iemkey.ssh", *args, f"roster_file={roster}", "ignore_host_keys=True")
 
 
+@needs_3007
 def test_a_module_called_directly_over_salt_ssh_reads_the_rosters_minion_opts(salt_ssh_cli, gamma):
     ret = salt_ssh_cli.run("--ignore-host-keys", "iemkey.status", minion_tgt="gamma-direct")
     assert ret.returncode == 0, ret
@@ -108,6 +115,7 @@ def test_a_module_called_directly_over_salt_ssh_reads_the_rosters_minion_opts(sa
     assert bare.data["installed"] is False, bare
 
 
+@needs_3007
 def test_salt_ssh_rotates_a_host_without_a_minion_and_the_clean_up_deletes_its_old_computer(
     salt_run_cli, roster, gamma, server
 ):
@@ -128,6 +136,7 @@ def test_salt_ssh_rotates_a_host_without_a_minion_and_the_clean_up_deletes_its_o
     assert case["old_computer_id"] == old_id and case["status"] == "deleted", case
 
 
+@needs_3007
 def test_under_an_incident_a_salt_ssh_rotations_old_computer_is_listed_to_revoke(
     salt_run_cli, roster, gamma, server, salt_minion
 ):
@@ -153,6 +162,7 @@ def _status(salt_run_cli, computer_id):
     return found[0]["status"] if found else None
 
 
+@needs_3007
 def test_bad_hosts_and_bad_input_say_so_and_change_nothing(salt_run_cli, roster, gamma):
     old_id = gamma.computer_id
     away = _ssh_run(salt_run_cli, roster, "tgt=nowhere")
@@ -174,6 +184,7 @@ def test_bad_hosts_and_bad_input_say_so_and_change_nothing(salt_run_cli, roster,
     assert gamma.computer_id == old_id and gamma.untouched()
 
 
+@needs_3007
 def test_the_report_with_ssh_asks_the_roster_hosts_and_counts_their_agents_as_covered(
     salt_run_cli, roster, gamma, server, agent, agent_2
 ):
@@ -191,3 +202,50 @@ def test_the_report_with_ssh_asks_the_roster_hosts_and_counts_their_agents_as_co
     assert after.data["ssh"]["compliant"] == ["gamma"], after
     assert after.data["ssh"]["hosts"]["gamma"]["computer_id"] == gamma.computer_id
     assert gamma.computer_id not in {c["computer_id"] for c in after.data["outside_salt"]["computers"]}
+
+
+@needs_3007
+def test_the_key_exchange_password_reaches_the_host_in_its_pillar_and_nothing_the_master_keeps(
+    salt_master, salt_run_cli, roster, gamma, gamma_root, pillar_root, event_listener
+):
+    secret = "Kx-ssh-5d1e0c7a-relay-secret"  # grepped for below
+    relay = "http://relay.example:52311"
+    pillar = pillar_root / "gamma.sls"
+    kept = pillar.read_text()
+    pillar.write_text(
+        yaml.safe_dump({"iemkey": {**agent_settings(gamma_root), "relay": relay, "register_password": secret}})
+    )
+    gamma.relay_accepts(secret)
+    start = time.time()
+    try:
+        ret = _ssh_run(salt_run_cli, roster, "tgt=gamma", "wait=30")
+    finally:
+        pillar.write_text(kept)
+    assert ret.returncode == 0 and ret.data["rotated"] == ["gamma"], ret
+    # positive evidence: the relay took the password, so the pillar reached the host
+    assert (gamma.state_dir / "register.log").read_text().count("3 arguments") == 1
+    assert secret not in ret.stdout + ret.stderr
+    events = event_listener.get_events([(salt_master.id, "*")], after_time=start)
+    assert events and all(secret not in json.dumps(e.data, default=str) for e in events)
+    logged = pathlib.Path(salt_master.config["log_file"]).read_text(errors="replace")
+    assert "rotated its BigFix key" in logged and secret not in logged
+    cache = pathlib.Path(salt_master.config["cachedir"])
+    jobs = [p for p in (cache / "jobs").rglob("*") if p.is_file() and p.stat().st_mtime >= start - 1]
+    assert jobs, "no job cache file from this run: the search below would prove nothing"
+    # the master's compiled pillar (its data cache) is where the secret lives on the master; nothing else
+    leaked = [
+        str(p)
+        for p in cache.rglob("*")
+        if p.is_file() and "minions" not in p.parts and "pillar" not in p.parts and secret.encode() in p.read_bytes()
+    ]
+    assert leaked == []
+
+
+@pytest.mark.skipif(not OLD_SALT, reason="Salt 3007 and later ship _utils over salt-ssh")
+def test_on_salt_3006_it_refuses_saying_why(salt_run_cli, tmp_path):
+    roster = tmp_path / "roster"
+    roster.write_text("gamma: {host: 127.0.0.1}\n")
+    ret = _ssh_run(salt_run_cli, roster, "tgt=gamma")
+    assert ret.returncode == 1 and "Salt 3007 added utils" in ret.data["error"], ret
+    report = salt_run_cli.run("iemkey.report", "since=@1763625600", "ssh=True", f"roster_file={roster}")
+    assert report.returncode == 1 and "Salt 3007 added utils" in report.data["error"], report

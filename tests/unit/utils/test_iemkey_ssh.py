@@ -154,3 +154,9 @@ def test_hosts_join_an_open_incident_once_and_a_closed_or_unknown_one_is_refused
     store.put("incidents", "gone", {"name": "gone", "since": "2026-11-01T00:00:00+00:00", "withdrawn": True})
     with pytest.raises(iemkey_incidents.Refused, match="no incident 'gone'"):
         iemkey_incidents.open_incident(store, "gone")
+
+
+def test_salt_3006_is_refused_saying_why_and_later_lines_are_not():
+    refused = iemkey_ssh.unsupported((3006, 29, 0, 0), "3006.29")
+    assert refused.startswith("Salt 3006.29's salt-ssh does not ship the master's _utils") and "3007" in refused
+    assert iemkey_ssh.unsupported((3007, 16), "3007.16") is None and iemkey_ssh.unsupported((3008, 4), "3008.4") is None
