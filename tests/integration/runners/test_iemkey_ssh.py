@@ -113,6 +113,40 @@ def test_a_module_called_directly_over_salt_ssh_reads_the_rosters_minion_opts(sa
     # the pillar does not reach a module called directly: without minion_opts the agent is not found
     bare = salt_ssh_cli.run("--ignore-host-keys", "iemkey.status", minion_tgt="gamma")
     assert bare.data["installed"] is False, bare
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400))
+    check = salt_ssh_cli.run("--ignore-host-keys", "iemkey.check", f"since={since}", minion_tgt="gamma-direct")
+    assert check.data["compliant"] is False and "before since" in check.data["reason"], check
+    old_id = gamma.computer_id
+    rotated = salt_ssh_cli.run("--ignore-host-keys", "iemkey.rotate", "wait=30", minion_tgt="gamma-direct")
+    assert rotated.returncode == 0 and rotated.data["rotated"] is True, rotated
+    assert rotated.data["old_computer_id"] == old_id and rotated.data["new_computer_id"] == gamma.computer_id
+    # no master heard of it, and the return says what that leaves
+    assert rotated.data["event_sent"] is False and f"the old computer {old_id} stays" in rotated.data["cleanup"]
+    assert sorted(rotated.data["removed"]) == ["ClientCert.crt", "ClientKey.pvk"]  # KeyStorage's files only
+    again = salt_ssh_cli.run("--ignore-host-keys", "iemkey.check", f"since={since}", minion_tgt="gamma-direct")
+    assert again.data["compliant"] is True, again
+
+
+@needs_3007
+def test_the_formula_over_salt_ssh_takes_rotated_since_from_the_hosts_pillar(
+    salt_ssh_cli, gamma, gamma_root, pillar_root
+):
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400))
+    pillar = pillar_root / "gamma.sls"
+    kept = pillar.read_text()
+    pillar.write_text(yaml.safe_dump({"iemkey": {**agent_settings(gamma_root), "rotated_since": since, "wait": 30}}))
+    old_id = gamma.computer_id
+    try:
+        ret = salt_ssh_cli.run("--ignore-host-keys", "state.apply", "iemkey", minion_tgt="gamma")
+        again = salt_ssh_cli.run("--ignore-host-keys", "state.apply", "iemkey", minion_tgt="gamma")
+    finally:
+        pillar.write_text(kept)
+    assert ret.returncode == 0, ret
+    (state,) = ret.data.values()
+    assert state["result"] is True and state["changes"]["key"]["old"]["computer_id"] == old_id, state
+    assert state["changes"]["key"]["new"]["computer_id"] == gamma.computer_id != old_id
+    (unchanged,) = again.data.values()
+    assert unchanged["result"] is True and unchanged["changes"] == {}, unchanged  # converged: no second rotation
 
 
 @needs_3007
