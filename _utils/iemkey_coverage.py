@@ -39,8 +39,9 @@ DEFAULTS = {"active_days": 30, "chunk": 5000, "list": 20, "outside_salt": "incid
 BOUNDS = {"active_days": (1, 3650), "chunk": (100, 50000), "list": (0, 100000)}
 POLICIES = ("incident", "fail", "warn", "off")
 HOW = (
-    "rotate them with salt-ssh (salt-ssh '<host>' state.apply iemkey pillar='{iemkey: {rotated_since: ...}}'; "
-    "docs: Agents outside Salt) or by hand (IBM technote 1670787: delete KeyStorage, restart the agent)"
+    "rotate them over salt-ssh from the master (salt-run iemkey.ssh tgt='<hosts>' since=...: it records their "
+    "clean-up; docs: Agents outside Salt) or by hand (IBM technote 1670787: delete KeyStorage, restart the agent, "
+    "then revoke or remove the old computer)"
 )
 
 

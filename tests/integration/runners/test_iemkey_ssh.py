@@ -223,6 +223,10 @@ def test_the_report_with_ssh_asks_the_roster_hosts_and_counts_their_agents_as_co
     salt_run_cli, roster, gamma, server, agent, agent_2
 ):
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400))
+    plain = salt_run_cli.run("iemkey.report", f"since={since}")  # no minion covers gamma's agent: outside Salt
+    (listed,) = [c for c in plain.data["outside_salt"]["computers"] if c["computer_id"] == gamma.computer_id]
+    assert listed["name"] == "gamma0" and plain.returncode == 1, plain.data["outside_salt"]
+    assert "salt-run iemkey.ssh" in plain.data["outside_salt"]["how"]
     args = ("iemkey.report", f"since={since}", "ssh=True", "ssh_tgt=gamma", f"roster_file={roster}")
     before = salt_run_cli.run(*args, "ignore_host_keys=True")
     assert before.returncode == 1 and before.data["ssh"]["would_rotate"] == ["gamma"], before
