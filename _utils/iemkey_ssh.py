@@ -28,7 +28,7 @@ NO_AGENT = "no bigfix agent here"  # how the state's comment begins on a host wi
 
 def unsupported(version_info, version):
     """Why this master's salt-ssh cannot run iemkey on a host, or None."""
-    return SALT_3006.format(version=version) if tuple(version_info[:1]) < (3007,) else None
+    return SALT_3006.format(version=version) if version_info[0] < 3007 else None
 
 
 def call(since, wait, test):

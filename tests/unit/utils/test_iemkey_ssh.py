@@ -79,23 +79,52 @@ def test_each_state_answer_has_its_outcome(answer, outcome):
     assert iemkey_ssh.outcome("h1", answer)["outcome"] == outcome
 
 
+LONG = "x" * 100 + "y" * 500
+
+
 @pytest.mark.parametrize(
-    "answer, says",
+    "answer, comment",
     [
         (
-            {"retcode": 255, "stderr": "ssh: connect to host 10.0.0.9 port 22: Connection refused\n"},
-            "Connection refused",
+            {"retcode": 255, "stderr": "ssh: connect to host 10.0.0.9 port 22: Connection refused\n", "stdout": "o"},
+            "salt-ssh could not run the state: ssh: connect to host 10.0.0.9 port 22: Connection refused",
         ),
-        ({"return": {"retcode": 255, "stderr": "Permission denied (publickey)."}, "retcode": 255}, "Permission denied"),
-        ({"return": "ERROR: Failure deploying thin, retrying", "retcode": 11}, "Failure deploying thin"),
-        ({"return": {"a": 1, "b": 2}}, "salt-ssh returned no state"),  # not one state's return
-        ({"return": {STATE_KEY: "Passed invalid arguments"}}, "salt-ssh returned no state"),
-        ("plain text", "salt-ssh returned no state"),
+        ({"retcode": 1, "stdout": "only stdout\n"}, "salt-ssh could not run the state: only stdout"),
+        (
+            {"return": {"retcode": 255, "stderr": "Permission denied (publickey)."}, "retcode": 255},
+            "salt-ssh could not run the state: Permission denied (publickey).",
+        ),
+        ({"return": {"stdout": "deploy failed"}}, "salt-ssh could not run the state: deploy failed"),
+        ({"stderr": LONG}, "salt-ssh could not run the state: " + "y" * 500),
+        (
+            {"return": "ERROR: Failure deploying thin"},
+            "salt-ssh could not run the state: ERROR: Failure deploying thin",
+        ),
+        ({"return": LONG}, "salt-ssh could not run the state: " + "y" * 500),
+        ({"return": ["a", "b"]}, "salt-ssh could not run the state: ['a', 'b']"),
+        ({"return": {"a": 1, "b": 2}}, "salt-ssh returned no state: {'return': {'a': 1, 'b': 2}}"),
+        (
+            {"return": {STATE_KEY: "Passed invalid arguments"}},
+            f"salt-ssh returned no state: {{'return': {{'{STATE_KEY}': 'Passed invalid arguments'}}}}",
+        ),
+        (
+            {"return": {STATE_KEY: {"comment": "no result"}}},
+            f"salt-ssh returned no state: {{'return': {{'{STATE_KEY}': {{'comment': 'no result'}}}}}}",
+        ),
+        ({"return": ""}, "salt-ssh returned no state: {'return': ''}"),
+        ("x" * 600, "salt-ssh returned no state: " + "x" * 500),
     ],
 )
-def test_anything_else_is_unreachable_with_what_salt_ssh_said(answer, says):
+def test_anything_else_is_unreachable_with_what_salt_ssh_said(answer, comment):
+    assert iemkey_ssh.outcome("h1", answer) == {"host": "h1", "outcome": "unreachable", "comment": comment}
+
+
+def test_a_state_answer_without_a_comment_or_computer_ids_gives_empty_ones():
+    answer = {"return": {STATE_KEY: {"result": True, "changes": {"key": {"old": {}, "new": {}}}}}}
     found = iemkey_ssh.outcome("h1", answer)
-    assert found["outcome"] == "unreachable" and says in found["comment"], found
+    assert found["comment"] == "" and found["old_computer_id"] == "" and found["computer_id"] is None
+    assert found["outcome"] == "rotated" and found["new_computer_id"] is None and found["rotated_at"] is None
+    assert iemkey_ssh.outcome("h1", {"return": {STATE_KEY: {"result": True}}})["comment"] == ""
 
 
 def test_the_tally_lists_hosts_by_outcome_and_fails_only_on_failed_or_unreachable():
@@ -144,12 +173,17 @@ def test_hosts_join_an_open_incident_once_and_a_closed_or_unknown_one_is_refused
     assert record["minions"] == ["h1", "h2", "m1"] and record["added"] == [
         {"at": now.isoformat(), "by": "op", "hosts": ["h1", "h2"]}
     ]
-    with pytest.raises(iemkey_incidents.Refused, match="no incident 'nope' on record"):
+    with pytest.raises(
+        iemkey_incidents.Refused, match=r"^no incident 'nope' on record \(declare it with salt-run iemkey.incident\)$"
+    ):
         iemkey_incidents.add_hosts(store, "nope", ["h1"], now, "op")
     store.put(
         "incidents", "old", {"name": "old", "since": "2026-11-01T00:00:00+00:00", "until": "2026-11-02T00:00:00+00:00"}
     )
-    with pytest.raises(iemkey_incidents.Refused, match="was closed at 2026-11-02"):
+    with pytest.raises(
+        iemkey_incidents.Refused,
+        match=r"^incident 'old' was closed at 2026-11-02T00:00:00\+00:00: it covers no new rotation$",
+    ):
         iemkey_incidents.add_hosts(store, "old", ["h1"], now, "op")
     store.put("incidents", "gone", {"name": "gone", "since": "2026-11-01T00:00:00+00:00", "withdrawn": True})
     with pytest.raises(iemkey_incidents.Refused, match="no incident 'gone'"):
