@@ -148,7 +148,7 @@ def rotate(wait=0, since=None, test=False, force=False, owed=False, **kwargs):
         if interrupted:
             deleted = iemkey_rotation.resume(interrupted)
         else:
-            deleted = iemkey_rotation.stop_and_delete(agent, control, keystorage, resolved["computer_id"])
+            deleted = iemkey_rotation.stop_and_delete(agent, control, keystorage, resolved["computer_id"], previous)
         iemkey_rotation.start_and_confirm(agent, control, keystorage, deleted["removed"])
         ret = {"rotated": True, "keystorage": keystorage, **deleted, "resumed": bool(interrupted)}
         if not deleted["removed"] and not interrupted:

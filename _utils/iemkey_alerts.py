@@ -69,10 +69,14 @@ def drop(folder, alert):
 
 
 def rotated_after(alert, record):
-    """Whether this minion's rotation record shows a rotation made after ``alert`` was raised."""
-    if not record or record.get("step") not in ("done", "deleted"):
+    """Whether this minion's rotation record shows a rotation made after ``alert`` was raised: the
+    one it records, or, while a new one runs, the last completed one (``previous_rotated_at``)."""
+    if not record:
         return False
-    when = record.get("deleted_at") if record.get("step") == "deleted" else record.get("rotated_at")
+    step = record.get("step")
+    when = {"deleted": record.get("deleted_at"), "done": record.get("rotated_at")}.get(
+        step, record.get("previous_rotated_at")
+    )
     try:
         return _parse(when) >= _parse(alert["raised_at"])
     except (TypeError, ValueError):

@@ -51,12 +51,27 @@ def resume(record):
     }
 
 
-def stop_and_delete(agent, control, keystorage, old_computer_id):
-    """Stop the agent and delete KeyStorage, recording each step; the rotation's facts so far."""
+def last_rotation(record):
+    """When the last completed rotation on ``record`` was made (kept through a new rotation's steps), or None."""
+    if not record:
+        return None
+    return record.get("rotated_at") if record.get("step") == "done" else record.get("previous_rotated_at")
+
+
+def stop_and_delete(agent, control, keystorage, old_computer_id, previous=None):
+    """Stop the agent and delete KeyStorage, recording each step; the rotation's facts so far. The
+    steps' records keep when the ``previous`` record's rotation was made: a minion's kept alerts go
+    on seeing it while this one runs. A stop that fails puts ``previous`` back: nothing happened."""
     record = {"keystorage": keystorage, "old_computer_id": old_computer_id}
+    if last_rotation(previous):
+        record["previous_rotated_at"] = last_rotation(previous)
     agent.write_record({**record, "step": "stopping"})
     stop = agent.control("stop", control)
     if stop["retcode"] != 0:
+        if previous:
+            agent.write_record(previous)
+        else:
+            os.unlink(agent.record_path())
         raise CommandExecutionError(
             f"stopping the BigFix agent failed: {iemkey_agent.describe(stop)}; KeyStorage was not touched"
         )

@@ -76,6 +76,17 @@ def test_a_failed_stop_touches_nothing(modules, agent):
     assert agent.snapshot(exclude=()) == before
 
 
+def test_a_failed_stop_keeps_the_last_rotation_on_record(modules, agent):
+    first = modules.iemkey.rotate(wait=20)
+    assert modules.iemkey.status()["last_rotated"] == first["rotated_at"]
+    agent.behave(fail_stop=1)
+    with pytest.raises(CommandExecutionError, match="stopping the BigFix agent failed"):
+        modules.iemkey.rotate()
+    # nothing happened: the record still shows the rotation that did (kept alerts and owed checks read it)
+    assert modules.iemkey.status()["last_rotated"] == first["rotated_at"]
+    assert modules.iemkey.check(first["rotated_at"], owed=True)["compliant"] is True
+
+
 def test_a_failed_start_says_the_keys_are_gone_and_the_next_run_finishes(modules, agent):
     old_id = agent.computer_id
     agent.behave(fail_start=1)
