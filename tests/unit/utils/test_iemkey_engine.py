@@ -531,3 +531,32 @@ def test_a_batch_the_store_cannot_check_waits_and_nothing_is_published(engine, m
     with pytest.raises(iemkey_store.StoreError):
         _flush(engine)
     assert engine.publisher.rotations == []
+
+
+def test_one_minion_queued_twice_is_one_item_with_the_earliest_since_either_exact_and_both_decisions(engine):
+    engine.queue("alpha", "2026-12-07T10:00:00+00:00", False, {"action": "rotate"})
+    engine.queue("alpha", "2026-12-07T09:00:00+00:00", True, None)
+    engine.queue("alpha", "2026-12-07T11:00:00+00:00", False, {"action": "redelivered"})
+    assert engine.outbox == {
+        "alpha": ("2026-12-07T09:00:00+00:00", True, [{"action": "rotate"}, {"action": "redelivered"}])
+    }
+
+
+@pytest.mark.parametrize("state", ["review", "held"])
+def test_a_rotation_that_went_to_review_or_held_while_it_waited_is_not_published(engine, state):
+    engine.decide("iemkey/compromised", _alert())
+    engine.transition_any("alpha", lambda r: {**r, "state": state})
+    assert _flush(engine) == {} and engine.publisher.rotations == []
+    (decided,) = engine.announced
+    assert decided["jid"] is None and decided["detail"].endswith(" (no longer owed)"), decided
+    assert decided["detail"].startswith("a rotation made at or after ")
+
+
+def test_a_successful_return_of_an_exact_rotation_asks_again_with_its_own_since(engine):
+    engine.decide("iemkey/compromised", _alert())
+    _flush(engine)
+    engine.transition_any("alpha", lambda r: {**r, "exact": True})
+    done = {"iemkey_|-x_|-x_|-rotated": {"result": True, "comment": "Rotated", "changes": {}}}
+    engine.decide("salt/job/J1/ret/alpha", _returned("J1", "alpha", done))
+    owed = _owed(engine)
+    assert owed["state"] == "pending" and owed["detail"] == "asking again with its own since" and owed["returned"]
