@@ -2,10 +2,11 @@
 Issue 25: iemkey never blocks Salt's event loop. A real master whose iemkey store is a real Redis,
 running the iemkey engine and one plain reactor of someone else's (it answers ``canary/ping`` with
 ``canary/pong``). Redis is killed for 60 s in the middle of a storm of signed alerts: the other reactor
-goes on answering within a second, and when Redis is back every alert is decided once, nothing is lost
-and nothing is done twice, and every owed rotation settles once.
+goes on answering (within 2 s of the ping, master-stamped), and when Redis is back every alert is
+decided once, nothing is lost and nothing is done twice, and every owed rotation settles once.
 """
 
+import datetime
 import json
 import time
 
@@ -29,6 +30,12 @@ def run():
     bus.fire_event({"ping": data.get("_stamp")}, "canary/pong")
     return {}
 """
+
+
+def _stamped(stamp):
+    """A master event's ``_stamp`` as epoch seconds (Salt 3006 stamps naive UTC)."""
+    when = datetime.datetime.fromisoformat(stamp)
+    return (when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)).timestamp()
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +119,13 @@ def test_a_store_outage_mid_storm_blocks_no_other_reactor_and_loses_nothing(mast
         assert ret.returncode == 0, ret
         matched = event_listener.wait_for_events([(master.id, "canary/pong")], after_time=pinged, timeout=10)
         assert matched.found_all_events, "the other reactor stopped answering while iemkey's store was down"
-        latencies.append(min(e.stamp.timestamp() for e in matched) - pinged)
+        # from the master firing the ping to the reactor firing its pong, both stamped by the master (the
+        # salt-run CLI's own start-up, 0.5-1.2 s on a busy machine here, is not the reactor's latency)
+        latencies.append(min(e.stamp.timestamp() - _stamped(e.data["ping"]) for e in matched))
         time.sleep(2)
     redis.start()
-    assert len(latencies) >= 10 and max(latencies) < 1, latencies
+    # a reactor blocked behind iemkey's dead store would wait out its socket_timeout (5 s) each time
+    assert len(latencies) >= 10 and max(latencies) < 2, latencies
     assert wait_for(lambda: len(store.all("owed")) == SIMS, timeout=120), sorted(store.all("owed"))
 
     def decided():
