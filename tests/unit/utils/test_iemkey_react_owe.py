@@ -20,19 +20,23 @@ def reactions(tmp_path):
     return iemkey_react.Reactions({}, iemkey_store.LocalStore(str(tmp_path / "store")), now=lambda: NOW)
 
 
+# the decision on web01's first signal: a rotation owed, published to web01 alone
+ROTATE = {
+    "action": "rotate",
+    "detail": f"a rotation made at or after {SINCE} is owed: asking web01, and only it",
+    "since": SINCE,
+    "jid": None,
+    "deliver": True,
+}
+
+
 def _sig(ident="a1", since=SINCE, source="alert"):
     return iemkey_owed.signal(source, since, NOW, ident, "ids")
 
 
 def test_a_first_signal_owes_a_rotation_and_asks_that_minion_only(reactions):
     decided = reactions.owe("web01", _sig(), None, "t")
-    assert decided == {
-        "action": "rotate",
-        "detail": f"a rotation made at or after {SINCE} is owed: asking web01, and only it",
-        "since": SINCE,
-        "jid": None,
-        "deliver": True,
-    }
+    assert decided == ROTATE
     record = reactions.store.get("owed", "web01")
     assert record["state"] == "pending" and record["at"] == NOW.isoformat()
 
@@ -42,13 +46,7 @@ def test_one_settled_between_the_two_reads_is_owed_anew(reactions, monkeypatch):
     # the record first: the update finds nothing, and the signal owes a new rotation
     monkeypatch.setattr(reactions.store, "add", lambda *a: False)
     decided = reactions.owe("web01", _sig(), None, "t")
-    assert decided == {
-        "action": "rotate",
-        "detail": f"a rotation made at or after {SINCE} is owed: asking web01, and only it",
-        "since": SINCE,
-        "jid": None,
-        "deliver": True,
-    }
+    assert decided == ROTATE
     assert reactions.store.get("owed", "web01")["state"] == "pending"
 
 
